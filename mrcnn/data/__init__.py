@@ -1,0 +1,5 @@
+"""Datasets and the tf.data input pipeline."""
+
+from mrcnn.data.dataset import Dataset
+
+__all__ = ["Dataset"]

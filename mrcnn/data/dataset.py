@@ -1,0 +1,105 @@
+"""The Dataset API a user subclasses (matterport-familiar).
+
+A subclass registers its classes and images, then implements two loaders::
+
+    class MyDataset(Dataset):
+        def load(self, ...):
+            self.add_class("mine", 1, "cat")
+            self.add_image("mine", image_id="img0", path="/data/img0.png")
+
+        def load_image(self, image_id) -> np.ndarray:  # uint8 [H, W, 3] RGB
+            ...
+
+        def load_mask(self, image_id) -> tuple[np.ndarray, np.ndarray]:
+            ...  # bool [H, W, N] instance masks, int32 [N] class ids (>= 1)
+
+    ds = MyDataset(); ds.load(...); ds.prepare()
+
+``image_id`` everywhere is the dataset's internal integer index (0..num_images-1),
+as returned by ``image_ids``; the source's own id is kept in ``image_info``.
+Class id 0 is the background. A negative class id marks a crowd region
+(``-class_id``): training ignores proposals that fall on it and never uses it as
+a positive (see ``docs/design.md``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class Dataset:
+    """Registry of classes and images, plus the loaders a subclass implements."""
+
+    def __init__(self) -> None:
+        self.class_info: list[dict[str, Any]] = [{"source": "", "id": 0, "name": "BG"}]
+        self.image_info: list[dict[str, Any]] = []
+        self._prepared = False
+
+    # ----- registration -------------------------------------------------------------
+    def add_class(self, source: str, class_id: int, class_name: str) -> None:
+        if "." in source:
+            raise ValueError(f"source name {source!r} cannot contain a dot")
+        for info in self.class_info:
+            if info["source"] == source and info["id"] == class_id:
+                return  # already registered
+        self.class_info.append({"source": source, "id": class_id, "name": class_name})
+        self._prepared = False
+
+    def add_image(self, source: str, image_id: Any, path: str | None, **kwargs: Any) -> None:
+        info = {"id": image_id, "source": source, "path": path}
+        info.update(kwargs)
+        self.image_info.append(info)
+        self._prepared = False
+
+    def prepare(self) -> None:
+        """Index classes and images; call after the last add_class/add_image."""
+        self.num_classes = len(self.class_info)
+        self.class_ids = np.arange(self.num_classes)
+        self.class_names = [c["name"] for c in self.class_info]
+        self.num_images = len(self.image_info)
+        self._image_ids = np.arange(self.num_images)
+        self.class_from_source_map = {
+            f"{info['source']}.{info['id']}": idx for idx, info in enumerate(self.class_info)
+        }
+        self.image_from_source_map = {
+            f"{info['source']}.{info['id']}": idx for idx, info in enumerate(self.image_info)
+        }
+        self.sources = sorted({i["source"] for i in self.class_info if i["source"]})
+        self._prepared = True
+
+    def _require_prepared(self) -> None:
+        if not self._prepared:
+            raise RuntimeError(f"{type(self).__name__}.prepare() must be called before use")
+
+    @property
+    def image_ids(self) -> np.ndarray:
+        self._require_prepared()
+        return self._image_ids
+
+    def map_source_class_id(self, source_class_id: str) -> int:
+        """'source.class_id' -> internal class id."""
+        return self.class_from_source_map[source_class_id]
+
+    def source_image_link(self, image_id: int) -> Any:
+        return self.image_info[image_id].get("path")
+
+    def __len__(self) -> int:
+        return len(self.image_info)
+
+    # ----- loaders a subclass implements ----------------------------------------------
+    def load_image(self, image_id: int) -> np.ndarray:
+        """uint8 [H, W, 3] RGB. The default reads ``image_info[image_id]['path']``."""
+        from skimage import io
+
+        path = self.image_info[image_id]["path"]
+        try:
+            image = io.imread(path)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the file named
+            raise OSError(f"image {image_id}: cannot read {path!r}: {exc}") from exc
+        return image
+
+    def load_mask(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """(bool [H, W, N] masks, int32 [N] class ids). The base class has no instances."""
+        return np.zeros((0, 0, 0), dtype=bool), np.zeros((0,), dtype=np.int32)
