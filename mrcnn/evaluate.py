@@ -1,0 +1,425 @@
+"""COCO-style evaluation (box and mask AP/AR) with pycocotools.
+
+The usual flow is one call::
+
+    metrics = evaluate_dataset(model.detect, val_dataset, json_out="results.json")
+    print(format_metrics(metrics))
+
+which builds the ground truth from ``dataset.load_mask`` (:func:`dataset_to_coco`),
+runs the detector, converts its output (:func:`detections_to_coco`) and scores it
+(:func:`coco_metrics`). The pieces are public so that other tools can score
+detections against any ``pycocotools.coco.COCO`` ground truth.
+
+Conventions:
+
+* Category ids of the ground truth built here are the dataset's internal class
+  ids 1..K (what ``model.detect`` returns), named after ``dataset.class_names``.
+* COCO image ids are ``dataset.coco_image_id(image_id)`` when the dataset has
+  that method (:class:`mrcnn.data.coco.CocoDataset`), else the internal index.
+* A metric pycocotools cannot define (no ground truth in that area range, e.g.
+  ``APl`` on a dataset without large objects; pycocotools reports -1) is NaN
+  here, so that it can never be mistaken for a score or averaged in silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+IOU_TYPES = ("bbox", "segm")
+
+DetectFn = Callable[[list[np.ndarray]], list[dict[str, np.ndarray]]]
+
+
+def _quiet(verbose: bool) -> contextlib.AbstractContextManager:
+    # pycocotools prints progress ("creating index...", the summary table) to stdout.
+    return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+
+
+def load_coco(annotation_file: str | os.PathLike, verbose: bool = False) -> COCO:
+    """``pycocotools.coco.COCO(annotation_file)``, silent unless ``verbose``."""
+    with _quiet(verbose):
+        return COCO(os.fspath(annotation_file))
+
+
+def _coco_from_dict(dataset: dict[str, Any], verbose: bool = False) -> COCO:
+    coco = COCO()
+    coco.dataset = dataset
+    with _quiet(verbose):
+        coco.createIndex()
+    return coco
+
+
+def _coco_image_id(dataset: Any, image_id: int) -> int:
+    fn = getattr(dataset, "coco_image_id", None)
+    return int(fn(image_id)) if callable(fn) else int(image_id)
+
+
+def _encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
+    """bool/uint8 [H, W, N] -> N compressed RLEs with str counts (JSON-serializable)."""
+    # pycocotools wants column-major uint8 [H, W, N].
+    rles = mask_utils.encode(np.asfortranarray(masks.astype(np.uint8)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+# ----- ground truth ----------------------------------------------------------------------
+def dataset_to_coco(
+    dataset: Any, image_ids: Sequence[int] | None = None, verbose: bool = False
+) -> COCO:
+    """In-memory COCO ground truth built from ``dataset.load_mask``.
+
+    Args:
+        dataset: a prepared :class:`mrcnn.data.Dataset`.
+        image_ids: internal image ids to include (default: all).
+
+    Returns:
+        A ``COCO`` object whose annotations have: RLE ``segmentation`` of the
+        mask, ``bbox`` [x, y, w, h] of the mask (x2/y2 exclusive, so a one-pixel
+        mask is 1x1), ``area`` = mask pixel count, ``iscrowd`` = 1 and category
+        ``-class_id`` for negative (crowd) class ids. Category ids = internal
+        class ids 1..K. Empty masks are left out (they have no box). Images with
+        no instances are included (they still count for false positives).
+    """
+    ids = list(dataset.image_ids if image_ids is None else image_ids)
+    names = list(getattr(dataset, "class_names", []))
+    num_classes = len(names) if names else int(getattr(dataset, "num_classes", 0))
+    images, annotations = [], []
+    max_class = 0
+    for image_id in ids:
+        image_id = int(image_id)
+        masks, class_ids = dataset.load_mask(image_id)
+        masks = np.asarray(masks)
+        class_ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
+        if masks.ndim != 3 or masks.shape[-1] != class_ids.shape[0]:
+            raise ValueError(
+                f"image {image_id}: load_mask returned masks {masks.shape} and "
+                f"{class_ids.shape[0]} class ids; expected [H, W, N] and [N]"
+            )
+        if class_ids.size and class_ids.min() == 0:
+            raise ValueError(f"image {image_id}: load_mask returned class id 0 (background)")
+        height, width = _image_hw(dataset, image_id, masks)
+        coco_id = _coco_image_id(dataset, image_id)
+        images.append({"id": coco_id, "height": height, "width": width})
+        if class_ids.size:
+            rles = _encode_masks(masks)
+            areas = mask_utils.area(rles)
+            boxes = mask_utils.toBbox(rles)
+            for rle, area, box, cid in zip(rles, areas, boxes, class_ids):
+                if area == 0:
+                    continue
+                max_class = max(max_class, abs(int(cid)))
+                annotations.append({
+                    # Ids start at 1: COCOeval stores matched GT ids in arrays
+                    # initialized with 0, so an id 0 would count as "unmatched".
+                    "id": len(annotations) + 1,
+                    "image_id": coco_id,
+                    "category_id": abs(int(cid)),
+                    "segmentation": rle,
+                    "area": float(area),
+                    "bbox": [float(v) for v in box],
+                    "iscrowd": int(cid < 0),
+                })
+    if len({img["id"] for img in images}) != len(images):
+        raise ValueError("image_ids contain duplicates (or coco_image_id is not unique)")
+    num_classes = max(num_classes, max_class + 1)
+    categories = [
+        {"id": c, "name": names[c] if c < len(names) else str(c)} for c in range(1, num_classes)
+    ]
+    return _coco_from_dict(
+        {"images": images, "annotations": annotations, "categories": categories}, verbose
+    )
+
+
+def _image_hw(dataset: Any, image_id: int, masks: np.ndarray) -> tuple[int, int]:
+    if masks.shape[-1] > 0:
+        return int(masks.shape[0]), int(masks.shape[1])
+    info = dataset.image_info[image_id] if hasattr(dataset, "image_info") else {}
+    if info.get("height") and info.get("width"):
+        return int(info["height"]), int(info["width"])
+    if masks.shape[0] > 0 and masks.shape[1] > 0:
+        return int(masks.shape[0]), int(masks.shape[1])
+    # An image without instances may come back as a [0, 0, 0] mask: only the image
+    # itself knows its size (COCOeval does not need it, but the JSON should be right).
+    image = dataset.load_image(image_id)
+    return int(image.shape[0]), int(image.shape[1])
+
+
+# ----- detections ------------------------------------------------------------------------
+def detections_to_coco(
+    results: Sequence[Mapping[str, np.ndarray]],
+    coco_image_ids: Sequence[int],
+    category_map: Callable[[int], int] | Mapping[int, int] | None = None,
+) -> list[dict[str, Any]]:
+    """``model.detect`` output -> COCO results list (``json.dump``-able).
+
+    Args:
+        results: one dict per image: "rois" float [N, 4] (y1, x1, y2, x2) in
+            original-image pixels, x2/y2 exclusive; "class_ids" int [N] (internal
+            ids); "scores" float [N]; optional "masks" bool [H, W, N].
+        coco_image_ids: the COCO image id of each result (same length).
+        category_map: internal class id -> category id written out (a callable
+            such as ``CocoDataset.coco_category_id``, or a dict); default identity.
+
+    Returns:
+        One dict per detection: image_id, category_id, bbox [x, y, w, h], score,
+        and segmentation (RLE, str counts) when the result has masks.
+    """
+    if len(results) != len(coco_image_ids):
+        raise ValueError(f"{len(results)} results but {len(coco_image_ids)} image ids")
+    if category_map is None:
+        def to_cat(c: int) -> int:
+            return c
+    elif callable(category_map):
+        to_cat = category_map
+    else:
+        to_cat = category_map.__getitem__
+    out: list[dict[str, Any]] = []
+    for result, coco_id in zip(results, coco_image_ids):
+        rois = np.asarray(result["rois"], dtype=np.float64).reshape(-1, 4)
+        class_ids = np.asarray(result["class_ids"]).reshape(-1)
+        scores = np.asarray(result["scores"], dtype=np.float64).reshape(-1)
+        n = rois.shape[0]
+        if class_ids.shape[0] != n or scores.shape[0] != n:
+            raise ValueError(
+                f"image {coco_id}: {n} rois, {class_ids.shape[0]} class_ids, {scores.shape[0]} scores"
+            )
+        rles = None
+        masks = result.get("masks")
+        if masks is not None:
+            masks = np.asarray(masks)
+            if masks.ndim != 3 or masks.shape[-1] != n:
+                raise ValueError(f"image {coco_id}: masks {masks.shape} for {n} detections")
+            rles = _encode_masks(masks) if n else []
+        for i in range(n):
+            y1, x1, y2, x2 = rois[i]
+            det = {
+                "image_id": int(coco_id),
+                "category_id": int(to_cat(int(class_ids[i]))),
+                "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                "score": float(scores[i]),
+            }
+            if rles is not None:
+                det["segmentation"] = rles[i]
+            out.append(det)
+    return out
+
+
+# ----- scoring ---------------------------------------------------------------------------
+def per_class_ap(
+    cocoeval: COCOeval, class_names: Sequence[str] | None = None
+) -> dict[str, float]:
+    """AP@[.5:.95] per category from an evaluated + accumulated ``COCOeval``.
+
+    Area "all", the largest maxDets. Categories without ground truth (every
+    precision entry -1) are left out, so the table has no NaN. Keys are category
+    names (``class_names[category_id]`` when given, else the GT's names).
+    """
+    precision = cocoeval.eval["precision"]  # [T iou thresholds, R recalls, K cats, A areas, M maxDets]
+    cat_ids = cocoeval.params.catIds
+    cats = cocoeval.cocoGt.cats
+    table: dict[str, float] = {}
+    for k, cat_id in enumerate(cat_ids):
+        p = precision[:, :, k, 0, -1]
+        valid = p > -1
+        if not valid.any():
+            continue
+        if class_names is not None and 0 <= cat_id < len(class_names):
+            name = class_names[cat_id]
+        else:
+            name = cats.get(cat_id, {}).get("name", str(cat_id))
+        if name in table:  # two categories with one name: keep both visible
+            name = f"{name} ({cat_id})"
+        table[name] = float(np.mean(p[valid]))
+    return table
+
+
+def _stats_dict(stats: np.ndarray) -> dict[str, float]:
+    return {
+        name: (math.nan if float(v) == -1.0 else float(v)) for name, v in zip(METRIC_NAMES, stats)
+    }
+
+
+def coco_metrics(
+    coco_gt: COCO,
+    results_list: list[dict[str, Any]],
+    iou_types: Sequence[str] = IOU_TYPES,
+    class_names: Sequence[str] | None = None,
+    per_class: bool = True,
+    verbose: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Score COCO-format detections against ``coco_gt``.
+
+    Args:
+        coco_gt: ground truth (e.g. from :func:`dataset_to_coco` or :func:`load_coco`).
+        results_list: COCO results (e.g. from :func:`detections_to_coco`); not modified.
+        iou_types: any of "bbox", "segm".
+        class_names: names for the per-class table, indexed by category id.
+        per_class: also return {"per_class": {iou_type: {name: AP}}}.
+        verbose: let pycocotools print its progress and summary.
+
+    Returns:
+        {iou_type: {metric name: value}} for the 12 :data:`METRIC_NAMES`
+        (NaN where undefined), plus "per_class" when asked.
+
+    Empty ``results_list`` is scored as "nothing detected" (0 wherever ground
+    truth exists) instead of crashing pycocotools' ``loadRes``. Only images of
+    ``coco_gt`` are evaluated.
+    """
+    for t in iou_types:
+        if t not in IOU_TYPES:
+            raise ValueError(f"iou type {t!r}: choose from {IOU_TYPES}")
+    if "segm" in iou_types and any("segmentation" not in r for r in results_list):
+        raise ValueError("segm evaluation needs a 'segmentation' in every result (masks missing)")
+    gt_image_ids = set(coco_gt.getImgIds())
+    stray = {r["image_id"] for r in results_list} - gt_image_ids
+    if stray:
+        raise ValueError(f"results for image ids {sorted(stray)[:10]} that are not in the ground truth")
+
+    metrics: dict[str, dict[str, Any]] = {}
+    per_class_tables: dict[str, dict[str, float]] = {}
+    for iou_type in iou_types:
+        with _quiet(verbose):
+            if results_list:
+                # loadRes adds ids/areas to the dicts it is given: hand it a copy.
+                coco_dt = coco_gt.loadRes(copy.deepcopy(results_list))
+            else:
+                # loadRes indexes results[0]; an empty result set is a valid input.
+                coco_dt = _coco_from_dict(
+                    {
+                        "images": list(coco_gt.dataset.get("images", [])),
+                        "categories": copy.deepcopy(coco_gt.dataset.get("categories", [])),
+                        "annotations": [],
+                    },
+                    verbose,
+                )
+            evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+            evaluator.params.imgIds = sorted(gt_image_ids)
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        metrics[iou_type] = _stats_dict(evaluator.stats)
+        if per_class:
+            per_class_tables[iou_type] = per_class_ap(evaluator, class_names)
+    if per_class:
+        metrics["per_class"] = per_class_tables
+    return metrics
+
+
+def _batches(items: Sequence[int], size: int) -> list[list[int]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def evaluate_dataset(
+    detect_fn: DetectFn,
+    dataset: Any,
+    image_ids: Sequence[int] | None = None,
+    batch_size: int = 1,
+    progress: bool = True,
+    json_out: str | os.PathLike | None = None,
+    iou_types: Sequence[str] = IOU_TYPES,
+    verbose: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Run ``detect_fn`` over a dataset and compute COCO metrics.
+
+    Args:
+        detect_fn: list of uint8 [H, W, 3] images -> list of result dicts (see
+            :func:`detections_to_coco`); typically ``model.detect``. It is always
+            called with exactly ``batch_size`` images: a short last batch is
+            padded with copies of its last image, whose results are discarded
+            (a model built for a fixed batch size cannot take fewer).
+        dataset: a prepared Dataset (ground truth from ``load_mask``).
+        image_ids: internal image ids to evaluate (default: all).
+        batch_size: images per ``detect_fn`` call.
+        progress: show a tqdm progress bar.
+        json_out: write the detections there as a COCO results JSON. Ids are the
+            dataset's source ids when it has ``coco_image_id`` /
+            ``coco_category_id`` (so the file scores against the original
+            annotation file), else internal ids.
+        iou_types: any of "bbox", "segm".
+        verbose: let pycocotools print.
+
+    Returns:
+        {"bbox": {metric: value}, "segm": {...}, "per_class": {"bbox": {name: AP}, "segm": {...}}}
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    ids = [int(i) for i in (dataset.image_ids if image_ids is None else image_ids)]
+    coco_gt = dataset_to_coco(dataset, ids, verbose=verbose)
+    coco_ids = [_coco_image_id(dataset, i) for i in ids]
+
+    all_results: list[dict[str, np.ndarray]] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(ids), desc="evaluate", unit="img")
+    try:
+        for batch in _batches(ids, batch_size):
+            images = [dataset.load_image(i) for i in batch]
+            padded = images + [images[-1]] * (batch_size - len(images))
+            results = list(detect_fn(padded))
+            if len(results) != len(padded):
+                raise ValueError(f"detect_fn returned {len(results)} results for {len(padded)} images")
+            all_results.extend(results[: len(batch)])
+            if bar is not None:
+                bar.update(len(batch))
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if "segm" not in iou_types:
+        all_results = [{k: v for k, v in r.items() if k != "masks"} for r in all_results]
+    detections = detections_to_coco(all_results, coco_ids)
+    metrics = coco_metrics(
+        coco_gt, detections, iou_types, class_names=getattr(dataset, "class_names", None),
+        verbose=verbose,
+    )
+    if json_out is not None:
+        to_cat = getattr(dataset, "coco_category_id", None)
+        exported = detections_to_coco(all_results, coco_ids, to_cat) if callable(to_cat) else detections
+        with open(json_out, "w", encoding="utf-8") as f:
+            json.dump(exported, f)
+    return metrics
+
+
+def format_metrics(metrics: Mapping[str, Any], per_class: bool = True) -> str:
+    """Readable table of :func:`coco_metrics` / :func:`evaluate_dataset` output."""
+    types = [t for t in IOU_TYPES if t in metrics]
+    lines = []
+    if types:
+        header = f"{'metric':<8}" + "".join(f"{t:>10}" for t in types)
+        lines += [header, "-" * len(header)]
+        for name in METRIC_NAMES:
+            row = f"{name:<8}"
+            for t in types:
+                v = metrics[t].get(name, math.nan)
+                row += f"{'n/a':>10}" if math.isnan(v) else f"{v:>10.4f}"
+            lines.append(row)
+    table = metrics.get("per_class") or {}
+    ptypes = [t for t in IOU_TYPES if t in table]
+    if per_class and ptypes:
+        names = sorted({n for t in ptypes for n in table[t]})
+        width = max([len("class")] + [len(n) for n in names])
+        header = f"{'class':<{width}}" + "".join(f"{t + ' AP':>10}" for t in ptypes)
+        lines += ["", header, "-" * len(header)]
+        for n in names:
+            row = f"{n:<{width}}"
+            for t in ptypes:
+                v = table[t].get(n)
+                row += f"{'n/a':>10}" if v is None else f"{v:>10.4f}"
+            lines.append(row)
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""Test-time box post-processing: scores, class-specific decoding, class-wise NMS."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from mrcnn.ops import boxes as box_ops
+from mrcnn.ops.nms import batched_nms
+
+
+class Detections(NamedTuple):
+    boxes: tf.Tensor  # [B, D, 4] (y1, x1, y2, x2) input-image pixels, 0 in padding
+    scores: tf.Tensor  # [B, D] float32, 0 in padding
+    class_ids: tf.Tensor  # [B, D] int32 (1..K), 0 in padding
+    valid: tf.Tensor  # [B, D] bool
+
+
+def detect_boxes(
+    rois: tf.Tensor,
+    roi_valid: tf.Tensor,
+    class_logits: tf.Tensor,
+    box_deltas: tf.Tensor,
+    image_sizes: tf.Tensor,
+    weights: tuple[float, ...],
+    score_threshold: float = 0.05,
+    nms_threshold: float = 0.5,
+    max_detections: int = 100,
+    min_size: float = 1e-2,
+) -> Detections:
+    """torchvision's ``RoIHeads.postprocess_detections``, batched and fixed-shape.
+
+    Every (RoI, foreground class) pair is a candidate: decoded with that class's
+    deltas, clipped, kept if score > threshold and both sides >= min_size; then NMS
+    per class and the best ``max_detections`` overall.
+
+    Args:
+      rois: [B, R, 4]; roi_valid: [B, R]; class_logits: [B, R, K+1];
+      box_deltas: [B, R, K+1, 4]; image_sizes: [B, 2] valid (h, w).
+    """
+    batch = tf.shape(rois)[0]
+    num_rois = tf.shape(rois)[1]
+    num_fg = tf.shape(class_logits)[2] - 1
+    probs = tf.nn.softmax(class_logits, axis=-1)[:, :, 1:]
+    boxes = box_ops.decode_boxes(box_deltas[:, :, 1:], rois[:, :, None, :], weights)
+    boxes = tf.reshape(boxes, tf.stack([batch, num_rois * num_fg, 4]))
+    boxes = box_ops.clip_boxes(boxes, image_sizes)
+    scores = tf.reshape(probs, tf.stack([batch, -1]))
+    class_ids = tf.tile(tf.range(1, num_fg + 1)[None, None, :], tf.stack([batch, num_rois, 1]))
+    class_ids = tf.reshape(class_ids, tf.stack([batch, -1]))
+    valid = (
+        tf.reshape(tf.tile(roi_valid[:, :, None], tf.stack([1, 1, num_fg])), tf.stack([batch, -1]))
+        & (scores > score_threshold)
+        & (box_ops.boxes_min_side(boxes) >= min_size)
+    )
+    keep, keep_valid = batched_nms(boxes, scores, valid, max_detections, nms_threshold, groups=class_ids)
+    return Detections(
+        boxes=tf.where(keep_valid[..., None], tf.gather(boxes, keep, batch_dims=1), 0.0),
+        scores=tf.where(keep_valid, tf.gather(scores, keep, batch_dims=1), 0.0),
+        class_ids=tf.where(keep_valid, tf.gather(class_ids, keep, batch_dims=1), 0),
+        valid=keep_valid,
+    )

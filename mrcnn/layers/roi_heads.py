@@ -1,0 +1,85 @@
+"""The RoI heads: box head (2 FC + class/box predictors) and mask head (FCN)."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class BoxHead(keras.layers.Layer):
+    """Flatten -> FC -> ReLU -> FC -> ReLU -> class logits and class-specific deltas.
+
+    Input: [B, R, 7, 7, C] pooled features. Output: (logits [B, R, K+1],
+    deltas [B, R, K+1, 4] as (dy, dx, dh, dw) scaled by the box-head weights).
+    The flatten order is (h, w, c) — weights converted from PyTorch (c, h, w)
+    must be permuted (see ``mrcnn/convert.py``).
+    """
+
+    def __init__(self, num_classes: int, fc_size: int = 1024, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.fc_size = fc_size
+        init = keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")  # torch Linear default
+        self.fc6 = keras.layers.Dense(fc_size, activation="relu", kernel_initializer=init, name="fc6")
+        self.fc7 = keras.layers.Dense(fc_size, activation="relu", kernel_initializer=init, name="fc7")
+        self.cls_score = keras.layers.Dense(
+            num_classes, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01), name="cls_score"
+        )
+        self.bbox_pred = keras.layers.Dense(
+            num_classes * 4, kernel_initializer=keras.initializers.RandomNormal(stddev=0.001), name="bbox_pred"
+        )
+
+    def call(self, pooled):
+        shape = tf.shape(pooled)
+        flat_size = pooled.shape[2] * pooled.shape[3] * pooled.shape[4]
+        x = tf.reshape(pooled, [shape[0], shape[1], flat_size])
+        x = self.fc7(self.fc6(x))
+        logits = self.cls_score(x)
+        deltas = tf.reshape(self.bbox_pred(x), [shape[0], shape[1], self.num_classes, 4])
+        return logits, deltas
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "fc_size": self.fc_size}
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class MaskHead(keras.layers.Layer):
+    """num_convs x (3x3 conv + ReLU) -> 2x2 stride-2 transposed conv + ReLU -> 1x1 conv.
+
+    Input: [B, R, 14, 14, C]. Output: [B, R, 28, 28, K+1] mask logits (one sigmoid
+    mask per class; the loss and inference pick the channel of the class).
+    """
+
+    def __init__(self, num_classes: int, channels: int = 256, num_convs: int = 4, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.channels = channels
+        self.num_convs = num_convs
+        init = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+        self.convs = [
+            keras.layers.Conv2D(channels, 3, padding="same", activation="relu", kernel_initializer=init,
+                                name=f"mask_fcn{i + 1}")
+            for i in range(num_convs)
+        ]
+        self.deconv = keras.layers.Conv2DTranspose(
+            channels, 2, strides=2, activation="relu", kernel_initializer=init, name="conv5_mask"
+        )
+        self.logits = keras.layers.Conv2D(num_classes, 1, kernel_initializer=init, name="mask_fcn_logits")
+
+    def call(self, pooled):
+        shape = tf.shape(pooled)
+        x = tf.reshape(pooled, tf.concat([[-1], shape[2:]], axis=0))
+        x = tf.ensure_shape(x, [None, *pooled.shape[2:]])
+        for conv in self.convs:
+            x = conv(x)
+        x = self.logits(self.deconv(x))
+        return tf.reshape(x, tf.concat([shape[:2], tf.shape(x)[1:]], axis=0))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "channels": self.channels,
+            "num_convs": self.num_convs,
+        }

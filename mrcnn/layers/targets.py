@@ -1,0 +1,163 @@
+"""Training targets: anchor labels for the RPN, sampled RoIs for the heads.
+
+Computed in the graph from the padded ground truth (like torchvision and
+Detectron2) because RoI targets depend on the proposals of the current step.
+
+Ground truth, per batch: ``gt_boxes`` [B, G, 4] (y1, x1, y2, x2) input pixels;
+``gt_class_ids`` [B, G] int32 with 0 = padding, > 0 = class, < 0 = crowd region
+of class -id. Crowd regions are never positives, and a candidate overlapping one
+(IoU >= ``CROWD_IOU``, matterport's rule) is not used as a negative either.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from mrcnn.ops import boxes as box_ops
+from mrcnn.ops.roi_align import roi_align
+from mrcnn.ops.sampling import sample_balanced
+
+CROWD_IOU = 0.001
+
+
+def _match(candidates: tf.Tensor, gt_boxes: tf.Tensor, gt_class_ids: tf.Tensor):
+    """IoU-match candidates [B, N, 4] to non-crowd GT.
+
+    Returns (max_iou [B, N] (-1 without GT), best_gt [B, N] int32, iou [B, N, G]
+    with padding/crowd columns at -1, near_crowd [B, N] bool).
+    """
+    iou = box_ops.box_iou(candidates, gt_boxes)
+    is_object = gt_class_ids > 0
+    iou_obj = tf.where(is_object[:, None, :], iou, -1.0)
+    max_iou = tf.reduce_max(iou_obj, axis=2)
+    best_gt = tf.argmax(iou_obj, axis=2, output_type=tf.int32)
+    crowd_iou = tf.where((gt_class_ids < 0)[:, None, :], iou, 0.0)
+    near_crowd = tf.reduce_max(crowd_iou, axis=2) >= CROWD_IOU
+    return max_iou, best_gt, iou_obj, near_crowd
+
+
+class RPNTargets(NamedTuple):
+    indices: tf.Tensor  # [B, S] int32 sampled anchor indices
+    labels: tf.Tensor  # [B, S] float32 1 positive / 0 negative
+    valid: tf.Tensor  # [B, S] bool
+    deltas: tf.Tensor  # [B, S, 4] box targets of positives (dy, dx, dh, dw)
+
+
+def rpn_targets(
+    anchors: tf.Tensor,
+    gt_boxes: tf.Tensor,
+    gt_class_ids: tf.Tensor,
+    num_samples: int = 256,
+    positive_fraction: float = 0.5,
+    positive_iou: float = 0.7,
+    negative_iou: float = 0.3,
+    weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0),
+) -> RPNTargets:
+    """Label anchors and sample them (torchvision Matcher with low-quality matches).
+
+    Args:
+      anchors: [A, 4] all levels concatenated.
+    """
+    batch = tf.shape(gt_boxes)[0]
+    anchors_b = tf.broadcast_to(anchors[None], tf.stack([batch, tf.shape(anchors)[0], 4]))
+    max_iou, best_gt, iou, near_crowd = _match(anchors_b, gt_boxes, gt_class_ids)
+    # Low-quality matches: for each GT, the anchors tied for its best IoU are positive.
+    best_per_gt = tf.reduce_max(iou, axis=1, keepdims=True)  # [B, 1, G]
+    is_best = (iou >= best_per_gt) & (best_per_gt > 0.0)
+    low_quality = tf.reduce_any(is_best, axis=2)
+    positive = (max_iou >= positive_iou) | low_quality
+    negative = (max_iou < negative_iou) & ~positive & ~near_crowd
+    indices, is_pos, valid = sample_balanced(positive, negative, num_samples, positive_fraction)
+    matched = tf.gather(tf.gather(gt_boxes, best_gt, batch_dims=1), indices, batch_dims=1)
+    sampled_anchors = tf.gather(anchors, indices)
+    deltas = box_ops.encode_boxes(matched, sampled_anchors, weights)
+    deltas = tf.where(is_pos[..., None], deltas, 0.0)
+    return RPNTargets(indices, tf.cast(is_pos, tf.float32), valid, tf.stop_gradient(deltas))
+
+
+class RoITargets(NamedTuple):
+    rois: tf.Tensor  # [B, S, 4] sampled RoIs
+    valid: tf.Tensor  # [B, S] bool
+    class_ids: tf.Tensor  # [B, S] int32 (0 = background)
+    deltas: tf.Tensor  # [B, S, 4] regression targets (box-head weights)
+    masks: tf.Tensor  # [B, num_mask_rois, mh, mw] float32 0/1 targets (meaningful for positives)
+
+
+def roi_targets(
+    proposals: tf.Tensor,
+    proposal_valid: tf.Tensor,
+    gt_boxes: tf.Tensor,
+    gt_class_ids: tf.Tensor,
+    gt_masks: tf.Tensor,
+    num_samples: int = 512,
+    positive_fraction: float = 0.25,
+    positive_iou: float = 0.5,
+    weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0),
+    mask_shape: tuple[int, int] = (28, 28),
+    mini_mask: bool = True,
+    mask_threshold: float = 0.5,
+    roi_align_implementation: str = "auto",
+    num_mask_rois: int | None = None,
+) -> RoITargets:
+    """Sample RoIs from proposals + GT boxes and build their class, box and mask targets.
+
+    Args:
+      proposals: [B, P, 4]; proposal_valid: [B, P] bool.
+      gt_masks: [B, G, mh, mw] uint8/float; mini masks (in their box's frame) when
+        ``mini_mask`` else full masks in input-image pixels.
+      num_mask_rois: mask targets are built for the first this many sampled slots
+        only (positives come first; default all).
+    """
+    gt_boxes = tf.stop_gradient(gt_boxes)
+    candidates = tf.concat([proposals, gt_boxes], axis=1)
+    cand_valid = tf.concat([proposal_valid, gt_class_ids > 0], axis=1)
+    max_iou, best_gt, _, near_crowd = _match(candidates, gt_boxes, gt_class_ids)
+    positive = cand_valid & (max_iou >= positive_iou)
+    negative = cand_valid & (max_iou < positive_iou) & ~near_crowd
+    indices, is_pos, valid = sample_balanced(positive, negative, num_samples, positive_fraction)
+
+    rois = tf.gather(candidates, indices, batch_dims=1)
+    gt_index = tf.gather(best_gt, indices, batch_dims=1)  # [B, S]
+    matched_boxes = tf.gather(gt_boxes, gt_index, batch_dims=1)
+    matched_class = tf.gather(gt_class_ids, gt_index, batch_dims=1)
+    class_ids = tf.where(is_pos, matched_class, 0)
+    deltas = tf.where(is_pos[..., None], box_ops.encode_boxes(matched_boxes, rois, weights), 0.0)
+    m = num_samples if num_mask_rois is None else num_mask_rois
+    masks = _mask_targets(rois[:, :m], gt_index[:, :m], matched_boxes[:, :m], gt_masks, mask_shape,
+                          mini_mask, roi_align_implementation)
+    masks = tf.cast(masks >= mask_threshold, tf.float32)
+    return RoITargets(
+        tf.stop_gradient(rois), valid, class_ids, tf.stop_gradient(deltas), tf.stop_gradient(masks)
+    )
+
+
+def _mask_targets(rois, gt_index, matched_boxes, gt_masks, mask_shape, mini_mask, implementation):
+    """RoIAlign each RoI's matched GT mask into the RoI at ``mask_shape``: [B, S, mh, mw]."""
+    batch = tf.shape(rois)[0]
+    num_rois = tf.shape(rois)[1]
+    num_gt = tf.shape(gt_masks)[1]
+    mh, mw = tf.shape(gt_masks)[2], tf.shape(gt_masks)[3]
+    masks = tf.reshape(tf.cast(gt_masks, tf.float32), tf.stack([-1, mh, mw, 1]))
+    if mini_mask:
+        # The mini mask spans the GT box: express the RoI in that frame.
+        gy1, gx1, gy2, gx2 = tf.unstack(matched_boxes, axis=-1)
+        ry1, rx1, ry2, rx2 = tf.unstack(rois, axis=-1)
+        sy = tf.cast(mh, tf.float32) / tf.maximum(gy2 - gy1, 1e-6)
+        sx = tf.cast(mw, tf.float32) / tf.maximum(gx2 - gx1, 1e-6)
+        boxes = tf.stack([(ry1 - gy1) * sy, (rx1 - gx1) * sx, (ry2 - gy1) * sy, (rx2 - gx1) * sx], -1)
+    else:
+        boxes = rois
+    box_indices = tf.range(batch)[:, None] * num_gt + gt_index
+    out = roi_align(
+        masks,
+        tf.reshape(boxes, [-1, 4]),
+        tf.reshape(box_indices, [-1]),
+        mask_shape,
+        spatial_scale=1.0,
+        sampling_ratio=2,
+        aligned=True,
+        implementation=implementation,
+    )
+    return tf.reshape(out, tf.stack([batch, num_rois, mask_shape[0], mask_shape[1]]))

@@ -1,0 +1,359 @@
+"""COCO evaluation: ground truth fed back scores 1.0, perturbations match pycocotools."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from mrcnn.data.dataset import Dataset
+from mrcnn.evaluate import (
+    METRIC_NAMES,
+    coco_metrics,
+    dataset_to_coco,
+    detections_to_coco,
+    evaluate_dataset,
+    format_metrics,
+    load_coco,
+    per_class_ap,
+)
+
+TINY_COCO = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "tiny_coco"
+needs_tiny_coco = pytest.mark.skipif(
+    not TINY_COCO.is_dir(), reason=f"real data not found at {TINY_COCO} (../shared/datasets)"
+)
+
+
+def _rect(h: int, w: int, y1: int, x1: int, y2: int, x2: int) -> np.ndarray:
+    m = np.zeros((h, w), dtype=bool)
+    m[y1:y2, x1:x2] = True
+    return m
+
+
+def _disk(h: int, w: int, cy: int, cx: int, r: int) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+class HandDrawnDataset(Dataset):
+    """5 images of 128x160 with rectangles/disks of all three COCO area ranges.
+
+    Class 1 "square", class 2 "disk", class 3 "never" (no instance anywhere).
+    Image 1 has a crowd region of class 1; image 3 has no instances; the top-left
+    pixel of each image holds its id so that a fake detector can recognize it.
+    """
+
+    H, W = 128, 160
+
+    def __init__(self) -> None:
+        super().__init__()
+        for cid, name in ((1, "square"), (2, "disk"), (3, "never")):
+            self.add_class("hand", cid, name)
+        h, w = self.H, self.W
+        layouts = [
+            # small (< 32^2 px), medium, large (> 96^2 px)
+            [(_rect(h, w, 5, 5, 15, 20), 1), (_disk(h, w, 60, 60, 20), 2), (_rect(h, w, 20, 80, 125, 158), 1)],
+            [(_rect(h, w, 10, 10, 50, 50), 1), (_disk(h, w, 90, 100, 4), 2), (-1, _rect(h, w, 60, 0, 128, 60))],
+            [(_disk(h, w, 64, 80, 60), 2), (_rect(h, w, 2, 2, 8, 8), 1), (_disk(h, w, 20, 140, 10), 2)],
+            [],
+            [(_rect(h, w, 30, 30, 90, 100), 1), (_disk(h, w, 100, 130, 15), 2), (_rect(h, w, 0, 120, 12, 160), 2)],
+        ]
+        for i, layout in enumerate(layouts):
+            masks, ids = [], []
+            for a, b in layout:
+                mask, cid = (b, a) if isinstance(a, int) else (a, b)
+                masks.append(mask)
+                ids.append(cid)
+            self.add_image("hand", image_id=f"img{i}", path=None, masks=masks, ids=ids)
+        self.prepare()
+
+    def load_image(self, image_id: int) -> np.ndarray:
+        image = np.full((self.H, self.W, 3), 100, dtype=np.uint8)
+        image[0, 0, 0] = image_id
+        return image
+
+    def load_mask(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
+        info = self.image_info[image_id]
+        if not info["masks"]:
+            return np.zeros((0, 0, 0), dtype=bool), np.zeros((0,), dtype=np.int32)
+        return np.stack(info["masks"], -1), np.asarray(info["ids"], dtype=np.int32)
+
+
+def gt_as_detections(dataset: Dataset, image_id: int) -> dict[str, np.ndarray]:
+    """Non-crowd GT of one image in ``model.detect`` format, score 1."""
+    masks, class_ids = dataset.load_mask(image_id)
+    keep = class_ids > 0
+    masks, class_ids = masks[..., keep], class_ids[keep]
+    rois = []
+    for k in range(masks.shape[-1]):
+        ys, xs = np.nonzero(masks[..., k])
+        rois.append([ys.min(), xs.min(), ys.max() + 1, xs.max() + 1])  # exclusive y2/x2
+    return {
+        "rois": np.asarray(rois, dtype=np.float32).reshape(-1, 4),
+        "class_ids": class_ids.astype(np.int32),
+        "scores": np.ones(len(class_ids), dtype=np.float32),
+        "masks": masks if masks.shape[-1] else np.zeros((1, 1, 0), dtype=bool),
+    }
+
+
+def direct_pycocotools(gt_file: Path, res_file: Path, iou_type: str) -> np.ndarray:
+    """The 12 stats straight from pycocotools on JSON files, -1 mapped to NaN."""
+    gt = COCO(str(gt_file))
+    dt = gt.loadRes(str(res_file))
+    ev = COCOeval(gt, dt, iou_type)
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return np.where(ev.stats == -1, np.nan, ev.stats)
+
+
+def assert_stats_equal(ours: dict[str, float], stats: np.ndarray) -> None:
+    got = np.array([ours[n] for n in METRIC_NAMES])
+    np.testing.assert_array_equal(got, stats)
+
+
+@pytest.fixture(scope="module")
+def hand() -> HandDrawnDataset:
+    return HandDrawnDataset()
+
+
+def test_dataset_to_coco_fields(hand: HandDrawnDataset) -> None:
+    gt = dataset_to_coco(hand)
+    assert [c["name"] for c in gt.dataset["categories"]] == ["square", "disk", "never"]
+    assert [c["id"] for c in gt.dataset["categories"]] == [1, 2, 3]
+    assert len(gt.dataset["images"]) == 5
+    # The image without instances is present with its real size (from load_image).
+    img3 = gt.imgs[3]
+    assert (img3["height"], img3["width"]) == (128, 160)
+    assert gt.getAnnIds(imgIds=[3]) == []
+    anns = gt.loadAnns(gt.getAnnIds(imgIds=[0]))
+    assert anns[0]["bbox"] == [5.0, 5.0, 15.0, 10.0]  # [x, y, w, h] of rows 5..14, cols 5..19
+    assert anns[0]["area"] == 150.0
+    crowd = [a for a in gt.dataset["annotations"] if a["iscrowd"]]
+    assert len(crowd) == 1 and crowd[0]["category_id"] == 1 and crowd[0]["image_id"] == 1
+    assert min(a["id"] for a in gt.dataset["annotations"]) == 1
+    json.dumps(gt.dataset)  # RLE counts are str
+
+
+def test_detections_to_coco_conventions() -> None:
+    mask = _rect(40, 60, 10, 20, 30, 50)
+    result = {
+        "rois": np.array([[10, 20, 30, 50]], np.float32),
+        "class_ids": np.array([2], np.int32),
+        "scores": np.array([0.75], np.float32),
+        "masks": mask[..., None],
+    }
+    (det,) = detections_to_coco([result], [42], category_map={2: 18})
+    assert det["image_id"] == 42 and det["category_id"] == 18
+    assert det["bbox"] == [20.0, 10.0, 30.0, 20.0]
+    assert det["score"] == 0.75
+    assert isinstance(det["segmentation"]["counts"], str)
+    assert det["segmentation"]["size"] == [40, 60]
+    json.dumps(det)
+    empty = {"rois": np.zeros((0, 4)), "class_ids": np.zeros((0,), np.int32),
+             "scores": np.zeros((0,)), "masks": np.zeros((40, 60, 0), bool)}
+    assert detections_to_coco([empty], [1]) == []
+
+
+def test_gt_as_detections_scores_one(hand: HandDrawnDataset) -> None:
+    gt = dataset_to_coco(hand)
+    results = [gt_as_detections(hand, i) for i in hand.image_ids]
+    dets = detections_to_coco(results, list(hand.image_ids))
+    metrics = coco_metrics(gt, dets, class_names=hand.class_names)
+    for iou_type in ("bbox", "segm"):
+        for name in METRIC_NAMES:
+            if name in ("AR1",):  # images hold up to 3 objects: 1 detection cannot recall all
+                continue
+            assert metrics[iou_type][name] == pytest.approx(1.0), (iou_type, name)
+        # "never" has no GT: left out of the per-class table instead of NaN/-1.
+        assert metrics["per_class"][iou_type] == {"square": 1.0, "disk": 1.0}
+
+
+def _perturbed(dataset: Dataset) -> list[dict[str, np.ndarray]]:
+    """Drop every other detection, shift boxes and masks of the rest by 3 px, vary scores."""
+    out = []
+    rng = np.random.default_rng(0)
+    for i in dataset.image_ids:
+        r = gt_as_detections(dataset, i)
+        keep = np.arange(len(r["class_ids"])) % 2 == 0
+        masks = np.roll(r["masks"][..., keep], 3, axis=1)
+        out.append({
+            "rois": r["rois"][keep] + np.array([0, 3, 0, 3], np.float32),
+            "class_ids": r["class_ids"][keep],
+            "scores": rng.uniform(0.1, 1.0, keep.sum()).astype(np.float32),
+            "masks": masks,
+        })
+    return out
+
+
+def test_perturbation_matches_pycocotools(hand: HandDrawnDataset, tmp_path: Path) -> None:
+    gt = dataset_to_coco(hand)
+    dets = detections_to_coco(_perturbed(hand), list(hand.image_ids))
+    gt_file, res_file = tmp_path / "gt.json", tmp_path / "res.json"
+    gt_file.write_text(json.dumps(gt.dataset))
+    res_file.write_text(json.dumps(dets))
+    before = json.dumps(dets)
+    metrics = coco_metrics(gt, dets)
+    assert json.dumps(dets) == before  # the caller's list is not modified
+    for iou_type in ("bbox", "segm"):
+        assert_stats_equal(metrics[iou_type], direct_pycocotools(gt_file, res_file, iou_type))
+        assert 0.1 < metrics[iou_type]["AP"] < 0.9
+
+
+def test_drop_half_hand_computed_ap(hand: HandDrawnDataset) -> None:
+    # One class, 4 GT, keep 2 exact detections: precision 1 up to recall 0.5, then
+    # nothing. COCO interpolates at recall 0, .01, ..., 1: 51 of 101 points are 1.
+    gt = dataset_to_coco(hand, image_ids=[0, 1])  # squares: 2 in img0, 1 in img1 (+crowd)
+    results = [gt_as_detections(hand, i) for i in (0, 1)]
+    # keep only squares, then drop the large one of image 0 -> 2 of 3 squares found
+    keep0 = results[0]["class_ids"] == 1
+    keep0[2] = False
+    r0 = {k: (v[..., keep0] if k == "masks" else v[keep0]) for k, v in results[0].items()}
+    keep1 = results[1]["class_ids"] == 1
+    r1 = {k: (v[..., keep1] if k == "masks" else v[keep1]) for k, v in results[1].items()}
+    dets = detections_to_coco([r0, r1], [0, 1])
+    metrics = coco_metrics(gt, dets, iou_types=("bbox",))
+    # square: 2/3 recall -> 67 of 101 recall points at precision 1; disk: nothing -> 0.
+    assert metrics["per_class"]["bbox"]["square"] == pytest.approx(67 / 101)
+    assert metrics["per_class"]["bbox"]["disk"] == 0.0
+    assert metrics["bbox"]["AP"] == pytest.approx((67 / 101 + 0.0) / 2)
+
+
+def test_empty_results_are_zeros(hand: HandDrawnDataset) -> None:
+    gt = dataset_to_coco(hand)
+    metrics = coco_metrics(gt, [])
+    for iou_type in ("bbox", "segm"):
+        assert all(v == 0.0 for v in metrics[iou_type].values()), metrics[iou_type]
+        assert metrics["per_class"][iou_type] == {"square": 0.0, "disk": 0.0}
+
+
+def test_undefined_area_range_is_nan() -> None:
+    class OneSmall(HandDrawnDataset):
+        def load_mask(self, image_id):  # only the small square of image 0
+            m = _rect(self.H, self.W, 5, 5, 15, 20)[..., None]
+            return m, np.array([1], np.int32)
+
+    ds = OneSmall()
+    gt = dataset_to_coco(ds, image_ids=[0])
+    metrics = coco_metrics(gt, detections_to_coco([gt_as_detections(ds, 0)], [0]))
+    assert metrics["bbox"]["APs"] == pytest.approx(1.0)
+    assert math.isnan(metrics["bbox"]["APm"]) and math.isnan(metrics["bbox"]["APl"])
+
+
+def test_evaluate_dataset_batches_and_json(hand: HandDrawnDataset, tmp_path: Path) -> None:
+    calls = []
+
+    def detect(images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        calls.append(len(images))
+        return [gt_as_detections(hand, int(im[0, 0, 0])) for im in images]
+
+    out = tmp_path / "dets.json"
+    metrics = evaluate_dataset(detect, hand, batch_size=2, progress=False, json_out=out)
+    assert calls == [2, 2, 2]  # 5 images, the last batch padded to the model's batch size
+    assert metrics["bbox"]["AP"] == pytest.approx(1.0)
+    assert metrics["segm"]["AP"] == pytest.approx(1.0)
+    assert set(metrics["per_class"]) == {"bbox", "segm"}
+    dets = json.loads(out.read_text())
+    assert len(dets) == 11  # 12 instances minus 1 crowd; padding copies dropped
+    text = format_metrics(metrics)
+    assert "AP50" in text and "square" in text and "segm" in text
+
+
+def test_per_class_ap_matches_precision_array(hand: HandDrawnDataset) -> None:
+    gt = dataset_to_coco(hand)
+    dets = detections_to_coco(_perturbed(hand), list(hand.image_ids))
+    dt = gt.loadRes(json.loads(json.dumps(dets)))
+    ev = COCOeval(gt, dt, "segm")
+    ev.evaluate()
+    ev.accumulate()
+    table = per_class_ap(ev)
+    p = ev.eval["precision"][:, :, :, 0, -1]
+    assert table["square"] == pytest.approx(p[:, :, 0].mean())
+    assert table["disk"] == pytest.approx(p[:, :, 1].mean())
+    assert "never" not in table
+
+
+def test_callback_adds_logs_and_tensorboard(hand: HandDrawnDataset, tmp_path: Path) -> None:
+    from mrcnn.callbacks import CocoEvaluationCallback
+
+    class FakeModel:
+        def detect(self, images):
+            return [gt_as_detections(hand, int(im[0, 0, 0])) for im in images]
+
+    cb = CocoEvaluationCallback(hand, every_n_epochs=2, image_ids=[0, 1, 2], log_dir=tmp_path / "tb")
+    cb.set_model(FakeModel())
+    logs: dict = {"loss": 1.0}
+    cb.on_epoch_end(0, logs)
+    assert set(logs) == {"loss"}  # epoch 1 of every 2: skipped
+    cb.on_epoch_end(1, logs)
+    assert logs["val_bbox_AP"] == pytest.approx(1.0)
+    assert logs["val_segm_AP50"] == pytest.approx(1.0)
+    assert len([k for k in logs if k.startswith("val_")]) == 24
+    cb.on_train_end()
+    import tensorflow as tf
+
+    (events,) = (tmp_path / "tb").glob("events.out.tfevents.*")
+    scalars = {}
+    for event in tf.compat.v1.train.summary_iterator(str(events)):
+        for v in event.summary.value:
+            assert v.metadata.plugin_data.plugin_name == "scalars"
+            scalars[v.tag] = (event.step, float(tf.make_ndarray(v.tensor)))
+    assert scalars["val_bbox_AP"] == (1, pytest.approx(1.0))
+    assert scalars["val_segm_AP75"] == (1, pytest.approx(1.0))
+
+
+# ----- real data ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny():
+    from mrcnn.data.coco import CocoDataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # empty-mask warnings are tested in test_coco.py
+        yield CocoDataset(TINY_COCO / "annotations" / "instances_train2017.json", TINY_COCO / "train2017")
+
+
+@needs_tiny_coco
+def test_tiny_coco_gt_scores_one_and_json_matches_original(tiny, tmp_path: Path) -> None:
+    order = iter(tiny.image_ids)
+
+    def detect(images):  # evaluate_dataset walks the ids in order, batch_size=1
+        return [gt_as_detections(tiny, next(order)) for _ in images]
+
+    out = tmp_path / "dets.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        metrics = evaluate_dataset(detect, tiny, progress=False, json_out=out)
+    for iou_type in ("bbox", "segm"):
+        assert metrics[iou_type]["AP"] == pytest.approx(1.0)
+        assert metrics[iou_type]["AP50"] == pytest.approx(1.0)
+        assert all(v == pytest.approx(1.0) for v in metrics["per_class"][iou_type].values())
+    # The written file uses the JSON's own image and category ids: scored against the
+    # ORIGINAL annotation file its masks are exact (boxes are not: COCO's are float).
+    original = load_coco(TINY_COCO / "annotations" / "instances_train2017.json")
+    dets = json.loads(out.read_text())
+    assert {d["category_id"] for d in dets} <= set(original.getCatIds())
+    direct = coco_metrics(original, dets, iou_types=("segm",))
+    assert direct["segm"]["AP"] == pytest.approx(1.0)
+
+
+@needs_tiny_coco
+def test_tiny_coco_drop_half_matches_pycocotools(tiny, tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gt = dataset_to_coco(tiny)
+        results = _perturbed(tiny)
+    coco_ids = [tiny.coco_image_id(i) for i in tiny.image_ids]
+    dets = detections_to_coco(results, coco_ids)
+    gt_file, res_file = tmp_path / "gt.json", tmp_path / "res.json"
+    gt_file.write_text(json.dumps(gt.dataset))
+    res_file.write_text(json.dumps(dets))
+    metrics = coco_metrics(gt, dets)
+    for iou_type in ("bbox", "segm"):
+        assert_stats_equal(metrics[iou_type], direct_pycocotools(gt_file, res_file, iou_type))
+        assert metrics[iou_type]["AP"] < 0.6
