@@ -1,0 +1,379 @@
+"""Per-image loading and sanitising of a :class:`~mrcnn.data.dataset.Dataset` (numpy side).
+
+:func:`load_instance` is what the tf.data pipeline calls (through
+``tf.numpy_function``) for every image. It turns whatever a user's ``load_image``
+/ ``load_mask`` return into one well-defined record, and fails early with an
+error that names the image (internal id, plus ``image_info[id]['path']`` when the
+dataset has one) instead of failing later deep inside a TF graph.
+
+Decisions (see each function for details)
+-----------------------------------------
+* Image dtypes: uint8 kept; uint16 scaled by 255/65535 (rounded); other integer
+  dtypes (int8..int64, uint32, uint64) are treated as widened 8-bit data when all
+  values lie in [0, 255] (cast), as 16-bit data when they lie in [0, 65535]
+  (scaled like uint16), else rejected; float images whose maximum is <= 1 are
+  taken as [0, 1] and multiplied by 255, floats in [0, 255] are rounded; negative,
+  non-finite or > 255 floats, bool and other dtypes are rejected.
+* Channels: [H, W] and [H, W, 1] are replicated to 3 channels; [H, W, 4] (RGBA)
+  loses its alpha; [H, W, 3] is kept (assumed RGB); anything else is rejected.
+* Masks must be [H, W, N] with the image's H, W; bool, integer (!= 0) and float
+  (>= 0.5) masks are accepted. N == 0 (including the base class's ``(0, 0, 0)``
+  placeholder) keeps the image as a negative example.
+* Class ids: 0 is an error; ``-c`` marks a crowd region of class c and is kept;
+  ``|id| >= NUM_CLASSES`` is an error.
+* Empty instance masks are dropped, counted in ``counters["empty_masks_dropped"]``
+  and warned about once per process.
+* More than ``MAX_GT_INSTANCES`` instances: the ``MAX_GT_INSTANCES`` largest by
+  mask area are kept, in their original order (ties keep the earlier instance).
+  Large instances carry most of the training signal and large crowd regions
+  guard the most proposals, while the smallest instances are the ones a detector
+  learns least from. Counted in ``counters["instances_truncated"]``, warned once.
+* Boxes use the pixel-edge convention (y1, x1, y2, x2) with y2 = last row + 1,
+  in original image pixels.
+* Mini masks (``config.MINI_MASK_SHAPE`` set) are resampled **area-accurately**:
+  mini-mask cell (i, j) is set iff at least half of its area, measured in
+  original pixels, is covered by the mask. Cell (i, j) of an ``mh x mw`` mini
+  mask with box (y1, x1, y2, x2) covers ``[y1 + i*(y2-y1)/mh, y1 + (i+1)*(y2-y1)/mh)``
+  x the same in x, i.e. its centre is at ``y1 + (i + 0.5) * (y2 - y1) / mh``
+  (half-pixel centres in the box frame). This is exact for any box/mini-mask
+  size ratio (down- or up-sampling), unlike a bilinear resize which aliases
+  when downsampling large boxes.
+
+Layouts: functions taking Dataset-style full-image masks use ``[H, W, N]``;
+per-instance stacks (mini masks, the record's ``masks``) are ``[N, ...]``.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import Any
+
+import numpy as np
+
+from mrcnn.config import Config
+
+# Counters since process start (or the last reset_counters()); read by tests and
+# handy for dataset diagnostics. Guarded by a lock: tf.data calls the loader from
+# several threads at once.
+counters: dict[str, int] = {"empty_masks_dropped": 0, "instances_truncated": 0}
+_warned: set[str] = set()
+_lock = threading.Lock()
+
+
+def reset_counters() -> None:
+    """Zero the counters and re-arm the once-per-process warnings (for tests)."""
+    with _lock:
+        for key in counters:
+            counters[key] = 0
+        _warned.clear()
+
+
+def _count_and_warn_once(key: str, amount: int, message: str) -> None:
+    with _lock:
+        counters[key] += amount
+        first = key not in _warned
+        _warned.add(key)
+    if first:
+        warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def describe_image(dataset: Any, image_id: int) -> str:
+    """'image 3' or "image 3 (path '/data/x.png')" for error messages."""
+    ref = f"image {image_id}"
+    info = getattr(dataset, "image_info", None)
+    try:
+        path = info[image_id].get("path") if info is not None else None
+    except (IndexError, KeyError, TypeError, AttributeError):
+        path = None
+    if path:
+        ref += f" (path {path!r})"
+    return ref
+
+
+def sanitize_image(image: Any, ref: str = "image") -> np.ndarray:
+    """Convert a loaded image to uint8 ``[H, W, 3]`` RGB or raise ValueError naming ``ref``.
+
+    Accepted input:
+        * shape ``[H, W]`` or ``[H, W, 1]`` (grayscale, replicated to 3 channels),
+          ``[H, W, 3]`` (RGB) or ``[H, W, 4]`` (RGBA, alpha dropped);
+        * dtype uint8 (kept); uint16 (x * 255 / 65535, rounded); other integer
+          dtypes: cast if all values are in [0, 255], scaled as 16-bit if in
+          [0, 65535], else rejected; float: max <= 1 -> [0, 1] data, x 255,
+          otherwise must lie in [0, 255]; rounded either way.
+        * bool, complex, object, negative / non-finite / > 255 floats: ValueError.
+    """
+    if image is None:
+        raise ValueError(f"{ref}: load_image returned None")
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(
+            f"{ref}: image must be [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got shape {image.shape}"
+        )
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"{ref}: image is empty, shape {image.shape}")
+    image = _to_uint8(image, ref)
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif image.shape[2] == 4:
+        # Alpha is dropped, not composited: datasets with RGBA files (PNG) store
+        # the real colours in RGB and alpha is usually all 255.
+        image = image[:, :, :3]
+    return np.ascontiguousarray(image)
+
+
+def _to_uint8(image: np.ndarray, ref: str) -> np.ndarray:
+    dtype = image.dtype
+    if dtype == np.uint8:
+        return image
+    if dtype == np.bool_ or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise ValueError(f"{ref}: unsupported image dtype {dtype}; use uint8 RGB")
+    if np.issubdtype(dtype, np.integer):
+        if dtype == np.uint16:
+            return _scale_16bit(image)
+        lo, hi = int(image.min()), int(image.max())
+        if lo >= 0 and hi <= 255:
+            return image.astype(np.uint8)  # 8-bit data in a wider integer type
+        if lo >= 0 and hi <= 65535:
+            return _scale_16bit(image)
+        raise ValueError(
+            f"{ref}: {dtype} image with values in [{lo}, {hi}] is not 8- or 16-bit data"
+        )
+    # Floating point.
+    if not np.all(np.isfinite(image)):
+        raise ValueError(f"{ref}: float image contains NaN or inf")
+    lo, hi = float(image.min()), float(image.max())
+    if lo < 0 or hi > 255:
+        raise ValueError(
+            f"{ref}: float image values must lie in [0, 1] or [0, 255], got [{lo}, {hi}]"
+        )
+    # A [0, 255] image whose brightest pixel is <= 1 is indistinguishable from
+    # [0, 1] data; such an image is black either way.
+    if hi <= 1.0:
+        image = image * 255.0
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def _scale_16bit(image: np.ndarray) -> np.ndarray:
+    return np.rint(image.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+
+
+def sanitize_masks(
+    masks: Any,
+    class_ids: Any,
+    image_hw: tuple[int, int],
+    num_classes: int,
+    ref: str = "image",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate ``load_mask`` output -> (bool ``[H, W, N]``, int32 ``[N]``).
+
+    Raises ValueError naming ``ref`` for: masks not 3-D, H/W differing from the
+    image (both shapes named), class ids not 1-D of length N, non-integral class
+    ids, class id 0, or ``|class id| >= num_classes``. N == 0 returns
+    ``[H, W, 0]`` masks whatever placeholder shape came in.
+    """
+    height, width = image_hw
+    masks = np.asarray(masks)
+    class_ids = np.asarray(class_ids)
+    if masks.ndim != 3:
+        raise ValueError(f"{ref}: masks must be [H, W, N], got shape {masks.shape}")
+    n = masks.shape[2]
+    if class_ids.ndim != 1 or class_ids.shape[0] != n:
+        raise ValueError(
+            f"{ref}: class_ids must be 1-D with one id per mask (N={n}), got shape {class_ids.shape}"
+        )
+    if n == 0:
+        # Negative example; the base class returns a (0, 0, 0) placeholder.
+        return np.zeros((height, width, 0), bool), np.zeros((0,), np.int32)
+    if masks.shape[:2] != (height, width):
+        raise ValueError(
+            f"{ref}: masks shape {masks.shape} does not match image shape "
+            f"{(height, width)} (expected [{height}, {width}, N])"
+        )
+    if masks.dtype == np.bool_:
+        pass
+    elif np.issubdtype(masks.dtype, np.integer):
+        masks = masks != 0
+    elif np.issubdtype(masks.dtype, np.floating):
+        masks = masks >= 0.5
+    else:
+        raise ValueError(f"{ref}: unsupported mask dtype {masks.dtype}; use bool")
+    if not np.issubdtype(class_ids.dtype, np.integer):
+        if not np.issubdtype(class_ids.dtype, np.floating) or np.any(
+            class_ids != np.round(class_ids)
+        ):
+            raise ValueError(f"{ref}: class_ids must be integers, got {class_ids!r}")
+    class_ids = class_ids.astype(np.int32)
+    if np.any(class_ids == 0):
+        raise ValueError(
+            f"{ref}: class id 0 is the background and cannot label an instance "
+            f"(class_ids={class_ids.tolist()})"
+        )
+    bad = np.abs(class_ids) >= num_classes
+    if np.any(bad):
+        raise ValueError(
+            f"{ref}: class ids {class_ids[bad].tolist()} out of range for "
+            f"NUM_CLASSES={num_classes} (valid: 1..{num_classes - 1}, negative = crowd)"
+        )
+    return masks, class_ids
+
+
+def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
+    """Tight boxes of ``[H, W, N]`` masks -> float32 ``[N, 4]`` (y1, x1, y2, x2).
+
+    Pixel-edge convention: y2 = last set row + 1, x2 = last set column + 1, so a
+    one-pixel mask at (r, c) gives (r, c, r + 1, c + 1). Empty masks give zeros.
+    """
+    masks = np.asarray(masks, bool)
+    height, width, n = masks.shape
+    rows = masks.any(axis=1)  # [H, N]
+    cols = masks.any(axis=0)  # [W, N]
+    present = rows.any(axis=0)
+    y1 = np.argmax(rows, axis=0)
+    y2 = height - np.argmax(rows[::-1], axis=0)
+    x1 = np.argmax(cols, axis=0)
+    x2 = width - np.argmax(cols[::-1], axis=0)
+    boxes = np.stack([y1, x1, y2, x2], axis=1).astype(np.float32)
+    boxes[~present] = 0
+    return boxes.reshape(n, 4)
+
+
+def _overlap_weights(dst_edges: np.ndarray, src_edges: np.ndarray) -> np.ndarray:
+    """[len(dst)-1, len(src)-1] fraction of each dst interval covered by each src interval."""
+    lo = np.maximum(dst_edges[:-1, None], src_edges[None, :-1])
+    hi = np.minimum(dst_edges[1:, None], src_edges[None, 1:])
+    return np.clip(hi - lo, 0.0, None) / np.diff(dst_edges)[:, None]
+
+
+# Coverage exactly 0.5 must count as set; allow for float rounding in the weights.
+_HALF = 0.5 - 1e-9
+
+
+def minimize_masks(
+    masks: np.ndarray, boxes: np.ndarray, mini_shape: tuple[int, int]
+) -> np.ndarray:
+    """Crop each ``[H, W, N]`` mask to its box and resample area-accurately.
+
+    Args:
+        masks: bool ``[H, W, N]`` full-image masks.
+        boxes: ``[N, 4]`` integer-valued pixel-edge boxes (from boxes_from_masks).
+        mini_shape: (mh, mw).
+
+    Returns:
+        uint8 ``[N, mh, mw]`` of 0/1; cell (i, j) is 1 iff >= half its area (in
+        original pixels) is inside the mask. See the module docstring for the
+        cell geometry.
+    """
+    mh, mw = int(mini_shape[0]), int(mini_shape[1])
+    n = masks.shape[2]
+    out = np.zeros((n, mh, mw), np.uint8)
+    for i in range(n):
+        y1, x1, y2, x2 = (int(round(float(v))) for v in boxes[i])
+        if y2 <= y1 or x2 <= x1:
+            continue
+        crop = masks[y1:y2, x1:x2, i].astype(np.float64)
+        bh, bw = y2 - y1, x2 - x1
+        wy = _overlap_weights(np.linspace(0.0, bh, mh + 1), np.arange(bh + 1, dtype=np.float64))
+        wx = _overlap_weights(np.linspace(0.0, bw, mw + 1), np.arange(bw + 1, dtype=np.float64))
+        out[i] = (wy @ crop @ wx.T) >= _HALF
+    return out
+
+
+def expand_mini_masks(
+    mini_masks: np.ndarray, boxes: np.ndarray, height: int, width: int
+) -> np.ndarray:
+    """Inverse of :func:`minimize_masks`: ``[N, mh, mw]`` in their boxes -> bool ``[H, W, N]``.
+
+    Boxes may be fractional (e.g. after the pipeline's resize); a pixel is set iff
+    at least half of its area is covered by set mini-mask cells. Cells outside
+    the image are clipped away.
+    """
+    mini_masks = np.asarray(mini_masks)
+    n, mh, mw = mini_masks.shape
+    out = np.zeros((height, width, n), bool)
+    for i in range(n):
+        y1, x1, y2, x2 = (float(v) for v in boxes[i])
+        if y2 <= y1 or x2 <= x1:
+            continue
+        r0, r1 = max(int(np.floor(y1)), 0), min(int(np.ceil(y2)), height)
+        c0, c1 = max(int(np.floor(x1)), 0), min(int(np.ceil(x2)), width)
+        if r1 <= r0 or c1 <= c0:
+            continue
+        wy = _overlap_weights(np.arange(r0, r1 + 1, dtype=np.float64), np.linspace(y1, y2, mh + 1))
+        wx = _overlap_weights(np.arange(c0, c1 + 1, dtype=np.float64), np.linspace(x1, x2, mw + 1))
+        cover = wy @ mini_masks[i].astype(np.float64) @ wx.T
+        out[r0:r1, c0:c1, i] = cover >= _HALF
+    return out
+
+
+def load_instance(dataset: Any, image_id: int, config: Config) -> dict[str, np.ndarray]:
+    """Load, validate and encode one image's ground truth.
+
+    Args:
+        dataset: a prepared :class:`~mrcnn.data.dataset.Dataset`.
+        image_id: internal image index.
+        config: reads NUM_CLASSES, MAX_GT_INSTANCES, MINI_MASK_SHAPE.
+
+    Returns:
+        dict with
+          "image": uint8 ``[H, W, 3]`` RGB (see :func:`sanitize_image`);
+          "boxes": float32 ``[N, 4]`` (y1, x1, y2, x2) pixel-edge, original pixels;
+          "class_ids": int32 ``[N]``, > 0 normal, < 0 crowd (never 0);
+          "masks": uint8 ``[N, mh, mw]`` 0/1 mini masks in box frame when
+            ``config.MINI_MASK_SHAPE`` is set, else uint8 ``[N, H, W]`` full masks;
+          "image_id": int64 scalar.
+        N <= MAX_GT_INSTANCES; N == 0 for a negative example.
+
+    Raises:
+        ValueError naming the image (id and path) for malformed image, masks or ids.
+    """
+    image_id = int(image_id)
+    ref = describe_image(dataset, image_id)
+    image = sanitize_image(dataset.load_image(image_id), ref)
+    height, width = image.shape[:2]
+    loaded = dataset.load_mask(image_id)
+    if not isinstance(loaded, (tuple, list)) or len(loaded) != 2:
+        raise ValueError(f"{ref}: load_mask must return (masks, class_ids)")
+    masks, class_ids = sanitize_masks(loaded[0], loaded[1], (height, width), config.NUM_CLASSES, ref)
+
+    areas = masks.sum(axis=(0, 1))
+    empty = areas == 0
+    if np.any(empty):
+        count = int(empty.sum())
+        _count_and_warn_once(
+            "empty_masks_dropped",
+            count,
+            f"{ref}: dropped {count} empty instance mask(s) (no pixel set). Further "
+            "drops are not warned about; see mrcnn.data.loader.counters.",
+        )
+        keep = ~empty
+        masks, class_ids, areas = masks[:, :, keep], class_ids[keep], areas[keep]
+
+    limit = config.MAX_GT_INSTANCES
+    if class_ids.shape[0] > limit:
+        extra = class_ids.shape[0] - limit
+        _count_and_warn_once(
+            "instances_truncated",
+            extra,
+            f"{ref}: {class_ids.shape[0]} instances > MAX_GT_INSTANCES={limit}; kept the "
+            f"{limit} largest, dropped {extra}. Further truncations are not warned about; "
+            "see mrcnn.data.loader.counters.",
+        )
+        # Largest first, stable so ties keep the earlier instance; then restore order.
+        keep = np.sort(np.argsort(-areas, kind="stable")[:limit])
+        masks, class_ids = masks[:, :, keep], class_ids[keep]
+
+    boxes = boxes_from_masks(masks)
+    if config.MINI_MASK_SHAPE is not None:
+        out_masks = minimize_masks(masks, boxes, config.MINI_MASK_SHAPE)
+    else:
+        out_masks = np.ascontiguousarray(np.transpose(masks, (2, 0, 1))).astype(np.uint8)
+    return {
+        "image": image,
+        "boxes": boxes,
+        "class_ids": class_ids.astype(np.int32),
+        "masks": out_masks,
+        "image_id": np.int64(image_id),
+    }

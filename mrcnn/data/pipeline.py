@@ -1,0 +1,199 @@
+"""tf.data input pipeline (training / evaluation) and inference-time batching.
+
+:func:`build_dataset` yields the model's input contract, a dict of
+
+======================  ===================  ==========================================
+key                     dtype / shape        meaning
+======================  ===================  ==========================================
+``"images"``            float32 [B,Hp,Wp,3]  raw RGB 0-255, resized + zero-padded
+                                             (the model normalises)
+``"image_sizes"``       int32 [B, 2]         (new_h, new_w) valid top-left region
+``"gt_boxes"``          float32 [B, G, 4]    (y1, x1, y2, x2) pixel-edge, in padded-input
+                                             pixels; zeros for padding rows
+``"gt_class_ids"``      int32 [B, G]         0 = padding, > 0 class, < 0 crowd region
+``"gt_masks"``          uint8 [B, G, mh, mw] 0/1 mini masks in their box frame
+                        or [B, G, Hp, Wp]    (MINI_MASK_SHAPE None) full masks
+======================  ===================  ==========================================
+
+with ``G = config.MAX_GT_INSTANCES``. In "square" mode every shape is static (with
+``drop_remainder=True``, the training default, B too); in "pad32" mode batches
+are padded (zeros) to their largest image, which is a multiple of 32.
+
+Per element: ``load_instance`` (numpy, via ``tf.numpy_function``) -> random
+horizontal flip (training only, probability ``TRAIN_FLIP_PROB``; applied in
+original pixels to image, boxes and masks; a mini mask is flipped left-right in
+its box frame) -> ``resize_and_pad`` -> boxes times ``scale`` (exact for the
+half-pixel-centre resize in the pixel-edge box convention) -> full masks resized
+(bilinear, >= 0.5) and padded -> GT padded to G.
+
+Randomness: each element's flip is drawn with a *stateless* RNG keyed by
+``(seed, element position)``, so given a ``seed`` the stream is reproducible even
+though the map runs in parallel. Without a seed one is drawn from the OS.
+``deterministic`` ordering of the parallel map is on when a seed is given or
+when not training (evaluation must keep the order of ``image_ids``), and off
+otherwise (throughput).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from mrcnn.config import Config
+from mrcnn.data import transforms
+from mrcnn.data.loader import load_instance, sanitize_image
+
+
+def _mini_shape(config: Config) -> tuple[int, int] | None:
+    if config.MINI_MASK_SHAPE is None:
+        return None
+    return int(config.MINI_MASK_SHAPE[0]), int(config.MINI_MASK_SHAPE[1])
+
+
+def build_dataset(
+    dataset: Any,
+    config: Config,
+    training: bool,
+    image_ids: Sequence[int] | np.ndarray | None = None,
+    batch_size: int | None = None,
+    shuffle: bool | None = None,
+    repeat: bool | None = None,
+    seed: int | None = None,
+) -> tf.data.Dataset:
+    """Build the batched input pipeline over ``dataset``.
+
+    Args:
+        dataset: a prepared :class:`~mrcnn.data.dataset.Dataset`.
+        config: the model's Config.
+        training: enables flips, shuffling, repetition and drop_remainder.
+        image_ids: subset/order of internal ids; default all of ``dataset.image_ids``.
+        batch_size: default ``config.BATCH_SIZE``.
+        shuffle: default ``training`` (reshuffled every epoch).
+        repeat: default ``training`` (infinite).
+        seed: makes shuffling, flips and element order reproducible.
+
+    Returns:
+        A ``tf.data.Dataset`` of dicts as described in the module docstring.
+    """
+    ids = np.asarray(dataset.image_ids if image_ids is None else image_ids, dtype=np.int64)
+    if ids.ndim != 1 or ids.size == 0:
+        raise ValueError(f"image_ids must be a non-empty 1-D list, got shape {ids.shape}")
+    batch_size = config.BATCH_SIZE if batch_size is None else int(batch_size)
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    shuffle = training if shuffle is None else bool(shuffle)
+    repeat = training if repeat is None else bool(repeat)
+    drop_remainder = bool(training)
+    if drop_remainder and not repeat and ids.size < batch_size:
+        raise ValueError(
+            f"{ids.size} images < batch_size={batch_size} with drop_remainder: the dataset would be empty"
+        )
+    deterministic = seed is not None or not training
+    rng_seed = int(seed) if seed is not None else random.SystemRandom().randrange(2**31 - 1)
+
+    max_gt = int(config.MAX_GT_INSTANCES)
+    mini = _mini_shape(config)
+    flip_prob = float(config.TRAIN_FLIP_PROB) if training else 0.0
+
+    def load_py(image_id: np.ndarray) -> tuple[np.ndarray, ...]:
+        record = load_instance(dataset, int(image_id), config)
+        return record["image"], record["boxes"], record["class_ids"], record["masks"]
+
+    def element(index: tf.Tensor, image_id: tf.Tensor) -> dict[str, tf.Tensor]:
+        image, boxes, class_ids, masks = tf.numpy_function(
+            load_py, [image_id], [tf.uint8, tf.float32, tf.int32, tf.uint8], name="load_instance"
+        )
+        image.set_shape([None, None, 3])
+        boxes.set_shape([None, 4])
+        class_ids.set_shape([None])
+        masks.set_shape([None, *mini] if mini else [None, None, None])
+
+        if flip_prob > 0:
+            # Stateless, keyed by element position: reproducible under parallel map.
+            seed_pair = tf.stack([tf.constant(rng_seed, tf.int64), tf.cast(index, tf.int64)])
+            do_flip = tf.random.stateless_uniform([], seed=seed_pair) < flip_prob
+            width = tf.shape(image)[1]
+            image, boxes, masks = tf.cond(
+                do_flip,
+                lambda: (
+                    transforms.flip_image(image),
+                    transforms.flip_boxes(boxes, width),
+                    transforms.flip_masks(masks),
+                ),
+                lambda: (image, boxes, masks),
+            )
+
+        images, image_size, scale = transforms.resize_and_pad(image, config)
+        boxes = transforms.scale_boxes(boxes, scale)
+        if mini is None:
+            masks = transforms.resize_and_pad_masks(masks, config)
+        return {
+            "images": images,
+            "image_sizes": image_size,
+            "gt_boxes": transforms.pad_to_count(boxes, max_gt),
+            "gt_class_ids": transforms.pad_to_count(class_ids, max_gt),
+            "gt_masks": transforms.pad_to_count(masks, max_gt),
+        }
+
+    ds = tf.data.Dataset.from_tensor_slices(ids)
+    if shuffle:
+        # Whole-list buffer: ids are cheap, and a full buffer is a true permutation.
+        ds = ds.shuffle(ids.size, seed=rng_seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.enumerate()
+    ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+
+    if config.IMAGE_RESIZE_MODE == "square":
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    else:
+        mask_hw = list(mini) if mini else [None, None]
+        ds = ds.padded_batch(
+            batch_size,
+            padded_shapes={
+                "images": [None, None, 3],
+                "image_sizes": [2],
+                "gt_boxes": [max_gt, 4],
+                "gt_class_ids": [max_gt],
+                "gt_masks": [max_gt, *mask_hw],
+            },
+            drop_remainder=drop_remainder,
+        )
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def prepare_image_batch(
+    images: Sequence[np.ndarray], config: Config
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resize and pad arbitrary-size images for inference (what ``detect()`` feeds the model).
+
+    Each image goes through :func:`~mrcnn.data.loader.sanitize_image` (so the same
+    gray/RGBA/uint16/float conversions as training apply) and
+    :func:`~mrcnn.data.transforms.resize_and_pad`; then all are zero-padded to a
+    common shape (the fixed square in "square" mode, the largest in "pad32").
+
+    Returns:
+        images: float32 ``[B, Hp, Wp, 3]`` raw RGB 0-255.
+        image_sizes: int32 ``[B, 2]`` (new_h, new_w) valid regions.
+        scales: float32 ``[B, 2]`` (new_h / H, new_w / W); divide detected
+            (y, x) coordinates by it to return to each original image.
+    """
+    if len(images) == 0:
+        raise ValueError("prepare_image_batch needs at least one image")
+    resized, sizes, scales = [], [], []
+    for i, image in enumerate(images):
+        image = sanitize_image(image, f"images[{i}]")
+        out, size, scale = transforms.resize_and_pad(tf.convert_to_tensor(image), config)
+        resized.append(out.numpy())
+        sizes.append(size.numpy())
+        scales.append(scale.numpy())
+    pad_h = max(r.shape[0] for r in resized)
+    pad_w = max(r.shape[1] for r in resized)
+    batch = np.zeros((len(resized), pad_h, pad_w, 3), np.float32)
+    for i, r in enumerate(resized):
+        batch[i, : r.shape[0], : r.shape[1]] = r
+    return batch, np.stack(sizes).astype(np.int32), np.stack(scales).astype(np.float32)

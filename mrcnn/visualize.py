@@ -1,0 +1,147 @@
+"""Drawing detections / ground truth onto images (numpy + PIL, no matplotlib).
+
+Boxes are (y1, x1, y2, x2) in the pixel-edge convention of the data layer (the
+box covers pixels y1..y2-1, x1..x2-1), in the pixels of the image drawn on.
+Masks are Dataset-style bool ``[H, W, N]``. Negative class ids (crowd regions)
+are labelled ``"crowd <name>"``.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+def instance_colors(n: int) -> np.ndarray:
+    """``n`` well-separated bright RGB colours, uint8 ``[n, 3]`` (deterministic)."""
+    # Golden-ratio hue steps keep neighbouring instances apart for any n.
+    hues = (np.arange(n) * 0.618033988749895) % 1.0
+    rgb = [colorsys.hsv_to_rgb(h, 0.85, 1.0) for h in hues]
+    return (np.asarray(rgb, np.float64).reshape(n, 3) * 255).round().astype(np.uint8)
+
+
+def _boundary(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ``mask`` with a 4-neighbour outside it (image border counts as outside)."""
+    padded = np.pad(mask, 1, constant_values=False)
+    interior = (
+        padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    )
+    return mask & ~interior
+
+
+def _label(class_ids: np.ndarray, i: int, class_names: Sequence[str] | None, scores) -> str:
+    cid = int(class_ids[i])
+    idx = abs(cid)
+    name = class_names[idx] if class_names is not None and idx < len(class_names) else str(idx)
+    if cid < 0:
+        name = f"crowd {name}"
+    if scores is not None:
+        name = f"{name} {float(scores[i]):.2f}"
+    return name
+
+
+def draw_instances(
+    image: np.ndarray,
+    boxes: np.ndarray | None,
+    masks: np.ndarray | None,
+    class_ids: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    scores: np.ndarray | None = None,
+    alpha: float = 0.45,
+    colors: np.ndarray | None = None,
+) -> np.ndarray:
+    """Overlay instances on a copy of ``image``.
+
+    Args:
+        image: uint8 ``[H, W, 3]`` RGB (other dtypes/channels are converted like
+            the training loader does).
+        boxes: ``[N, 4]`` (y1, x1, y2, x2) pixel-edge, or None to skip boxes.
+        masks: bool ``[H, W, N]`` or None to skip masks.
+        class_ids: ``[N]`` ints (negative = crowd).
+        class_names: index -> name, index 0 = "BG"; None prints the id.
+        scores: optional ``[N]`` confidences appended to the labels.
+        alpha: mask fill opacity.
+        colors: optional uint8 ``[N, 3]``; default :func:`instance_colors`.
+
+    Returns:
+        uint8 ``[H, W, 3]``: masks filled semi-transparently with solid contours,
+        box outlines and a "name score" label at each box's top-left corner.
+    """
+    from mrcnn.data.loader import sanitize_image
+
+    out = sanitize_image(image, "draw_instances image").astype(np.float32)
+    height, width = out.shape[:2]
+    class_ids = np.asarray(class_ids).reshape(-1)
+    n = class_ids.shape[0]
+    colors = instance_colors(n) if colors is None else np.asarray(colors, np.uint8)
+
+    if masks is not None and n:
+        masks = np.asarray(masks).astype(bool)
+        if masks.shape != (height, width, n):
+            raise ValueError(f"masks shape {masks.shape} != image [H, W, N] = {(height, width, n)}")
+        for i in range(n):
+            m = masks[:, :, i]
+            out[m] = (1 - alpha) * out[m] + alpha * colors[i]
+            out[_boundary(m)] = colors[i]
+    canvas = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+
+    if boxes is not None and n:
+        boxes = np.asarray(boxes, np.float64).reshape(n, 4)
+        pen = ImageDraw.Draw(canvas)
+        font = ImageFont.load_default()
+        for i in range(n):
+            y1, x1, y2, x2 = boxes[i]
+            if not (x2 > x1 and y2 > y1):
+                continue  # padding rows / degenerate boxes
+            color = tuple(int(c) for c in colors[i])
+            # PIL rectangles include both corners; the box's last pixel is x2 - 1.
+            pen.rectangle(
+                [float(x1), float(y1), max(float(x2) - 1, float(x1)), max(float(y2) - 1, float(y1))],
+                outline=color,
+                width=1,
+            )
+            text = _label(class_ids, i, class_names, scores)
+            left, top, right, bottom = pen.textbbox((0, 0), text, font=font)
+            tw, th = right - left, bottom - top
+            # Label inside the box's top-left corner, clamped to the image.
+            tx = int(np.clip(x1, 0, max(width - tw - 2, 0)))
+            ty = int(np.clip(y1, 0, max(height - th - 2, 0)))
+            pen.rectangle([tx, ty, tx + tw + 1, ty + th + 1], fill=color)
+            pen.text((tx + 1 - left, ty + 1 - top), text, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas, np.uint8).copy()
+
+
+def draw_grid(images: Sequence[np.ndarray], cols: int | None = None, gap: int = 4) -> np.ndarray:
+    """Tile uint8 ``[H_i, W_i, 3]`` images row-major into one image (white gaps).
+
+    ``cols`` defaults to all images side by side; cells are sized to the largest
+    image and each image sits in its cell's top-left corner.
+    """
+    if not images:
+        raise ValueError("draw_grid needs at least one image")
+    cols = len(images) if cols is None else max(1, int(cols))
+    rows = -(-len(images) // cols)
+    cell_h = max(im.shape[0] for im in images)
+    cell_w = max(im.shape[1] for im in images)
+    grid = np.full(
+        (rows * cell_h + (rows - 1) * gap, cols * cell_w + (cols - 1) * gap, 3), 255, np.uint8
+    )
+    for k, im in enumerate(images):
+        r, c = divmod(k, cols)
+        y, x = r * (cell_h + gap), c * (cell_w + gap)
+        im = np.asarray(im)
+        if im.ndim == 2:
+            im = np.repeat(im[:, :, None], 3, axis=2)
+        grid[y : y + im.shape[0], x : x + im.shape[1]] = im[:, :, :3]
+    return grid
+
+
+def save_image(path: str | Path, image: np.ndarray) -> None:
+    """Write a uint8 ``[H, W, 3]`` (or ``[H, W]``) image; format from the extension."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(image, np.uint8)).save(path)

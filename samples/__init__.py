@@ -1,0 +1,1 @@
+"""Sample datasets and configs."""

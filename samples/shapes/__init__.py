@@ -1,0 +1,1 @@
+"""Synthetic shapes: a toy dataset for smoke tests and quick training runs."""
