@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -126,3 +127,32 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop ``fit`` cleanly once ``minutes`` of training have passed.
+
+    The check runs after every batch, so the model stops within one step of the
+    budget; ``fit`` then finishes normally (checkpoint callbacks still run at
+    ``on_train_end``) and ``stopped_early`` tells whether the budget was hit.
+    """
+
+    def __init__(self, minutes: float, verbose: bool = True) -> None:
+        super().__init__()
+        self.seconds = float(minutes) * 60.0
+        self.verbose = verbose
+        self.stopped_early = False
+        self._start: float | None = None
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._start = time.monotonic()
+
+    def elapsed_minutes(self) -> float:
+        return 0.0 if self._start is None else (time.monotonic() - self._start) / 60.0
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._start is not None and time.monotonic() - self._start >= self.seconds:
+            if not self.stopped_early and self.verbose:
+                print(f"\n[mrcnn] time budget of {self.seconds / 60:.1f} min reached; stopping")
+            self.stopped_early = True
+            self.model.stop_training = True

@@ -1,6 +1,10 @@
 """Loss functions of Mask R-CNN (torchvision's definitions), masked for padding.
 
-Each returns a scalar averaged over the whole (per-replica) batch.
+Each loss is normalised per image (by that image's number of sampled entries)
+and then averaged over the images of the batch. torchvision normalises by the
+count over the whole batch instead; both agree whenever every image fills its
+sample (256 anchors, 512 RoIs: the usual case), and the per-image form makes the
+loss independent of how a batch is split across replicas (``tf.distribute``).
 """
 
 from __future__ import annotations
@@ -16,14 +20,20 @@ def smooth_l1(diff: tf.Tensor, beta: float) -> tf.Tensor:
     return tf.where(absdiff < beta, 0.5 * tf.square(absdiff) / beta, absdiff - 0.5 * beta)
 
 
-def _count(mask: tf.Tensor) -> tf.Tensor:
-    return tf.maximum(tf.reduce_sum(tf.cast(mask, tf.float32)), 1.0)
+def _masked_mean(values: tf.Tensor, sum_mask: tf.Tensor, count_mask: tf.Tensor) -> tf.Tensor:
+    """Per image sum(values[sum_mask]) / max(count(count_mask), 1), averaged over images.
+
+    values, masks: [B, S].
+    """
+    total = tf.reduce_sum(tf.where(sum_mask, values, 0.0), axis=1)
+    count = tf.maximum(tf.reduce_sum(tf.cast(count_mask, tf.float32), axis=1), 1.0)
+    return tf.reduce_mean(total / count)
 
 
 def rpn_class_loss(logits: tf.Tensor, labels: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
     """Binary cross-entropy over the sampled anchors. All args [B, S]."""
     bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
-    return tf.reduce_sum(tf.where(valid, bce, 0.0)) / _count(valid)
+    return _masked_mean(bce, valid, valid)
 
 
 def box_regression_loss(
@@ -34,21 +44,20 @@ def box_regression_loss(
     pred, target: [B, S, 4]; positive, valid: [B, S] bool.
     """
     loss = tf.reduce_sum(smooth_l1(pred - target, beta), axis=-1)
-    return tf.reduce_sum(tf.where(positive, loss, 0.0)) / _count(valid)
+    return _masked_mean(loss, positive, valid)
 
 
 def classifier_loss(logits: tf.Tensor, class_ids: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
     """Softmax cross-entropy over sampled RoIs. logits [B, S, K+1], class_ids [B, S]."""
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=class_ids, logits=logits)
-    return tf.reduce_sum(tf.where(valid, ce, 0.0)) / _count(valid)
+    return _masked_mean(ce, valid, valid)
 
 
 def mask_loss(logits: tf.Tensor, targets: tf.Tensor, positive: tf.Tensor) -> tf.Tensor:
-    """Mean per-pixel BCE over positive RoIs (zero when there are none).
+    """Mean per-pixel BCE over positive RoIs (zero for an image without positives).
 
     logits: [B, S, mh, mw] of the ground-truth class channel; targets: same shape
     0/1; positive: [B, S] bool.
     """
     bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits)
-    per_roi = tf.reduce_mean(bce, axis=[2, 3])
-    return tf.reduce_sum(tf.where(positive, per_roi, 0.0)) / _count(positive)
+    return _masked_mean(tf.reduce_mean(bce, axis=[2, 3]), positive, positive)

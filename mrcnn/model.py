@@ -78,7 +78,7 @@ class MaskRCNN(keras.Model):
     def _build_weights(self) -> None:
         side = 64
         images = tf.zeros([1, side, side, 3])
-        features = self.fpn(self.backbone(images))
+        features = self._features(images, None, training=False)
         self.rpn_head(features)
         channels = self.config.FPN_CHANNELS
         p, m = self.config.POOL_SIZE, self.config.MASK_POOL_SIZE
@@ -110,10 +110,15 @@ class MaskRCNN(keras.Model):
         return list(self.loss_trackers.values())
 
     # ----- shared stages --------------------------------------------------------------
-    def _features(self, images: tf.Tensor, training: bool) -> list[tf.Tensor]:
+    def _features(self, images: tf.Tensor, image_sizes: tf.Tensor | None, training: bool) -> list[tf.Tensor]:
         mean = tf.constant(self.config.MEAN_PIXEL, tf.float32)
         std = tf.constant(self.config.STD_PIXEL, tf.float32)
         x = (tf.cast(images, tf.float32) - mean) / std
+        if image_sizes is not None:
+            # Zero the padding after normalising, as torchvision pads normalised images.
+            rows = tf.range(tf.shape(x)[1])[None, :, None] < image_sizes[:, None, 0:1]
+            cols = tf.range(tf.shape(x)[2])[None, None, :] < image_sizes[:, None, 1:2]
+            x = tf.where((rows & cols)[..., None], x, 0.0)
         return self.fpn(self.backbone(x, training=training))
 
     def _anchors(self, images: tf.Tensor, features: Sequence[tf.Tensor]) -> list[tf.Tensor]:
@@ -150,7 +155,7 @@ class MaskRCNN(keras.Model):
         images = tf.cast(images, tf.float32)
         if image_sizes is None:
             image_sizes = tf.tile(tf.shape(images)[None, 1:3], [tf.shape(images)[0], 1])
-        features = self._features(images, training=False)
+        features = self._features(images, image_sizes, training=False)
         logits, deltas = self.rpn_head(features)
         proposals, _, proposal_valid = generate_proposals(
             logits, deltas, self._anchors(images, features), image_sizes,
@@ -181,7 +186,7 @@ class MaskRCNN(keras.Model):
         image_sizes = inputs["image_sizes"]
         gt_boxes = tf.cast(inputs["gt_boxes"], tf.float32)
         gt_class_ids = tf.cast(inputs["gt_class_ids"], tf.int32)
-        features = self._features(images, training=training)
+        features = self._features(images, image_sizes, training=training)
         logits, deltas = self.rpn_head(features)
         anchors = self._anchors(images, features)
         proposals, _, proposal_valid = generate_proposals(

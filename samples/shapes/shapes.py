@@ -163,3 +163,33 @@ class ShapesDataset(Dataset):
         """(bool [H, W, N] exact masks, int32 [N] class ids)."""
         out = self.render(image_id)
         return out["masks"], out["class_ids"]
+
+
+class ShapesDemoConfig(ShapesConfig):
+    """A small network that learns the shapes from scratch in minutes on 2 CPU cores.
+
+    ResNet-18 at half width with GroupNorm (no pretrained weights), a narrow FPN
+    and heads, anchors matched to 20-64 px objects, fewer proposals and RoIs.
+    """
+
+    BACKBONE = "resnet18"
+    BACKBONE_NORM = "gn"
+    BACKBONE_BASE_WIDTH = 32
+    GROUP_NORM_GROUPS = 8
+    FPN_CHANNELS = 64
+    FPN_FC_LAYERS_SIZE = 256
+    MASK_HEAD_CONV_CHANNELS = 64
+    RPN_ANCHOR_SCALES = (16, 32, 64, 128, 256)
+    IMAGES_PER_GPU = 4
+    PRE_NMS_LIMIT_TRAINING = 1000
+    POST_NMS_ROIS_TRAINING = 500
+    PRE_NMS_LIMIT_INFERENCE = 500
+    POST_NMS_ROIS_INFERENCE = 200
+    TRAIN_ROIS_PER_IMAGE = 128
+    MAX_GT_INSTANCES = 8
+    DETECTION_MAX_INSTANCES = 20
+    LEARNING_RATE = 0.02
+    WARMUP_STEPS = 100
+    WEIGHT_DECAY = 1e-4
+    GRADIENT_CLIP_NORM = 10.0
+    STEPS_PER_EPOCH = 100

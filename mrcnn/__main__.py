@@ -1,0 +1,7 @@
+"""python -m mrcnn"""
+
+import sys
+
+from mrcnn.cli import main
+
+sys.exit(main())

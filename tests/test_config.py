@@ -1,0 +1,75 @@
+import json
+
+import pytest
+
+from mrcnn import Config
+
+
+def test_defaults_follow_the_paper():
+    c = Config()
+    assert c.RPN_ANCHOR_SCALES == (32, 64, 128, 256, 512)
+    assert c.RPN_ANCHOR_RATIOS == (0.5, 1.0, 2.0)
+    assert (c.TRAIN_ROIS_PER_IMAGE, c.ROI_POSITIVE_RATIO) == (512, 0.25)
+    assert (c.DETECTION_MIN_CONFIDENCE, c.DETECTION_NMS_THRESHOLD, c.DETECTION_MAX_INSTANCES) == (0.05, 0.5, 100)
+    assert c.BBOX_REG_WEIGHTS == (10.0, 10.0, 5.0, 5.0)
+    assert (c.IMAGE_MIN_DIM, c.IMAGE_MAX_DIM) == (800, 1333)
+    assert (c.LEARNING_RATE, c.WEIGHT_DECAY, c.LEARNING_MOMENTUM) == (0.02, 1e-4, 0.9)
+    assert c.IMAGE_SHAPE == (1344, 1344, 3)
+
+
+def test_subclass_and_overrides():
+    class Shapes(Config):
+        NAME = "shapes"
+        NUM_CLASSES = 4
+        IMAGE_MIN_DIM = IMAGE_MAX_DIM = 128
+
+    c = Shapes(IMAGES_PER_GPU=3, GPU_COUNT=2)
+    assert c.BATCH_SIZE == 6
+    assert c.IMAGE_SHAPE == (128, 128, 3)
+    assert c.to_dict()["NAME"] == "shapes"
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("NUM_CLASSES", 1),
+        ("NUM_CLASSES", 0),
+        ("IMAGE_MIN_DIM", -5),
+        ("IMAGE_MAX_DIM", 0),
+        ("BACKBONE", "vgg16"),
+        ("BACKBONE_NORM", "layer"),
+        ("RPN_ANCHOR_SCALES", (32, 64)),
+        ("ROI_POSITIVE_RATIO", 1.5),
+        ("MASK_SHAPE", (14, 14)),
+        ("TRAIN_ROIS_PER_IMAGE", 0),
+        ("LEARNING_RATE", 0.0),
+        ("ROI_ALIGN_IMPLEMENTATION", "fast"),
+        ("LOSS_WEIGHTS", {"bogus_loss": 1.0}),
+    ],
+)
+def test_invalid_values_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        Config(**{field: value})
+
+
+def test_unknown_field_is_rejected():
+    with pytest.raises(ValueError, match="NUM_CLASES"):
+        Config(NUM_CLASES=3)
+
+
+def test_subclass_validation_runs_at_construction():
+    class Bad(Config):
+        NUM_CLASSES = 1
+
+    with pytest.raises(ValueError, match="NUM_CLASSES"):
+        Bad()
+
+
+def test_dict_round_trip_and_display(capsys):
+    c = Config(NUM_CLASSES=5, RPN_ANCHOR_SCALES=(8, 16, 32, 64, 128), LOSS_WEIGHTS={"mask_loss": 2.0})
+    d = json.loads(c.to_json())
+    c2 = Config.from_dict(d)
+    assert c2.to_dict() == c.to_dict()
+    assert c2.loss_weights()["mask_loss"] == 2.0
+    c.display()
+    assert "RPN_ANCHOR_SCALES" in capsys.readouterr().out

@@ -1,0 +1,99 @@
+"""MaskRCNN assembly, training and detection."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mrcnn import Config, MaskRCNN
+from mrcnn.data.pipeline import build_dataset
+from samples.shapes.shapes import ShapesDataset
+
+
+def _count(model, norm_too=False):
+    kinds = (keras.layers.Conv2D, keras.layers.Dense, keras.layers.Conv2DTranspose)
+    if norm_too:
+        kinds = kinds + (keras.layers.BatchNormalization,)
+    total = 0
+    for layer in model._flatten_layers():
+        if isinstance(layer, kinds):
+            total += sum(int(np.prod(w.shape)) for w in layer.trainable_weights)
+    return total
+
+
+def test_r50_fpn_parameter_count_equals_torchvision():
+    model = MaskRCNN(Config(NUM_CLASSES=91))
+    assert _count(model) == 44_401_393
+    bn = MaskRCNN(Config(NUM_CLASSES=91, BACKBONE_NORM="bn"))
+    assert _count(bn, norm_too=True) == 44_454_513
+
+
+def test_inference_outputs_are_fixed_shape(tiny_config):
+    config = tiny_config(DETECTION_MIN_CONFIDENCE=0.0)
+    model = MaskRCNN(config)
+    out = model({"images": tf.random.uniform([2, 128, 128, 3], 0, 255),
+                 "image_sizes": tf.constant([[128, 128], [100, 64]])})
+    d = config.DETECTION_MAX_INSTANCES
+    assert out["boxes"].shape == (2, d, 4)
+    assert out["masks"].shape == (2, d, 28, 28)
+    n = out["num_detections"].numpy()
+    assert (n > 0).all()
+    boxes = out["boxes"].numpy()
+    # Detections of image 1 stay inside its valid 100x64 region.
+    assert boxes[1, : n[1], 2].max() <= 100 + 1e-3 and boxes[1, : n[1], 3].max() <= 64 + 1e-3
+
+
+def test_detect_on_odd_sizes_and_formats(tiny_config):
+    model = MaskRCNN(tiny_config(DETECTION_MIN_CONFIDENCE=0.0))
+    rng = np.random.default_rng(0)
+    images = [
+        rng.integers(0, 255, (97, 143, 3), dtype=np.uint8),
+        rng.integers(0, 255, (300, 41, 3), dtype=np.uint8),
+        rng.integers(0, 255, (64, 64), dtype=np.uint8),  # grayscale
+        rng.integers(0, 255, (50, 80, 4), dtype=np.uint8),  # RGBA
+    ]
+    results = model.detect(images)
+    assert len(results) == 4
+    for image, r in zip(images, results):
+        h, w = image.shape[:2]
+        n = len(r["scores"])
+        assert r["masks"].shape == (h, w, n) and r["masks"].dtype == bool
+        assert r["rois"].shape == (n, 4) and r["class_ids"].shape == (n,)
+        if n:
+            assert (r["rois"] >= 0).all() and (r["rois"][:, 2] <= h).all() and (r["rois"][:, 3] <= w).all()
+            assert (np.diff(r["scores"]) <= 1e-6).all()
+            assert set(r["class_ids"]) <= {1, 2, 3}
+
+
+@pytest.mark.parametrize("bad", [np.zeros((5,)), np.zeros((2, 3, 4, 5, 3)), np.zeros((10, 10, 5)), [], "x.png"])
+def test_detect_rejects_wrong_rank(tiny_config, bad):
+    model = MaskRCNN(tiny_config())
+    with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
+        model.detect(bad)
+
+
+def test_overfits_one_image_then_detects_it(tiny_config):
+    config = tiny_config(IMAGES_PER_GPU=1, TRAIN_FLIP_PROB=0.0, WARMUP_STEPS=10, LEARNING_RATE=0.02,
+                         DETECTION_MIN_CONFIDENCE=0.5)
+    keras.utils.set_random_seed(3)
+    ds = ShapesDataset()
+    ds.load_shapes(1, seed=5)
+    _, class_ids = ds.load_mask(0)
+    model = MaskRCNN(config)
+    model.compile()
+    train = build_dataset(ds, config, training=True, seed=0)
+    first = model.evaluate(build_dataset(ds, config, training=False), steps=1, verbose=0, return_dict=True)
+    model.fit(train, epochs=1, steps_per_epoch=250, verbose=0)
+    last = model.evaluate(build_dataset(ds, config, training=False), steps=1, verbose=0, return_dict=True)
+    assert last["loss"] < 0.1 * first["loss"], (first, last)
+    assert last["mask_loss"] < 0.15 and last["class_loss"] < 0.2
+    r = model.detect([ds.load_image(0)])[0]
+    masks, gt_classes = ds.load_mask(0)
+    for i, cls in enumerate(gt_classes):
+        ious = [
+            (masks[..., i] & r["masks"][..., j]).sum() / (masks[..., i] | r["masks"][..., j]).sum()
+            for j in range(len(r["scores"]))
+        ]
+        best = int(np.argmax(ious))
+        assert ious[best] > 0.7, f"instance {i}: best mask IoU {ious[best]:.2f}"
+        assert r["class_ids"][best] == cls
