@@ -10,6 +10,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+from mrcnn.ops import custom_roi_align
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = textwrap.dedent(
@@ -29,7 +33,8 @@ SCRIPT = textwrap.dedent(
     # Samples large enough to take every candidate: the losses are then deterministic.
     config = TinyConfig(IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64, RPN_TRAIN_ANCHORS_PER_IMAGE=2048,
                         TRAIN_ROIS_PER_IMAGE=512, POST_NMS_ROIS_TRAINING=100, TRAIN_FLIP_PROB=0.0,
-                        WARMUP_STEPS=0, LEARNING_RATE=0.01, GRADIENT_CLIP_NORM=None)
+                        WARMUP_STEPS=0, LEARNING_RATE=0.01, GRADIENT_CLIP_NORM=None,
+                        ROI_ALIGN_IMPLEMENTATION=sys.argv[2])
     ds = ShapesDataset(); ds.load_shapes(2, height=64, width=64, seed=7)
     batch = next(iter(build_dataset(ds, config, training=False, batch_size=2)))
     data = tf.data.Dataset.from_tensors(batch).repeat()
@@ -56,9 +61,12 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_mirrored_strategy_matches_single_device():
+@pytest.mark.parametrize("implementation", ["portable", "custom"])
+def test_mirrored_strategy_matches_single_device(implementation):
+    if implementation == "custom" and not custom_roi_align.is_available():
+        pytest.skip(f"custom RoIAlign op unavailable: {custom_roi_align.unavailable_reason()}")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, ROOT], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, ROOT, implementation], capture_output=True, text=True,
                           env=env, timeout=600, cwd=ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
