@@ -68,6 +68,12 @@ class Config:
     # One anchor size per level P2..P6 (pixels of the network input).
     RPN_ANCHOR_SCALES: tuple[int, ...] = (32, 64, 128, 256, 512)
     RPN_ANCHOR_RATIOS: tuple[float, ...] = (0.5, 1.0, 2.0)
+    # torchvision rounds the base anchors to integers, uses no offset and takes a
+    # level's stride as input_size // grid_size; Detectron2 does not round, has an
+    # OFFSET setting (default 0.0) and uses the nominal BACKBONE_STRIDES.
+    ROUND_ANCHORS: bool = True
+    ANCHOR_OFFSET: float = 0.0
+    ANCHOR_STRIDE_FROM_GRID: bool = True
     RPN_POSITIVE_IOU: float = 0.7
     RPN_NEGATIVE_IOU: float = 0.3
     RPN_TRAIN_ANCHORS_PER_IMAGE: int = 256
@@ -124,7 +130,11 @@ class Config:
     IMAGE_MIN_DIM: int = 800
     IMAGE_MAX_DIM: int = 1333
     IMAGE_RESIZE_MODE: str = "square"
-    # RGB mean and std in 0-255 pixel units (torchvision ImageNet statistics).
+    # Channel order the network expects. Images are always given as RGB; "BGR"
+    # reverses the channels first (Detectron2/Caffe-trained weights).
+    INPUT_CHANNEL_ORDER: str = "RGB"
+    # Mean and std in 0-255 pixel units, in INPUT_CHANNEL_ORDER (torchvision's
+    # ImageNet statistics by default).
     MEAN_PIXEL: tuple[float, ...] = (123.675, 116.28, 103.53)
     STD_PIXEL: tuple[float, ...] = (58.395, 57.12, 57.375)
     TRAIN_FLIP_PROB: float = 0.5
@@ -226,6 +236,10 @@ class Config:
             fail("IMAGE_RESIZE_MODE", f"choose one of {RESIZE_MODES}")
         if self.IMAGE_MIN_DIM > self.IMAGE_MAX_DIM:
             fail("IMAGE_MIN_DIM", f"must be <= IMAGE_MAX_DIM={self.IMAGE_MAX_DIM}")
+        if self.INPUT_CHANNEL_ORDER not in ("RGB", "BGR"):
+            fail("INPUT_CHANNEL_ORDER", "must be 'RGB' or 'BGR'")
+        if not 0.0 <= self.ANCHOR_OFFSET < 1.0:
+            fail("ANCHOR_OFFSET", "must be in [0, 1) (a fraction of the stride)")
         if self.ROI_ALIGN_IMPLEMENTATION not in ROI_ALIGN_IMPLEMENTATIONS:
             fail("ROI_ALIGN_IMPLEMENTATION", f"choose one of {ROI_ALIGN_IMPLEMENTATIONS}")
         if len(self.BACKBONE_STRIDES) != 5 or list(self.BACKBONE_STRIDES) != sorted(self.BACKBONE_STRIDES):

@@ -113,7 +113,10 @@ class MaskRCNN(keras.Model):
     def _features(self, images: tf.Tensor, image_sizes: tf.Tensor | None, training: bool) -> list[tf.Tensor]:
         mean = tf.constant(self.config.MEAN_PIXEL, tf.float32)
         std = tf.constant(self.config.STD_PIXEL, tf.float32)
-        x = (tf.cast(images, tf.float32) - mean) / std
+        x = tf.cast(images, tf.float32)
+        if self.config.INPUT_CHANNEL_ORDER == "BGR":
+            x = x[..., ::-1]
+        x = (x - mean) / std
         if image_sizes is not None:
             # Zero the padding after normalising, as torchvision pads normalised images.
             rows = tf.range(tf.shape(x)[1])[None, :, None] < image_sizes[:, None, 0:1]
@@ -127,6 +130,9 @@ class MaskRCNN(keras.Model):
             [tf.shape(f)[1:3] for f in features],
             self.config.RPN_ANCHOR_SCALES,
             self.config.RPN_ANCHOR_RATIOS,
+            strides=None if self.config.ANCHOR_STRIDE_FROM_GRID else self.config.BACKBONE_STRIDES,
+            round_to_int=self.config.ROUND_ANCHORS,
+            offset=self.config.ANCHOR_OFFSET,
         )
 
     def _pool(self, features, boxes, size):

@@ -137,3 +137,18 @@ def test_paste_masks_fills_box():
     out = paste_masks(half, np.array([[0.0, 0.0, 28.0, 56.0]]), (28, 56))
     assert out[..., 0].sum() == 28 * 28
     assert out[:, :28, 0].all()
+
+
+def test_detectron2_anchor_conventions():
+    # Unrounded base anchors, half-stride offset, nominal strides.
+    base = anchor_ops.base_anchors(32, (0.5,), round_to_int=False)
+    np.testing.assert_allclose(base, [[-8 * math.sqrt(2), -16 * math.sqrt(2), 8 * math.sqrt(2), 16 * math.sqrt(2)]],
+                               rtol=1e-6)
+    levels = anchor_ops.multilevel_anchors(tf.constant([800, 800]), [tf.constant([13, 13])], (512,), (1.0,),
+                                           strides=(64,), round_to_int=False, offset=0.5)
+    a = levels[0].numpy()
+    np.testing.assert_allclose(a[0], [32 - 256, 32 - 256, 32 + 256, 32 + 256])
+    np.testing.assert_allclose(a[1], [32 - 256, 96 - 256, 32 + 256, 96 + 256])
+    # torchvision's rule for the same grid: stride 800 // 13 = 61.
+    tv = anchor_ops.multilevel_anchors(tf.constant([800, 800]), [tf.constant([13, 13])], (512,), (1.0,))
+    np.testing.assert_allclose(tv[0].numpy()[1], [-256, 61 - 256, 256, 61 + 256])

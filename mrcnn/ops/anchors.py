@@ -19,23 +19,27 @@ import numpy as np
 import tensorflow as tf
 
 
-def base_anchors(size: float, ratios: Sequence[float]) -> np.ndarray:
-    """[len(ratios), 4] float32 anchors centred on (0, 0) for one level."""
+def base_anchors(size: float, ratios: Sequence[float], round_to_int: bool = True) -> np.ndarray:
+    """[len(ratios), 4] float32 anchors centred on (0, 0) for one level.
+
+    ``round_to_int`` as torchvision; Detectron2 keeps them fractional.
+    """
     ratios = np.asarray(ratios, dtype=np.float32)
     h_ratios = np.sqrt(ratios)
     w_ratios = np.float32(1.0) / h_ratios
     hs = h_ratios * np.float32(size)
     ws = w_ratios * np.float32(size)
     anchors = np.stack([-hs, -ws, hs, ws], axis=1) / np.float32(2.0)
-    return np.round(anchors).astype(np.float32)
+    return (np.round(anchors) if round_to_int else anchors).astype(np.float32)
 
 
 def grid_anchors(
-    grid_h: tf.Tensor, grid_w: tf.Tensor, stride_h: tf.Tensor, stride_w: tf.Tensor, base: np.ndarray
+    grid_h: tf.Tensor, grid_w: tf.Tensor, stride_h: tf.Tensor, stride_w: tf.Tensor, base: np.ndarray,
+    offset: float = 0.0,
 ) -> tf.Tensor:
-    """Anchors of one level: [grid_h * grid_w * A, 4] float32."""
-    shift_y = tf.cast(tf.range(grid_h) * stride_h, tf.float32)
-    shift_x = tf.cast(tf.range(grid_w) * stride_w, tf.float32)
+    """Anchors of one level: [grid_h * grid_w * A, 4] float32, shifted by (i + offset) * stride."""
+    shift_y = (tf.cast(tf.range(grid_h), tf.float32) + offset) * tf.cast(stride_h, tf.float32)
+    shift_x = (tf.cast(tf.range(grid_w), tf.float32) + offset) * tf.cast(stride_w, tf.float32)
     sy, sx = tf.meshgrid(shift_y, shift_x, indexing="ij")
     sy = tf.reshape(sy, [-1])
     sx = tf.reshape(sx, [-1])
@@ -49,6 +53,9 @@ def multilevel_anchors(
     feature_shapes: Sequence[tf.Tensor],
     sizes: Sequence[float],
     ratios: Sequence[float],
+    strides: Sequence[int] | None = None,
+    round_to_int: bool = True,
+    offset: float = 0.0,
 ) -> list[tf.Tensor]:
     """Anchors for each level.
 
@@ -56,12 +63,18 @@ def multilevel_anchors(
       input_shape: (H, W) of the padded network input, int32.
       feature_shapes: per level, (h, w) of the feature map, int32.
       sizes: one anchor size per level; ratios: aspect ratios h / w.
+      strides: nominal stride per level (Detectron2); None derives it as
+        input_size // grid_size (torchvision).
     Returns:
       A list of [h * w * A, 4] float32 tensors, one per level.
     """
     out = []
-    for shape, size in zip(feature_shapes, sizes):
-        stride_h = input_shape[0] // shape[0]
-        stride_w = input_shape[1] // shape[1]
-        out.append(grid_anchors(shape[0], shape[1], stride_h, stride_w, base_anchors(size, ratios)))
+    for level, (shape, size) in enumerate(zip(feature_shapes, sizes)):
+        if strides is None:
+            stride_h = input_shape[0] // shape[0]
+            stride_w = input_shape[1] // shape[1]
+        else:
+            stride_h = stride_w = strides[level]
+        base = base_anchors(size, ratios, round_to_int)
+        out.append(grid_anchors(shape[0], shape[1], stride_h, stride_w, base, offset))
     return out
