@@ -1,0 +1,1 @@
+"""COCO instance segmentation with the paper's 1x schedule."""

@@ -1,0 +1,199 @@
+"""Nucleus sample: split, masks, random crops, bad files, and the command line end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mrcnn.evaluate import METRIC_NAMES
+from samples.nucleus import nucleus as N
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "nuclei"
+needs_data = pytest.mark.skipif(
+    not (DATA / "stage1_train").is_dir(),
+    reason=f"nuclei dataset not found at {DATA} (see ../shared/datasets/README.md)",
+)
+
+# A network small enough for CPU tests (same fields that train writes to config.json).
+TINY = {
+    "BACKBONE_BASE_WIDTH": 8, "GROUP_NORM_GROUPS": 4, "FPN_CHANNELS": 16, "FPN_FC_LAYERS_SIZE": 32,
+    "MASK_HEAD_CONV_CHANNELS": 8, "IMAGE_MIN_DIM": 128, "IMAGE_MAX_DIM": 128, "TRAIN_CROP_SIZE": 64,
+    "POST_NMS_ROIS_INFERENCE": 200, "DETECTION_MAX_INSTANCES": 50, "STEPS_PER_EPOCH": 4,
+}
+
+
+def tiny_args() -> list[str]:
+    return [a for k, v in TINY.items() for a in ("--set", f"{k}={v!r}")]
+
+
+def write_fake_dataset(root: Path, sizes: dict[str, tuple[int, int]], bad_mask: str | None = None) -> Path:
+    """stage1_train/<id>/images/<id>.png (RGBA) + two instance masks per image."""
+    stage = root / "stage1_train"
+    rng = np.random.default_rng(0)
+    for image_id, (h, w) in sizes.items():
+        (stage / image_id / "images").mkdir(parents=True)
+        (stage / image_id / "masks").mkdir()
+        rgba = np.concatenate([rng.integers(0, 255, (h, w, 3)), np.full((h, w, 1), 255)], axis=2)
+        Image.fromarray(rgba.astype(np.uint8), "RGBA").save(stage / image_id / "images" / f"{image_id}.png")
+        for k, (y, x) in enumerate([(2, 2), (h // 2, w // 2)]):
+            m = np.zeros((h, w), np.uint8)
+            m[y : y + 5, x : x + 6] = 255
+            Image.fromarray(m).save(stage / image_id / "masks" / f"m{k}.png")
+        if image_id == bad_mask:
+            Image.fromarray(np.zeros((h + 1, w), np.uint8)).save(stage / image_id / "masks" / "wrong.png")
+    return stage
+
+
+# ----- no real data needed --------------------------------------------------------------------
+def test_config_and_training_config():
+    c = N.NucleusConfig()
+    assert c.NUM_CLASSES == 2 and c.CLASS_NAMES == ("BG", "nucleus")
+    assert min(c.RPN_ANCHOR_SCALES) <= 8 and c.MAX_GT_INSTANCES >= 375 and c.DETECTION_MAX_INSTANCES >= 375
+    assert c.BACKBONE_NORM == "gn"
+    t = c.training_config()
+    assert type(t) is N.NucleusConfig
+    assert (t.IMAGE_MIN_DIM, t.IMAGE_MAX_DIM, t.IMAGE_RESIZE_MODE) == (256, 256, "square")
+    # Everything that shapes the network is shared.
+    for field in ("BACKBONE", "BACKBONE_BASE_WIDTH", "FPN_CHANNELS", "RPN_ANCHOR_SCALES", "NUM_CLASSES"):
+        assert getattr(t, field) == getattr(c, field)
+    with pytest.raises(ValueError, match="TRAIN_SCALE_JITTER"):
+        N.NucleusConfig(TRAIN_SCALE_JITTER=(2.0, 1.0))
+
+
+def test_split_rule_is_a_pure_function_of_the_id():
+    ids = [f"{i:04x}" for i in range(2000)]
+    splits = [N.split_of(i) for i in ids]
+    assert splits == [N.split_of(i) for i in ids]
+    share = splits.count("val") / len(ids)
+    assert 0.07 < share < 0.13
+    assert all(N.split_of(i, 0.0) == "train" for i in ids[:50])
+    assert all(N.split_of(i, 1.0) == "val" for i in ids[:50])
+
+
+def test_fake_dataset_layouts_and_wrong_size_mask(tmp_path):
+    stage = write_fake_dataset(tmp_path, {"a": (20, 30), "b": (16, 16)}, bad_mask="b")
+    for given in (tmp_path, stage):  # the stage1_train folder or its parent
+        ds = N.NucleusDataset().load_nucleus(given, "all")
+        assert [info["id"] for info in ds.image_info] == ["a", "b"]
+    image = ds.load_image(0)
+    assert image.shape == (20, 30, 3) and image.dtype == np.uint8  # alpha dropped
+    masks, class_ids = ds.load_mask(0)
+    assert masks.shape == (20, 30, 2) and masks.dtype == bool and masks.sum() == 60
+    assert class_ids.tolist() == [1, 1] and class_ids.dtype == np.int32
+    with pytest.raises(ValueError, match=r"wrong\.png") as info:
+        ds.load_mask(1)
+    assert "17" in str(info.value)  # the offending size is named too
+
+
+def test_bad_dataset_dir_errors(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        N.find_stage_dir(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="images/<id>.png"):
+        N.find_stage_dir(tmp_path / "empty")
+    weights = tmp_path / "w.weights.h5"
+    weights.write_bytes(b"")
+    for folder in (tmp_path / "nope", tmp_path / "empty"):
+        with pytest.raises(SystemExit) as info:
+            N.main(["evaluate", "--dataset", str(folder), "--weights", str(weights)])
+        assert info.value.code == 2
+        assert str(folder) in capsys.readouterr().err
+
+
+# ----- real data ----------------------------------------------------------------------------------
+@needs_data
+def test_real_split_deterministic_and_disjoint():
+    train = N.NucleusDataset().load_nucleus(DATA, "train")
+    val = N.NucleusDataset().load_nucleus(DATA / "stage1_train", "val")
+    everything = N.NucleusDataset().load_nucleus(DATA, "all")
+    t = [i["id"] for i in train.image_info]
+    v = [i["id"] for i in val.image_info]
+    a = [i["id"] for i in everything.image_info]
+    assert not set(t) & set(v)
+    assert sorted(t + v) == a and len(a) == 572
+    assert 0.05 < len(v) / len(a) < 0.15
+    again = N.NucleusDataset().load_nucleus(DATA, "val")
+    assert [i["id"] for i in again.image_info] == v
+
+
+@needs_data
+def test_real_masks_and_crops():
+    ds = N.NucleusDataset().load_nucleus(DATA, "all", limit=2)
+    for image_id in ds.image_ids:
+        info = ds.image_info[image_id]
+        image = ds.load_image(image_id)
+        with Image.open(info["path"]) as im:
+            rgba = np.asarray(im)
+        np.testing.assert_array_equal(image, rgba[:, :, :3])
+        masks, class_ids = ds.load_mask(image_id)
+        n_files = len(list(Path(info["mask_dir"]).glob("*.png")))
+        assert masks.shape == (*image.shape[:2], n_files) and masks.dtype == bool
+        assert class_ids.shape == (n_files,) and set(class_ids.tolist()) == {1}
+        assert masks.sum(axis=(0, 1)).min() > 0
+
+    # Random crops: the image and the masks of the same window, at the intended scale.
+    full = [ds.load_mask(i)[0] for i in ds.image_ids]
+    ds.enable_random_crops(64, 128, (0.8, 1.25), seed=3)
+    for _ in range(3):
+        for image_id in ds.image_ids:
+            crop = ds.load_image(image_id)
+            masks, class_ids = ds.load_mask(image_id)
+            y0, x0, ch, cw = ds._windows()[int(image_id)]
+            assert crop.shape == (ch, cw, 3) and masks.shape[:2] == (ch, cw)
+            h, w = full[image_id].shape[:2]
+            scale = 64 / max(ch, cw)
+            assert 0.75 * 128 / max(h, w) <= scale <= 1.3 * 128 / max(h, w)
+            expected = full[image_id][y0 : y0 + ch, x0 : x0 + cw]
+            expected = expected[:, :, expected.any(axis=(0, 1))]
+            np.testing.assert_array_equal(masks, expected)
+            assert class_ids.shape == (masks.shape[2],)
+
+
+@needs_data
+def test_cli_evaluate_random_weights(tmp_path, capsys):
+    model = N.build_model(N.make_config(TINY))
+    weights = tmp_path / "random.weights.h5"
+    model.save_weights(str(weights))
+    out = tmp_path / "metrics.json"
+    result = N.main(["evaluate", "--dataset", str(DATA), "--weights", str(weights), "--limit", "2",
+                     "--json-out", str(out), "--quiet", *tiny_args()])
+    written = json.loads(out.read_text())
+    assert set(written) == {"bbox", "segm"}
+    for iou_type in ("bbox", "segm"):
+        assert list(written[iou_type]) == list(METRIC_NAMES)
+        ap50 = written[iou_type]["AP50"]
+        assert ap50 is not None and 0.0 <= ap50 <= 1.0
+    assert result == written
+    assert "AP50" in capsys.readouterr().out
+
+
+@needs_data
+def test_cli_train_stops_at_budget_then_evaluates(tmp_path):
+    out = tmp_path / "run"
+    budget = 0.25  # minutes; the stop logic is the same as for 30
+    N.main(["train", "--dataset", str(DATA), "--out", str(out), "--max-minutes", str(budget),
+            "--epochs", "100000", "--val-images", "2", "--eval-every-minutes", "0.1", "--log-every", "0",
+            *tiny_args()])
+    assert (out / "final.weights.h5").is_file()
+    assert (out / "config.json").is_file() and (out / "logs").is_dir()
+    assert list((out / "checkpoints").glob("epoch_*.weights.h5"))
+    curve = json.loads((out / "ap_curve.json").read_text())
+    assert len(curve["val_images"]) == 2
+    points = curve["points"]
+    assert points and all({"minutes", "step", "AP50"} <= set(p) for p in points)
+    assert points[-1]["minutes"] >= budget  # stopped by the budget, not by the epochs
+    assert points[-1]["minutes"] < budget + 1.0
+    steps = [p["step"] for p in points]
+    assert steps == sorted(steps)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["BACKBONE_BASE_WIDTH"] == 8
+
+    # evaluate finds the run's config.json beside the weights.
+    metrics = tmp_path / "m.json"
+    N.main(["evaluate", "--dataset", str(DATA), "--subset", "val", "--limit", "1",
+            "--weights", str(out / "final.weights.h5"), "--json-out", str(metrics), "--quiet"])
+    assert set(json.loads(metrics.read_text())) == {"bbox", "segm"}
