@@ -16,6 +16,10 @@ Conventions:
   ids 1..K (what ``model.detect`` returns), named after ``dataset.class_names``.
 * COCO image ids are ``dataset.coco_image_id(image_id)`` when the dataset has
   that method (:class:`mrcnn.data.coco.CocoDataset`), else the internal index.
+* Keypoints (when the dataset has ``load_keypoints``) are in COCO's pixel-index
+  convention on both sides (ground truth and ``detect()`` output), scored with
+  OKS (``iouType="keypoints"``) using ``dataset.keypoint_sigmas`` (COCO's
+  sigmas when K = 17 and none are given).
 * A metric pycocotools cannot define (no ground truth in that area range, e.g.
   ``APl`` on a dataset without large objects; pycocotools reports -1) is NaN
   here, so that it can never be mistaken for a score or averaged in silently.
@@ -39,6 +43,16 @@ from pycocotools.cocoeval import COCOeval
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_TYPES = ("bbox", "segm")
+# Keypoint (OKS) evaluation: pycocotools' keypoint summary has 10 numbers, at 20
+# detections per image, without the small-area range (COCO keypoints are on
+# medium and large people only).
+KEYPOINT_METRIC_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+ALL_IOU_TYPES = (*IOU_TYPES, "keypoints")
+# pycocotools' per-keypoint OKS sigmas of the 17 COCO person keypoints.
+COCO_KEYPOINT_SIGMAS = (
+    0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062,
+    0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
+)
 
 DetectFn = Callable[[list[np.ndarray]], list[dict[str, np.ndarray]]]
 
@@ -91,7 +105,10 @@ def dataset_to_coco(
         mask, ``bbox`` [x, y, w, h] of the mask (x2/y2 exclusive, so a one-pixel
         mask is 1x1), ``area`` = mask pixel count, ``iscrowd`` = 1 and category
         ``-class_id`` for negative (crowd) class ids. Category ids = internal
-        class ids 1..K. Empty masks are left out (they have no box). Images with
+        class ids 1..K. When ``dataset.load_keypoints`` returns keypoints, every
+        annotation also has ``keypoints`` (3K numbers, COCO convention) and
+        ``num_keypoints``, and the categories ``keypoints`` names and a 1-based
+        ``skeleton``. Empty masks are left out (they have no box). Images with
         no instances are included (they still count for false positives).
     """
     ids = list(dataset.image_ids if image_ids is None else image_ids)
@@ -99,6 +116,7 @@ def dataset_to_coco(
     num_classes = len(names) if names else int(getattr(dataset, "num_classes", 0))
     images, annotations = [], []
     max_class = 0
+    num_keypoints = 0
     for image_id in ids:
         image_id = int(image_id)
         masks, class_ids = dataset.load_mask(image_id)
@@ -109,6 +127,9 @@ def dataset_to_coco(
                 f"image {image_id}: load_mask returned masks {masks.shape} and "
                 f"{class_ids.shape[0]} class ids; expected [H, W, N] and [N]"
             )
+        keypoints = _gt_keypoints(dataset, image_id, class_ids.shape[0])
+        if keypoints is not None:
+            num_keypoints = keypoints.shape[1]
         if class_ids.size and class_ids.min() == 0:
             raise ValueError(f"image {image_id}: load_mask returned class id 0 (background)")
         height, width = _image_hw(dataset, image_id, masks)
@@ -116,12 +137,21 @@ def dataset_to_coco(
         images.append({"id": coco_id, "height": height, "width": width})
         if class_ids.size:
             rles = _encode_masks(masks)
-            areas = mask_utils.area(rles)
+            # Not mask_utils.area: it sizes its output as uint8 and fails for > 255
+            # instances under NumPy 2 (a nucleus image has 258).
+            areas = masks.reshape(-1, masks.shape[-1]).sum(axis=0)
             boxes = mask_utils.toBbox(rles)
-            for rle, area, box, cid in zip(rles, areas, boxes, class_ids):
+            for i, (rle, area, box, cid) in enumerate(zip(rles, areas, boxes, class_ids)):
                 if area == 0:
                     continue
                 max_class = max(max_class, abs(int(cid)))
+                keypoint_fields = {}
+                if keypoints is not None:
+                    kp = keypoints[i]
+                    keypoint_fields = {
+                        "keypoints": [float(v) for v in kp.reshape(-1)],
+                        "num_keypoints": int((kp[:, 2] > 0).sum()),
+                    }
                 annotations.append({
                     # Ids start at 1: COCOeval stores matched GT ids in arrays
                     # initialized with 0, so an id 0 would count as "unmatched".
@@ -132,6 +162,7 @@ def dataset_to_coco(
                     "area": float(area),
                     "bbox": [float(v) for v in box],
                     "iscrowd": int(cid < 0),
+                    **keypoint_fields,
                 })
     if len({img["id"] for img in images}) != len(images):
         raise ValueError("image_ids contain duplicates (or coco_image_id is not unique)")
@@ -139,9 +170,44 @@ def dataset_to_coco(
     categories = [
         {"id": c, "name": names[c] if c < len(names) else str(c)} for c in range(1, num_classes)
     ]
+    if num_keypoints:
+        kp_names = list(getattr(dataset, "keypoint_names", None) or [str(k) for k in range(num_keypoints)])
+        skeleton = [[int(i) + 1, int(j) + 1] for i, j in (getattr(dataset, "keypoint_skeleton", None) or [])]
+        for cat in categories:
+            cat["keypoints"] = kp_names
+            cat["skeleton"] = skeleton
     return _coco_from_dict(
         {"images": images, "annotations": annotations, "categories": categories}, verbose
     )
+
+
+def _gt_keypoints(dataset: Any, image_id: int, n: int) -> np.ndarray | None:
+    """``dataset.load_keypoints`` as float64 [N, K, 3] (COCO convention), or None."""
+    load = getattr(dataset, "load_keypoints", None)
+    keypoints = load(image_id) if callable(load) else None
+    if keypoints is None:
+        return None
+    keypoints = np.asarray(keypoints, np.float64)
+    if n == 0 and keypoints.size == 0:
+        return None
+    if keypoints.ndim != 3 or keypoints.shape[0] != n or keypoints.shape[2] != 3:
+        raise ValueError(
+            f"image {image_id}: load_keypoints returned shape {keypoints.shape}; expected [N={n}, K, 3]"
+        )
+    return keypoints
+
+
+def keypoint_sigmas_for(dataset: Any, num_keypoints: int) -> np.ndarray:
+    """OKS sigmas: ``dataset.keypoint_sigmas``, else COCO's when K = 17, else ValueError."""
+    sigmas = getattr(dataset, "keypoint_sigmas", None)
+    if sigmas is None:
+        if num_keypoints != len(COCO_KEYPOINT_SIGMAS):
+            raise ValueError(
+                f"keypoint evaluation with K={num_keypoints} keypoints needs per-keypoint OKS sigmas "
+                "(set dataset.keypoint_sigmas); COCO's 17 person sigmas do not apply"
+            )
+        sigmas = COCO_KEYPOINT_SIGMAS
+    return np.asarray(sigmas, np.float64).reshape(-1)
 
 
 def _image_hw(dataset: Any, image_id: int, masks: np.ndarray) -> tuple[int, int]:
@@ -169,14 +235,17 @@ def detections_to_coco(
     Args:
         results: one dict per image: "rois" float [N, 4] (y1, x1, y2, x2) in
             original-image pixels, x2/y2 exclusive; "class_ids" int [N] (internal
-            ids); "scores" float [N]; optional "masks" bool [H, W, N].
+            ids); "scores" float [N]; optional "masks" bool [H, W, N]; optional
+            "keypoints" float [N, K, 3] (x, y, score) in COCO's pixel-index
+            convention (written as [x, y, 1] triples, as torchvision does).
         coco_image_ids: the COCO image id of each result (same length).
         category_map: internal class id -> category id written out (a callable
             such as ``CocoDataset.coco_category_id``, or a dict); default identity.
 
     Returns:
         One dict per detection: image_id, category_id, bbox [x, y, w, h], score,
-        and segmentation (RLE, str counts) when the result has masks.
+        segmentation (RLE, str counts) when the result has masks, keypoints
+        (3K numbers) when it has keypoints.
     """
     if len(results) != len(coco_image_ids):
         raise ValueError(f"{len(results)} results but {len(coco_image_ids)} image ids")
@@ -204,6 +273,11 @@ def detections_to_coco(
             if masks.ndim != 3 or masks.shape[-1] != n:
                 raise ValueError(f"image {coco_id}: masks {masks.shape} for {n} detections")
             rles = _encode_masks(masks) if n else []
+        keypoints = result.get("keypoints")
+        if keypoints is not None:
+            keypoints = np.asarray(keypoints, np.float64)
+            if keypoints.ndim != 3 or keypoints.shape[0] != n or keypoints.shape[2] != 3:
+                raise ValueError(f"image {coco_id}: keypoints {keypoints.shape} for {n} detections")
         for i in range(n):
             y1, x1, y2, x2 = rois[i]
             det = {
@@ -214,6 +288,10 @@ def detections_to_coco(
             }
             if rles is not None:
                 det["segmentation"] = rles[i]
+            if keypoints is not None:
+                kp = keypoints[i].copy()
+                kp[:, 2] = 1.0
+                det["keypoints"] = [float(v) for v in kp.reshape(-1)]
             out.append(det)
     return out
 
@@ -247,9 +325,9 @@ def per_class_ap(
     return table
 
 
-def _stats_dict(stats: np.ndarray) -> dict[str, float]:
+def _stats_dict(stats: np.ndarray, names: Sequence[str] = METRIC_NAMES) -> dict[str, float]:
     return {
-        name: (math.nan if float(v) == -1.0 else float(v)) for name, v in zip(METRIC_NAMES, stats)
+        name: (math.nan if float(v) == -1.0 else float(v)) for name, v in zip(names, stats)
     }
 
 
@@ -260,28 +338,40 @@ def coco_metrics(
     class_names: Sequence[str] | None = None,
     per_class: bool = True,
     verbose: bool = False,
+    max_detections: int = 100,
+    keypoint_sigmas: Sequence[float] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Score COCO-format detections against ``coco_gt``.
 
     Args:
         coco_gt: ground truth (e.g. from :func:`dataset_to_coco` or :func:`load_coco`).
         results_list: COCO results (e.g. from :func:`detections_to_coco`); not modified.
-        iou_types: any of "bbox", "segm".
+        iou_types: any of "bbox", "segm", "keypoints".
         class_names: names for the per-class table, indexed by category id.
         per_class: also return {"per_class": {iou_type: {name: AP}}}.
         verbose: let pycocotools print its progress and summary.
+        max_detections: detections per image scored (COCO: 100). Datasets with
+            more instances per image (nuclei) need more; the metric names stay
+            "AR100"/"AP" but then mean "at ``max_detections``". Keypoint
+            evaluation keeps pycocotools' 20.
+        keypoint_sigmas: per-keypoint OKS sigmas (default COCO's 17; required
+            for another number of keypoints).
 
     Returns:
         {iou_type: {metric name: value}} for the 12 :data:`METRIC_NAMES`
-        (NaN where undefined), plus "per_class" when asked.
+        (the 10 :data:`KEYPOINT_METRIC_NAMES` for "keypoints"; NaN where
+        undefined), plus "per_class" when asked. Keypoint AP is computed over
+        the categories whose ground truth has keypoints.
 
     Empty ``results_list`` is scored as "nothing detected" (0 wherever ground
     truth exists) instead of crashing pycocotools' ``loadRes``. Only images of
     ``coco_gt`` are evaluated.
     """
     for t in iou_types:
-        if t not in IOU_TYPES:
-            raise ValueError(f"iou type {t!r}: choose from {IOU_TYPES}")
+        if t not in ALL_IOU_TYPES:
+            raise ValueError(f"iou type {t!r}: choose from {ALL_IOU_TYPES}")
+    if "keypoints" in iou_types and any("keypoints" not in r for r in results_list):
+        raise ValueError("keypoint evaluation needs 'keypoints' in every result")
     if "segm" in iou_types and any("segmentation" not in r for r in results_list):
         raise ValueError("segm evaluation needs a 'segmentation' in every result (masks missing)")
     gt_image_ids = set(coco_gt.getImgIds())
@@ -308,15 +398,48 @@ def coco_metrics(
                 )
             evaluator = COCOeval(coco_gt, coco_dt, iou_type)
             evaluator.params.imgIds = sorted(gt_image_ids)
+            if iou_type == "keypoints":
+                # OKS with the dataset's sigmas; pycocotools' keypoint maxDets (20).
+                _keypoint_params(evaluator, coco_gt, keypoint_sigmas)
+            else:
+                evaluator.params.maxDets = [1, 10, int(max_detections)]
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
-        metrics[iou_type] = _stats_dict(evaluator.stats)
+            if iou_type != "keypoints" and int(max_detections) != 100:
+                # pycocotools' summarize() computes stats[0] (AP) at a hard-coded
+                # maxDets=100; recompute it at the largest maxDets like the others.
+                precision = evaluator.eval["precision"][:, :, :, 0, -1]
+                valid = precision[precision > -1]
+                evaluator.stats[0] = float(valid.mean()) if valid.size else -1.0
+        names = KEYPOINT_METRIC_NAMES if iou_type == "keypoints" else METRIC_NAMES
+        metrics[iou_type] = _stats_dict(evaluator.stats, names)
         if per_class:
             per_class_tables[iou_type] = per_class_ap(evaluator, class_names)
     if per_class:
         metrics["per_class"] = per_class_tables
     return metrics
+
+
+def _keypoint_params(evaluator: COCOeval, coco_gt: COCO, sigmas: Sequence[float] | None) -> None:
+    """Restrict to categories with keypoint ground truth and set the OKS sigmas."""
+    anns = coco_gt.dataset.get("annotations", [])
+    with_kps = [a for a in anns if a.get("keypoints")]
+    if not with_kps:
+        raise ValueError("keypoint evaluation: the ground truth has no keypoints")
+    num_keypoints = len(with_kps[0]["keypoints"]) // 3
+    evaluator.params.catIds = sorted({a["category_id"] for a in with_kps})
+    if sigmas is None:
+        if num_keypoints != len(COCO_KEYPOINT_SIGMAS):
+            raise ValueError(
+                f"keypoint evaluation with K={num_keypoints} keypoints needs per-keypoint OKS sigmas "
+                "(keypoint_sigmas / dataset.keypoint_sigmas); COCO's 17 person sigmas do not apply"
+            )
+        sigmas = COCO_KEYPOINT_SIGMAS
+    sigmas = np.asarray(sigmas, np.float64).reshape(-1)
+    if sigmas.shape[0] != num_keypoints or np.any(sigmas <= 0):
+        raise ValueError(f"keypoint sigmas {sigmas.tolist()}: need {num_keypoints} positive values")
+    evaluator.params.kpt_oks_sigmas = sigmas
 
 
 def _batches(items: Sequence[int], size: int) -> list[list[int]]:
@@ -330,8 +453,9 @@ def evaluate_dataset(
     batch_size: int = 1,
     progress: bool = True,
     json_out: str | os.PathLike | None = None,
-    iou_types: Sequence[str] = IOU_TYPES,
+    iou_types: Sequence[str] | None = None,
     verbose: bool = False,
+    max_detections: int = 100,
 ) -> dict[str, dict[str, Any]]:
     """Run ``detect_fn`` over a dataset and compute COCO metrics.
 
@@ -349,8 +473,13 @@ def evaluate_dataset(
             dataset's source ids when it has ``coco_image_id`` /
             ``coco_category_id`` (so the file scores against the original
             annotation file), else internal ids.
-        iou_types: any of "bbox", "segm".
+        iou_types: any of "bbox", "segm", "keypoints"; None = what the results
+            and the ground truth support: "bbox", "segm" when every result has
+            masks, "keypoints" when every result has keypoints and the dataset
+            has keypoints (scored with ``dataset.keypoint_sigmas``, see
+            :func:`keypoint_sigmas_for`).
         verbose: let pycocotools print.
+        max_detections: detections per image scored (see :func:`coco_metrics`).
 
     Returns:
         {"bbox": {metric: value}, "segm": {...}, "per_class": {"bbox": {name: AP}, "segm": {...}}}
@@ -381,12 +510,26 @@ def evaluate_dataset(
         if bar is not None:
             bar.close()
 
+    has_kp_gt = any("keypoints" in a for a in coco_gt.dataset.get("annotations", []))
+    if iou_types is None:
+        iou_types = ["bbox"]
+        if all("masks" in r for r in all_results):
+            iou_types.append("segm")
+        if has_kp_gt and all("keypoints" in r for r in all_results):
+            iou_types.append("keypoints")
+    iou_types = tuple(iou_types)
     if "segm" not in iou_types:
         all_results = [{k: v for k, v in r.items() if k != "masks"} for r in all_results]
+    if "keypoints" not in iou_types:
+        all_results = [{k: v for k, v in r.items() if k != "keypoints"} for r in all_results]
+    sigmas = None
+    if "keypoints" in iou_types and has_kp_gt:
+        k = next(len(a["keypoints"]) // 3 for a in coco_gt.dataset["annotations"] if "keypoints" in a)
+        sigmas = keypoint_sigmas_for(dataset, k)
     detections = detections_to_coco(all_results, coco_ids)
     metrics = coco_metrics(
         coco_gt, detections, iou_types, class_names=getattr(dataset, "class_names", None),
-        verbose=verbose,
+        verbose=verbose, max_detections=max_detections, keypoint_sigmas=sigmas,
     )
     if json_out is not None:
         to_cat = getattr(dataset, "coco_category_id", None)
@@ -398,19 +541,22 @@ def evaluate_dataset(
 
 def format_metrics(metrics: Mapping[str, Any], per_class: bool = True) -> str:
     """Readable table of :func:`coco_metrics` / :func:`evaluate_dataset` output."""
-    types = [t for t in IOU_TYPES if t in metrics]
+    types = [t for t in ALL_IOU_TYPES if t in metrics]
     lines = []
     if types:
         header = f"{'metric':<8}" + "".join(f"{t:>10}" for t in types)
         lines += [header, "-" * len(header)]
-        for name in METRIC_NAMES:
+        rows = list(METRIC_NAMES)
+        if "keypoints" in types:
+            rows += [n for n in KEYPOINT_METRIC_NAMES if n not in rows]
+        for name in rows:
             row = f"{name:<8}"
             for t in types:
                 v = metrics[t].get(name, math.nan)
                 row += f"{'n/a':>10}" if math.isnan(v) else f"{v:>10.4f}"
             lines.append(row)
     table = metrics.get("per_class") or {}
-    ptypes = [t for t in IOU_TYPES if t in table]
+    ptypes = [t for t in ALL_IOU_TYPES if t in table]
     if per_class and ptypes:
         names = sorted({n for t in ptypes for n in table[t]})
         width = max([len("class")] + [len(n) for n in names])

@@ -109,10 +109,13 @@ def main() -> None:
                 float(steps[impl](*inputs))
                 times[impl].append(time.perf_counter() - start)
         med = {impl: statistics.median(t) for impl, t in times.items()}
+        # On a loaded machine the load drifts between repeats; the ratio within each
+        # interleaved pair is steadier than the ratio of the medians.
+        paired = statistics.median(p / c for p, c in zip(times["portable"], times["custom"]))
         results[label] = med
         print(f"{label:17s} custom {med['custom'] * 1e3:8.1f} ms   portable "
               f"{med['portable'] * 1e3:8.1f} ms   speed-up x{med['portable'] / med['custom']:.1f}"
-              f"   (median of {args.repeats})")
+              f" (median of paired ratios x{paired:.1f})   (median of {args.repeats})")
 
     if not args.no_memory:
         for impl in IMPLS:

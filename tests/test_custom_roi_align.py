@@ -52,6 +52,41 @@ def test_forward_and_gradient_match_reference(sampling_ratio, aligned):
     assert tape.gradient(y, b) is None
 
 
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_box_shapes_for_both_pass_orders(sampling_ratio):
+    # The CPU kernels pick per box (and per band of gradient rows) which axis to pass
+    # first; tall-thin boxes go y-first, flat-wide ones x-first. Tiny boxes put many bins
+    # on one pixel and huge adaptive ones many pixels in one bin (weight lists > 4
+    # entries); the 40-row maps are split into several row bands in the backward, so
+    # boxes straddle band edges. 37 channels: vector loops with tails.
+    rng = np.random.default_rng(40 + sampling_ratio)
+    features = rng.standard_normal((2, 40, 34, 37)).astype(np.float32)
+    boxes = np.array([
+        [0, 10, 40, 13],  # tall, thin
+        [-3, 2, 38, 4.5],  # tall, thin, across the top
+        [12, -4, 15, 36],  # flat, wide, across left and right
+        [20, 1, 21.5, 30],  # flat, wide
+        [7.2, 9.1, 7.6, 9.3],  # tiny: many bins per pixel
+        [-6, -5, 46, 41],  # huge, all four borders
+        [30, 25, 39.9, 33.9],  # bottom-right corner
+        [5, 5, 35, 30],
+        [18.5, 3.25, 24.75, 28.5],
+    ], np.float32)
+    indices = np.array([0, 1, 0, 1, 0, 1, 1, 0, 1], np.int32)
+    size = (7, 6)
+    x = tf.constant(features)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = custom(x, boxes, indices, size, 1.0, sampling_ratio, True)
+    want = roi_align_forward(features, boxes, indices, size, 1.0, sampling_ratio, True)
+    np.testing.assert_allclose(y.numpy(), want, atol=ATOL, rtol=0)
+    upstream = rng.standard_normal(want.shape).astype(np.float32)
+    got = tape.gradient(y, x, output_gradients=tf.constant(upstream)).numpy()
+    want_grad = roi_align_backward(upstream, features.shape, boxes, indices, size, 1.0,
+                                   sampling_ratio, True)
+    np.testing.assert_allclose(got, want_grad, atol=ATOL, rtol=0)
+
+
 def test_adaptive_grid_large_boxes():
     # Big boxes on a small output: adaptive grids of several samples per bin.
     rng = np.random.default_rng(4)

@@ -357,3 +357,37 @@ def test_tiny_coco_drop_half_matches_pycocotools(tiny, tmp_path: Path) -> None:
     for iou_type in ("bbox", "segm"):
         assert_stats_equal(metrics[iou_type], direct_pycocotools(gt_file, res_file, iou_type))
         assert metrics[iou_type]["AP"] < 0.6
+
+
+def test_many_instances_per_image_and_max_detections():
+    """More than 255 instances (pycocotools' uint8 area bug) and a maxDets above 100."""
+    from mrcnn.data.dataset import Dataset
+    from mrcnn.evaluate import coco_metrics, dataset_to_coco, detections_to_coco
+
+    class Dots(Dataset):
+        def load_mask(self, image_id):
+            masks = np.zeros((170, 170, 289), bool)
+            for k in range(289):
+                r, c = divmod(k, 17)
+                masks[r * 10 : r * 10 + 6, c * 10 : c * 10 + 6, k] = True
+            return masks, np.ones(289, np.int32)
+
+        def load_image(self, image_id):
+            return np.zeros((170, 170, 3), np.uint8)
+
+    ds = Dots()
+    ds.add_class("dots", 1, "dot")
+    ds.add_image("dots", image_id=0, path=None)
+    ds.prepare()
+    gt = dataset_to_coco(ds)
+    assert len(gt.getAnnIds()) == 289
+    masks, class_ids = ds.load_mask(0)
+    boxes = np.array([[r * 10, c * 10, r * 10 + 6, c * 10 + 6] for r, c in (divmod(k, 17) for k in range(289))],
+                     np.float32)
+    result = {"rois": boxes, "class_ids": class_ids, "scores": np.linspace(1, 0.5, 289).astype(np.float32),
+              "masks": masks}
+    dets = detections_to_coco([result], [0])
+    capped = coco_metrics(gt, dets, per_class=False)
+    full = coco_metrics(gt, dets, per_class=False, max_detections=300)
+    assert full["segm"]["AP"] == pytest.approx(1.0) and full["bbox"]["AP"] == pytest.approx(1.0)
+    assert capped["segm"]["AR100"] == pytest.approx(100 / 289, abs=1e-3)

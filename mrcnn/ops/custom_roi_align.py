@@ -44,7 +44,7 @@ LIBRARY_NAME = "mrcnn_roi_align.so"
 _CXX_SOURCES = ("roi_align_op.cc",)
 _CUDA_SOURCES = ("roi_align_kernels.cu.cc",)
 _HEADERS = ("roi_align_math.h",)
-_CXX_FLAGS = ("-std=c++17", "-O2", "-fopenmp-simd", "-fPIC", "-Wno-deprecated-declarations")
+_CXX_FLAGS = ("-std=c++17", "-O3", "-fopenmp-simd", "-fPIC", "-Wno-deprecated-declarations")
 _NVCC_FLAGS = ("-x", "cu", "-std=c++17", "-O2", "-Xcompiler", "-fPIC")
 
 _lock = threading.Lock()

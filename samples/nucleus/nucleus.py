@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import hashlib
 import json
 import math
@@ -459,36 +458,6 @@ def build_model(config: Config, weights: str | os.PathLike | None = None):
     return model
 
 
-@contextlib.contextmanager
-def pycocotools_area_workaround():
-    """Let ``mrcnn.evaluate.dataset_to_coco`` score images with more than 255 instances.
-
-    pycocotools' ``mask.area`` sizes its output with ``np.array((n,), dtype=np.uint8)``,
-    which NumPy 2 rejects for n > 255 ("Python integer 258 out of bounds for
-    uint8"); one validation image has 258 nuclei. Inside this context the call is
-    made in chunks of 255. To be removed once ``dataset_to_coco`` does that itself.
-    """
-    import mrcnn.evaluate as evaluate_module
-
-    original = evaluate_module.mask_utils
-
-    class _ChunkedArea:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(original, name)
-
-        @staticmethod
-        def area(rles: Any) -> np.ndarray:
-            if isinstance(rles, list) and len(rles) > 255:
-                return np.concatenate([original.area(rles[i : i + 255]) for i in range(0, len(rles), 255)])
-            return original.area(rles)
-
-    evaluate_module.mask_utils = _ChunkedArea()
-    try:
-        yield
-    finally:
-        evaluate_module.mask_utils = original
-
-
 class TrainClock:
     """Training wall time in minutes, not counting the periods spent in ``paused()``."""
 
@@ -616,11 +585,10 @@ class APCurve(_callback_base()):
             if self._infer_model is None:
                 self._infer_model = build_model(self.infer_config)
             self._infer_model.set_weights(self.model.get_weights())
-            with pycocotools_area_workaround():
-                metrics = evaluate_dataset(
-                    self._infer_model.detect, self.dataset, image_ids=self.image_ids, batch_size=1,
-                    progress=False,
-                )
+            metrics = evaluate_dataset(
+                self._infer_model.detect, self.dataset, image_ids=self.image_ids, batch_size=1,
+                progress=False, max_detections=self.infer_config.DETECTION_MAX_INSTANCES,
+            )
             point = {
                 "minutes": round(minutes, 3),
                 "step": self._step,
@@ -726,9 +694,8 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if len(dataset) == 0:
         raise ValueError(f"no images in subset {args.subset!r} of {args.dataset!r}")
     model = build_model(config, args.weights)
-    with pycocotools_area_workaround():
-        metrics = evaluate_dataset(model.detect, dataset, batch_size=1, progress=not args.quiet,
-                                   json_out=args.results_out)
+    metrics = evaluate_dataset(model.detect, dataset, batch_size=1, progress=not args.quiet,
+                               json_out=args.results_out, max_detections=config.DETECTION_MAX_INSTANCES)
     print(f"{len(dataset)} images ({args.subset}) of {args.dataset}")
     print(format_metrics(metrics, per_class=False))
     result = _finite({"bbox": metrics["bbox"], "segm": metrics["segm"]})
