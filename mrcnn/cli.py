@@ -21,6 +21,7 @@ import os
 import sys
 from typing import Any
 
+from mrcnn import config as config_module
 from mrcnn.config import Config
 
 
@@ -29,20 +30,11 @@ class CLIError(Exception):
 
 
 def load_config(spec: str) -> Config:
-    """``module:Class`` or a JSON file (``Config.to_json`` output) -> a Config instance."""
-    if spec.endswith(".json"):
-        if not os.path.exists(spec):
-            raise CLIError(f"config file not found: {spec}")
-        with open(spec) as f:
-            try:
-                return Config.from_dict(json.load(f))
-            except (ValueError, json.JSONDecodeError) as exc:
-                raise CLIError(f"{spec}: {exc}") from exc
-    obj = _import_object(spec, "--config")
-    config = obj() if isinstance(obj, type) else obj
-    if not isinstance(config, Config):
-        raise CLIError(f"--config {spec} is not a mrcnn.Config subclass")
-    return config
+    """``module:Class``, ``file.py:Class`` or a config.json -> a Config (CLIError if not)."""
+    try:
+        return config_module.load_config(spec)
+    except (ValueError, FileNotFoundError) as exc:
+        raise CLIError(f"--config {spec}: {exc}") from exc
 
 
 def _import_object(spec: str, flag: str) -> Any:
@@ -191,12 +183,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from mrcnn.export import export_saved_model
+    from mrcnn import export
 
-    config = load_config(args.config)
-    model = _build_model(config, args.weights)
-    path = export_saved_model(model, args.output, version=args.version)
-    print(f"SavedModel: {path}")
+    try:
+        export.run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        raise CLIError(str(exc)) from exc
     return 0
 
 
@@ -250,11 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-out", help="write detections in COCO results format here")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("export", help="SavedModel for TF Serving")
-    p.add_argument("--config", required=True)
-    p.add_argument("--weights", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument("--version", type=int, default=1)
+    p = sub.add_parser("export", help="SavedModel for TF Serving (stock TF ops only)")
+    from mrcnn import export
+
+    export.add_arguments(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("build-ops", help="(re)build the custom RoIAlign op")

@@ -15,14 +15,37 @@ a docstring says otherwise.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import math
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d")
 NORMS = ("frozen_bn", "bn", "gn")
 RESIZE_MODES = ("square", "pad32")
 ROI_ALIGN_IMPLEMENTATIONS = ("auto", "portable", "custom")
+
+
+def flip_map_from_names(names) -> tuple[tuple[int, int], ...]:
+    """Left/right pairs of keypoint names: "left_x" <-> "right_x" (also "l_"/"r_" and
+    suffixes "_left"/"_right", "_l"/"_r"), as 0-based index pairs."""
+    names = list(names)
+    index = {n: i for i, n in enumerate(names)}
+    swaps = (("left_", "right_"), ("l_", "r_"))
+    suffixes = (("_left", "_right"), ("_l", "_r"))
+    pairs = []
+    for i, n in enumerate(names):
+        for a, b in swaps:
+            if n.startswith(a) and b + n[len(a):] in index:
+                pairs.append((i, index[b + n[len(a):]]))
+        for a, b in suffixes:
+            if n.endswith(a) and n[: -len(a)] + b in index:
+                pairs.append((i, index[n[: -len(a)] + b]))
+    return tuple(dict.fromkeys(pairs))
 
 
 class Config:
@@ -108,6 +131,26 @@ class Config:
     ROI_ALIGN_IMPLEMENTATION: str = "auto"
     # Mask target: GT mask RoIAligned into the proposal, thresholded at this value.
     MASK_TARGET_THRESHOLD: float = 0.5
+    # False drops the mask head (the paper's "keypoint-only" model); boxes and, when
+    # NUM_KEYPOINTS > 0, keypoints are still predicted.
+    MASK_HEAD: bool = True
+
+    # ----- keypoints (Keypoint R-CNN, paper section 5; docs/keypoints.md) -----------
+    # Number of keypoints per instance; 0 turns the keypoint head off.
+    NUM_KEYPOINTS: int = 0
+    # Optional names, one per keypoint (COCO: "nose", "left_eye", ...).
+    KEYPOINT_NAMES: tuple[str, ...] | None = None
+    # Pairs (i, j) of 0-based keypoint indices swapped by a horizontal flip. None
+    # derives them from KEYPOINT_NAMES ("left_x" <-> "right_x"); without names no
+    # keypoint is swapped (the coordinates are still mirrored).
+    KEYPOINT_FLIP_MAP: tuple[tuple[int, int], ...] | None = None
+    # Pairs (i, j) of 0-based keypoint indices joined when drawing (display only).
+    KEYPOINT_SKELETON: tuple[tuple[int, int], ...] | None = None
+    KEYPOINT_POOL_SIZE: int = 14
+    # Heatmap side; the head upsamples the pooled grid x4 (transposed conv x2, bilinear x2).
+    KEYPOINT_HEATMAP_SIZE: int = 56
+    KEYPOINT_HEAD_CONV_CHANNELS: int = 512
+    KEYPOINT_HEAD_NUM_CONVS: int = 8
 
     # ----- ground truth -----------------------------------------------------------
     MAX_GT_INSTANCES: int = 100
@@ -157,7 +200,7 @@ class Config:
     RPN_BOX_LOSS_BETA: float = 1.0 / 9.0
     BOX_LOSS_BETA: float = 1.0 / 9.0
 
-    LOSS_NAMES = ("rpn_class_loss", "rpn_box_loss", "class_loss", "box_loss", "mask_loss")
+    BASE_LOSS_NAMES = ("rpn_class_loss", "rpn_box_loss", "class_loss", "box_loss")
 
     def __init__(self, **overrides: Any) -> None:
         for key, value in overrides.items():
@@ -180,6 +223,27 @@ class Config:
     @property
     def RPN_BBOX_WEIGHTS(self) -> tuple[float, ...]:  # noqa: N802
         return tuple(1.0 / s for s in self.RPN_BBOX_STD_DEV)
+
+    @property
+    def LOSS_NAMES(self) -> tuple[str, ...]:  # noqa: N802
+        """Names of the losses reported as metrics: mask_loss with the mask head,
+        keypoint_loss with the keypoint head."""
+        names = self.BASE_LOSS_NAMES
+        if self.MASK_HEAD:
+            names = (*names, "mask_loss")
+        if self.NUM_KEYPOINTS:
+            names = (*names, "keypoint_loss")
+        return names
+
+    def keypoint_flip_permutation(self) -> tuple[int, ...]:
+        """perm with perm[i] = the keypoint that becomes keypoint i after a horizontal flip."""
+        pairs = self.KEYPOINT_FLIP_MAP
+        if pairs is None:
+            pairs = flip_map_from_names(self.KEYPOINT_NAMES or ())
+        perm = list(range(self.NUM_KEYPOINTS))
+        for i, j in pairs:
+            perm[i], perm[j] = j, i
+        return tuple(perm)
 
     def loss_weights(self) -> dict[str, float]:
         weights = dict.fromkeys(self.LOSS_NAMES, 1.0)
@@ -220,6 +284,7 @@ class Config:
             "VALIDATION_STEPS", "ROI_CANONICAL_LEVEL",
         ):
             positive_int(f)
+        self._validate_keypoints(fail, positive_int)
         if not isinstance(self.MASK_HEAD_NUM_CONVS, int) or self.MASK_HEAD_NUM_CONVS < 0:
             fail("MASK_HEAD_NUM_CONVS", "must be an integer >= 0")
         if not isinstance(self.WARMUP_STEPS, int) or self.WARMUP_STEPS < 0:
@@ -283,6 +348,39 @@ class Config:
         if unknown:
             fail("LOSS_WEIGHTS", f"unknown loss names {sorted(unknown)}; known: {self.LOSS_NAMES}")
 
+    def _validate_keypoints(self, fail, positive_int) -> None:
+        if not isinstance(self.MASK_HEAD, bool):
+            fail("MASK_HEAD", "must be True or False")
+        k = self.NUM_KEYPOINTS
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            fail("NUM_KEYPOINTS", "must be an integer >= 0 (0 = no keypoint head)")
+        for f in ("KEYPOINT_POOL_SIZE", "KEYPOINT_HEATMAP_SIZE", "KEYPOINT_HEAD_CONV_CHANNELS"):
+            positive_int(f)
+        if not isinstance(self.KEYPOINT_HEAD_NUM_CONVS, int) or self.KEYPOINT_HEAD_NUM_CONVS < 0:
+            fail("KEYPOINT_HEAD_NUM_CONVS", "must be an integer >= 0")
+        if self.KEYPOINT_HEATMAP_SIZE != 4 * self.KEYPOINT_POOL_SIZE:
+            fail("KEYPOINT_HEATMAP_SIZE", "must be 4*KEYPOINT_POOL_SIZE: the head upsamples x4")
+        if self.KEYPOINT_NAMES is not None:
+            names = list(self.KEYPOINT_NAMES)
+            if len(names) != k or len(set(names)) != len(names):
+                fail("KEYPOINT_NAMES", f"must be NUM_KEYPOINTS={k} distinct names")
+        for f in ("KEYPOINT_FLIP_MAP", "KEYPOINT_SKELETON"):
+            pairs = getattr(self, f)
+            if pairs is None:
+                continue
+            try:
+                ok = all(len(p) == 2 and all(isinstance(i, int) and 0 <= i < k for i in p) for p in pairs)
+            except TypeError:
+                ok = False
+            if not ok:
+                fail(f, f"must be pairs (i, j) of keypoint indices in 0..{k - 1}")
+        if self.KEYPOINT_FLIP_MAP is not None:
+            seen = [i for p in self.KEYPOINT_FLIP_MAP for i in p]
+            if len(seen) != len(set(seen)) or any(i == j for i, j in self.KEYPOINT_FLIP_MAP):
+                fail("KEYPOINT_FLIP_MAP", "each keypoint may appear in at most one pair, with a partner other than itself")
+        if not self.MASK_HEAD and k == 0:
+            fail("MASK_HEAD", "a model without mask head needs NUM_KEYPOINTS > 0 (else it is a plain detector)")
+
     # ----- logging ----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """All upper-case fields (derived ones included) as plain Python values."""
@@ -304,9 +402,11 @@ class Config:
         derived = {k for k, v in vars(Config).items() if isinstance(v, property)}
         fields = {}
         for k, v in values.items():
-            if k in derived or k == "LOSS_NAMES":
+            if k in derived or k in ("LOSS_NAMES", "BASE_LOSS_NAMES"):
                 continue
-            fields[k] = tuple(v) if isinstance(v, list) else v
+            if isinstance(v, list):
+                v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+            fields[k] = v
         return cls(**fields)
 
     def display(self) -> None:
@@ -317,3 +417,40 @@ class Config:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(NAME={self.NAME!r}, NUM_CLASSES={self.NUM_CLASSES})"
+
+
+def load_config(spec: str | Config) -> Config:
+    """A Config from ``"package.module:ClassName"``, ``"path/to/file.py:ClassName"`` or
+    a JSON file of ``Config.to_dict()`` (e.g. a run's config.json); a Config is returned as is.
+
+    Raises ValueError (or FileNotFoundError) saying what is wrong with ``spec``.
+    """
+    if isinstance(spec, Config):
+        return spec
+    if spec.endswith(".json"):
+        if not Path(spec).is_file():
+            raise FileNotFoundError(f"config file not found: {spec}")
+        try:
+            return Config.from_dict(json.loads(Path(spec).read_text()))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{spec}: not valid JSON ({exc})") from exc
+    module_name, sep, class_name = spec.rpartition(":")
+    if not sep or not module_name or not class_name:
+        raise ValueError(f"config must be MODULE:CLASS, FILE.py:CLASS or FILE.json, got {spec!r}")
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        if module_spec is None or module_spec.loader is None:
+            raise ValueError(f"cannot import {path}")
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        sys.path.insert(0, os.getcwd())  # let "samples.x:Cfg" work from the project root
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ValueError(f"cannot import {module_name!r}: {exc}") from exc
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Config)):
+        raise ValueError(f"{spec!r} is not a mrcnn.config.Config subclass")
+    return cls()

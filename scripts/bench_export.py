@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""Latency of the exported SavedModel vs in-process ``MaskRCNN.detect()``, and its size.
+
+Default Config (ResNet-50-FPN, 800/1333 "square" input), NUM_CLASSES=91, random
+weights; one 800x1333 image per call: ``detect()`` with the stock-ops RoIAlign and (when
+built) the custom op, and the exported SavedModel's two signatures, all in this one
+process, called in turn (interleaved) so that load from other processes hits them
+alike. Usage::
+
+    .venv/bin/python scripts/bench_export.py [--runs 3] [--output /tmp/mrcnn_bench]
+
+Prints one JSON object: seconds per image (one warm-up call each, then ``--runs``
+rounds; median and min), SavedModel size in MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from mrcnn import export  # noqa: E402
+from mrcnn.config import Config  # noqa: E402
+from mrcnn.model import MaskRCNN  # noqa: E402
+
+
+def timed(fns: dict, runs: int) -> dict:
+    """One warm-up call of each, then ``runs`` rounds calling each once in turn
+    (interleaved, so that load from other processes hits all of them alike)."""
+    result = {}
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        fn()
+        result[name] = {"first_call_s": round(time.perf_counter() - start, 2), "times": []}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            result[name]["times"].append(round(time.perf_counter() - start, 3))
+    for r in result.values():
+        r["median_s"] = round(statistics.median(r["times"]), 3)
+        r["min_s"] = min(r["times"])
+    return result
+
+
+def dir_size_mb(path: Path) -> float:
+    return round(sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--height", type=int, default=800)
+    parser.add_argument("--width", type=int, default=1333)
+    parser.add_argument("--implementation", default="auto", help="RoIAlign of the in-process model")
+    parser.add_argument("--output", default=None, help="export here (default: a temp dir, removed)")
+    args = parser.parse_args()
+
+    keras.utils.set_random_seed(0)
+    config = Config(NUM_CLASSES=91, IMAGES_PER_GPU=1, ROI_ALIGN_IMPLEMENTATION=args.implementation)
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (args.height // 16, args.width // 16, 3)).astype(np.float32)
+    image = tf.image.resize(small[None], (args.height, args.width))[0].numpy().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=90)
+    jpeg = buf.getvalue()
+
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs",
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "input": [args.height, args.width],
+        "network_input": list(config.IMAGE_SHAPE),
+    }
+    start = time.perf_counter()
+    model = MaskRCNN(config)
+    result["build_s"] = round(time.perf_counter() - start, 1)
+    models = {"detect_portable": export.portable_model(model)}
+    if args.implementation != "portable":
+        from mrcnn.ops import custom_roi_align
+
+        if custom_roi_align.is_available():
+            models["detect_custom_op"] = model
+
+    base = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="mrcnn_bench_"))
+    try:
+        start = time.perf_counter()
+        path = export.export_saved_model(model, base, version=1, overwrite=True)
+        result["export_s"] = round(time.perf_counter() - start, 1)
+        result["saved_model_mb"] = dir_size_mb(Path(path))
+        result["variables_mb"] = dir_size_mb(Path(path) / "variables")
+        h5 = base / "w.weights.h5"
+        model.save_weights(str(h5))
+        result["weights_h5_mb"] = round(h5.stat().st_size / 2**20, 1)
+        h5.unlink()
+
+        start = time.perf_counter()
+        loaded = tf.saved_model.load(path)
+        result["load_s"] = round(time.perf_counter() - start, 1)
+        images = tf.constant(image[None])
+        serving = loaded.signatures["serving_default"]
+        encoded = loaded.signatures["encoded_image"]
+        data = tf.constant([jpeg])
+        fns = {name: (lambda m=m: m.detect([image], batch_size=1)) for name, m in models.items()}
+        fns["saved_model_serving_default"] = lambda: serving(input_tensor=images)
+        fns["saved_model_encoded_image_jpeg"] = lambda: encoded(input_tensor=data)
+        result["latency_per_image"] = timed(fns, args.runs)
+        result["num_detections"] = float(serving(input_tensor=images)["num_detections"][0])
+    finally:
+        if not args.output:
+            shutil.rmtree(base, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
