@@ -61,3 +61,21 @@ def mask_loss(logits: tf.Tensor, targets: tf.Tensor, positive: tf.Tensor) -> tf.
     """
     bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits)
     return _masked_mean(tf.reduce_mean(bce, axis=[2, 3]), positive, positive)
+
+
+def keypoint_loss(logits: tf.Tensor, targets: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
+    """Softmax cross-entropy over the m x m heatmap positions, per labelled keypoint.
+
+    logits: [B, S, m, m, K] heatmap logits; targets: [B, S, K] int32 cell index
+    (row * m + col); valid: [B, S, K] bool (labelled, inside its positive RoI).
+    Mean over the valid keypoints of each image, averaged over images (zero for
+    an image without any); invalid keypoints contribute no gradient.
+    """
+    shape = tf.shape(logits)
+    k = shape[4]
+    per_kp = tf.transpose(logits, [0, 1, 4, 2, 3])  # [B, S, K, m, m]
+    per_kp = tf.reshape(per_kp, tf.stack([shape[0], shape[1], k, shape[2] * shape[3]]))
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=per_kp)
+    flat = tf.stack([shape[0], -1])
+    valid = tf.reshape(valid, flat)
+    return _masked_mean(tf.reshape(ce, flat), valid, valid)

@@ -8,11 +8,14 @@ Data flow (all tensors batched, fixed-shape, padded with validity masks)::
            -> RoIAlign 7x7 -> box head ; RoIAlign 14x14 -> mask head    [roi_heads.py]
            -> losses                                                    [losses.py]
     infer: -> box head -> class-wise NMS (detection.py) -> mask head on the kept boxes
+    keypoints (NUM_KEYPOINTS > 0): RoIAlign 14x14 -> keypoint head -> 56x56 heatmaps
+           -> train: softmax CE per labelled keypoint; infer: peak + refinement
 
 Input contract (what ``mrcnn.data.pipeline.build_dataset`` yields):
 ``images`` float32 [B, H, W, 3] RGB 0-255; ``image_sizes`` int32 [B, 2] valid
 (h, w) of each image inside the padding; for training also ``gt_boxes``
-[B, G, 4], ``gt_class_ids`` [B, G], ``gt_masks`` [B, G, mh, mw].
+[B, G, 4], ``gt_class_ids`` [B, G], ``gt_masks`` [B, G, mh, mw] and, with
+keypoints, ``gt_keypoints`` [B, G, K, 3] (x, y, v) continuous input pixels.
 """
 
 from __future__ import annotations
@@ -29,14 +32,17 @@ from mrcnn.config import Config
 from mrcnn.layers.backbone import ResNet
 from mrcnn.layers.detection import detect_boxes
 from mrcnn.layers.fpn import FPN
-from mrcnn.layers.roi_heads import BoxHead, MaskHead
+from mrcnn.layers.roi_heads import BoxHead, KeypointHead, MaskHead
 from mrcnn.layers.rpn import RPNHead, generate_proposals
 from mrcnn.layers.targets import roi_targets, rpn_targets
 from mrcnn.ops.anchors import multilevel_anchors
+from mrcnn.ops.keypoints import heatmaps_to_keypoints
 from mrcnn.ops.masks import paste_masks
 from mrcnn.ops.roi_align import multilevel_roi_align
 
 INFERENCE_OUTPUTS = ("boxes", "scores", "class_ids", "num_detections", "masks")
+# Present when NUM_KEYPOINTS > 0 ("masks" is absent when MASK_HEAD is False).
+KEYPOINT_OUTPUTS = ("keypoints",)
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
@@ -65,9 +71,17 @@ class MaskRCNN(keras.Model):
         self.fpn = FPN(config.FPN_CHANNELS, name="fpn")
         self.rpn_head = RPNHead(len(config.RPN_ANCHOR_RATIOS), config.FPN_CHANNELS, name="rpn")
         self.box_head = BoxHead(config.NUM_CLASSES, config.FPN_FC_LAYERS_SIZE, name="box_head")
-        self.mask_head = MaskHead(
-            config.NUM_CLASSES, config.MASK_HEAD_CONV_CHANNELS, config.MASK_HEAD_NUM_CONVS, name="mask_head"
-        )
+        self.mask_head = None
+        if config.MASK_HEAD:
+            self.mask_head = MaskHead(
+                config.NUM_CLASSES, config.MASK_HEAD_CONV_CHANNELS, config.MASK_HEAD_NUM_CONVS, name="mask_head"
+            )
+        self.keypoint_head = None
+        if config.NUM_KEYPOINTS:
+            self.keypoint_head = KeypointHead(
+                config.NUM_KEYPOINTS, config.KEYPOINT_HEAD_CONV_CHANNELS, config.KEYPOINT_HEAD_NUM_CONVS,
+                name="keypoint_head",
+            )
         self.loss_trackers = {
             name: keras.metrics.Mean(name=name) for name in ("loss", *config.LOSS_NAMES)
         }
@@ -83,7 +97,11 @@ class MaskRCNN(keras.Model):
         channels = self.config.FPN_CHANNELS
         p, m = self.config.POOL_SIZE, self.config.MASK_POOL_SIZE
         self.box_head(tf.zeros([1, 1, p, p, channels]))
-        self.mask_head(tf.zeros([1, 1, m, m, channels]))
+        if self.mask_head is not None:
+            self.mask_head(tf.zeros([1, 1, m, m, channels]))
+        if self.keypoint_head is not None:
+            k = self.config.KEYPOINT_POOL_SIZE
+            self.keypoint_head(tf.zeros([1, 1, k, k, channels]))
         self.built = True
 
     def get_config(self):
@@ -151,7 +169,10 @@ class MaskRCNN(keras.Model):
         Returns a dict of padded detections, D = DETECTION_MAX_INSTANCES:
         boxes [B, D, 4] (y1, x1, y2, x2) network-input pixels, scores [B, D],
         class_ids [B, D] int32 (0 = padding), num_detections [B] int32,
-        masks [B, D, 28, 28] float32 probabilities of the detected class.
+        masks [B, D, 28, 28] float32 probabilities of the detected class (only
+        with MASK_HEAD); with NUM_KEYPOINTS = K > 0 also keypoints [B, D, K, 3]
+        (x, y, score): x, y continuous network-input pixels (pixel-edge frame:
+        column c's centre is c + 0.5), score in [0, 1]; zeros on padding rows.
         """
         c = self.config
         if isinstance(inputs, dict):
@@ -174,19 +195,25 @@ class MaskRCNN(keras.Model):
             c.DETECTION_MIN_CONFIDENCE, c.DETECTION_NMS_THRESHOLD, c.DETECTION_MAX_INSTANCES,
             c.DETECTION_MIN_SIZE,
         )
-        mask_logits = self.mask_head(self._pool(features, det.boxes, c.MASK_POOL_SIZE))
-        masks = tf.sigmoid(_pick_class_channel(mask_logits, det.class_ids))
-        return {
+        validf = tf.cast(det.valid, tf.float32)
+        out = {
             "boxes": det.boxes,
             "scores": det.scores,
             "class_ids": det.class_ids,
             "num_detections": tf.reduce_sum(tf.cast(det.valid, tf.int32), axis=1),
-            "masks": masks * tf.cast(det.valid, tf.float32)[:, :, None, None],
         }
+        if self.mask_head is not None:
+            mask_logits = self.mask_head(self._pool(features, det.boxes, c.MASK_POOL_SIZE))
+            masks = tf.sigmoid(_pick_class_channel(mask_logits, det.class_ids))
+            out["masks"] = masks * validf[:, :, None, None]
+        if self.keypoint_head is not None:
+            heatmaps = self.keypoint_head(self._pool(features, det.boxes, c.KEYPOINT_POOL_SIZE))
+            out["keypoints"] = heatmaps_to_keypoints(heatmaps, det.boxes) * validf[:, :, None, None]
+        return out
 
     # ----- training -------------------------------------------------------------------
     def compute_losses(self, inputs: dict, training: bool = True) -> dict[str, tf.Tensor]:
-        """The five losses for one (per-replica) batch, each a scalar."""
+        """The losses of ``config.LOSS_NAMES`` for one (per-replica) batch, each a scalar."""
         c = self.config
         images = tf.cast(inputs["images"], tf.float32)
         image_sizes = inputs["image_sizes"]
@@ -212,21 +239,20 @@ class MaskRCNN(keras.Model):
         # mask branch only needs these slots.
         num_mask_rois = int(c.TRAIN_ROIS_PER_IMAGE * c.ROI_POSITIVE_RATIO)
         roi = roi_targets(
-            proposals, proposal_valid, gt_boxes, gt_class_ids, inputs["gt_masks"],
+            proposals, proposal_valid, gt_boxes, gt_class_ids,
+            inputs["gt_masks"] if self.mask_head is not None else None,
             c.TRAIN_ROIS_PER_IMAGE, c.ROI_POSITIVE_RATIO, c.ROI_POSITIVE_IOU, c.BBOX_REG_WEIGHTS,
             c.MASK_SHAPE, c.MINI_MASK_SHAPE is not None, c.MASK_TARGET_THRESHOLD,
             c.ROI_ALIGN_IMPLEMENTATION, num_mask_rois=num_mask_rois,
+            gt_keypoints=inputs["gt_keypoints"] if self.keypoint_head is not None else None,
+            heatmap_size=c.KEYPOINT_HEATMAP_SIZE,
         )
         class_logits, box_deltas = self.box_head(self._pool(features, roi.rois, c.POOL_SIZE))
         positive = roi.valid & (roi.class_ids > 0)
         box_pred = tf.gather(box_deltas, roi.class_ids, batch_dims=2)
 
         mask_rois = roi.rois[:, :num_mask_rois]
-        mask_classes = roi.class_ids[:, :num_mask_rois]
-        mask_logits = self.mask_head(self._pool(features, mask_rois, c.MASK_POOL_SIZE))
-        mask_logits = _pick_class_channel(mask_logits, mask_classes)
-
-        return {
+        values = {
             "rpn_class_loss": losses.rpn_class_loss(rpn_logits, rpn.labels, rpn.valid),
             "rpn_box_loss": losses.box_regression_loss(
                 rpn_deltas, rpn.deltas, rpn.labels > 0, rpn.valid, c.RPN_BOX_LOSS_BETA
@@ -235,8 +261,17 @@ class MaskRCNN(keras.Model):
             "box_loss": losses.box_regression_loss(
                 box_pred, roi.deltas, positive, roi.valid, c.BOX_LOSS_BETA
             ),
-            "mask_loss": losses.mask_loss(mask_logits, roi.masks, positive[:, :num_mask_rois]),
         }
+        if self.mask_head is not None:
+            mask_classes = roi.class_ids[:, :num_mask_rois]
+            mask_logits = self.mask_head(self._pool(features, mask_rois, c.MASK_POOL_SIZE))
+            mask_logits = _pick_class_channel(mask_logits, mask_classes)
+            values["mask_loss"] = losses.mask_loss(mask_logits, roi.masks, positive[:, :num_mask_rois])
+        if self.keypoint_head is not None:
+            # Same slots as the mask branch: every positive is among them.
+            heatmaps = self.keypoint_head(self._pool(features, mask_rois, c.KEYPOINT_POOL_SIZE))
+            values["keypoint_loss"] = losses.keypoint_loss(heatmaps, roi.keypoint_targets, roi.keypoint_valid)
+        return values
 
     def _total_loss(self, loss_values: dict[str, tf.Tensor]) -> tf.Tensor:
         weights = self.config.loss_weights()
@@ -288,8 +323,11 @@ class MaskRCNN(keras.Model):
         Returns:
           One dict per image: "rois" float32 [N, 4] (y1, x1, y2, x2) in the original
           image's pixels, "class_ids" int32 [N], "scores" float32 [N], "masks" bool
-          [H, W, N] (full-size, thresholded at DETECTION_MASK_THRESHOLD); sorted by
-          descending score.
+          [H, W, N] (full-size, thresholded at DETECTION_MASK_THRESHOLD; absent when
+          MASK_HEAD is False), and with NUM_KEYPOINTS = K > 0 "keypoints" float32
+          [N, K, 3] (x, y, score) in the original image's pixels, COCO's
+          pixel-index convention (integer x = centre of column x; see
+          docs/keypoints.md); sorted by descending score.
         """
         from mrcnn.data.pipeline import prepare_image_batch
 
@@ -311,13 +349,22 @@ class MaskRCNN(keras.Model):
         boxes = out["boxes"][i, :n] / np.array([scale[0], scale[1], scale[0], scale[1]], np.float32)
         height, width = image_shape
         boxes = np.clip(boxes, 0, [height, width, height, width]).astype(np.float32)
-        masks = paste_masks(out["masks"][i, :n], boxes, image_shape, self.config.DETECTION_MASK_THRESHOLD)
-        return {
+        result = {
             "rois": boxes,
             "class_ids": out["class_ids"][i, :n].astype(np.int32),
             "scores": out["scores"][i, :n].astype(np.float32),
-            "masks": masks,
         }
+        if "masks" in out:
+            result["masks"] = paste_masks(
+                out["masks"][i, :n], boxes, image_shape, self.config.DETECTION_MASK_THRESHOLD
+            )
+        if "keypoints" in out:
+            kps = out["keypoints"][i, :n].astype(np.float32).copy()
+            # Network-input continuous pixels -> original image, pixel-index convention.
+            kps[..., 0] = kps[..., 0] / scale[1] - 0.5
+            kps[..., 1] = kps[..., 1] / scale[0] - 0.5
+            result["keypoints"] = kps
+        return result
 
 
 def _pick_class_channel(mask_logits: tf.Tensor, class_ids: tf.Tensor) -> tf.Tensor:

@@ -3,7 +3,9 @@
 Boxes are (y1, x1, y2, x2) in the pixel-edge convention of the data layer (the
 box covers pixels y1..y2-1, x1..x2-1), in the pixels of the image drawn on.
 Masks are Dataset-style bool ``[H, W, N]``. Negative class ids (crowd regions)
-are labelled ``"crowd <name>"``.
+are labelled ``"crowd <name>"``. Keypoints are ``[N, K, 3]`` (x, y, v-or-score) in
+COCO's pixel-index convention (integer x = centre of column x, which is where PIL
+draws pixel x), as ``Dataset.load_keypoints`` and ``detect()`` give them.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ def draw_instances(
     scores: np.ndarray | None = None,
     alpha: float = 0.45,
     colors: np.ndarray | None = None,
+    keypoints: np.ndarray | None = None,
+    skeleton: Sequence[tuple[int, int]] | None = None,
+    keypoint_min_score: float = 0.0,
 ) -> np.ndarray:
     """Overlay instances on a copy of ``image``.
 
@@ -66,10 +71,16 @@ def draw_instances(
         scores: optional ``[N]`` confidences appended to the labels.
         alpha: mask fill opacity.
         colors: optional uint8 ``[N, 3]``; default :func:`instance_colors`.
+        keypoints: optional ``[N, K, 3]`` (x, y, v) ground truth or (x, y, score)
+            detections; a keypoint is drawn (a dot) when its third value is >
+            ``keypoint_min_score`` (so v = 0 "not labelled" never is).
+        skeleton: pairs (i, j) of 0-based keypoint indices joined by a line when
+            both ends are drawn (e.g. ``config.KEYPOINT_SKELETON``).
 
     Returns:
         uint8 ``[H, W, 3]``: masks filled semi-transparently with solid contours,
-        box outlines and a "name score" label at each box's top-left corner.
+        box outlines and a "name score" label at each box's top-left corner;
+        keypoints as dots joined by the skeleton's lines.
     """
     from mrcnn.data.loader import sanitize_image
 
@@ -112,7 +123,28 @@ def draw_instances(
             ty = int(np.clip(y1, 0, max(height - th - 2, 0)))
             pen.rectangle([tx, ty, tx + tw + 1, ty + th + 1], fill=color)
             pen.text((tx + 1 - left, ty + 1 - top), text, fill=(0, 0, 0), font=font)
+    if keypoints is not None and n:
+        _draw_keypoints(canvas, np.asarray(keypoints, np.float64), colors, skeleton, keypoint_min_score)
     return np.asarray(canvas, np.uint8).copy()
+
+
+def _draw_keypoints(canvas: Image.Image, keypoints: np.ndarray, colors: np.ndarray,
+                    skeleton: Sequence[tuple[int, int]] | None, min_score: float) -> None:
+    n = len(colors)
+    if keypoints.ndim != 3 or keypoints.shape[0] != n or keypoints.shape[2] != 3:
+        raise ValueError(f"keypoints shape {keypoints.shape} != [N, K, 3] with N = {n}")
+    pen = ImageDraw.Draw(canvas)
+    k = keypoints.shape[1]
+    for i in range(n):
+        shown = keypoints[i, :, 2] > min_score
+        color = tuple(int(c) for c in colors[i])
+        # Lines in the instance colour, dots in white with a coloured rim on top.
+        for a, b in skeleton or ():
+            if 0 <= a < k and 0 <= b < k and shown[a] and shown[b]:
+                pen.line([tuple(keypoints[i, a, :2]), tuple(keypoints[i, b, :2])], fill=color, width=2)
+        for j in np.nonzero(shown)[0]:
+            x, y = keypoints[i, j, :2]
+            pen.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(255, 255, 255), outline=color)
 
 
 def draw_grid(images: Sequence[np.ndarray], cols: int | None = None, gap: int = 4) -> np.ndarray:

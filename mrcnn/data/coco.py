@@ -17,6 +17,16 @@ Id conventions (three id spaces meet here):
 * Crowd annotations (``iscrowd=1``) come out of ``load_mask`` with the NEGATIVE
   internal class id, the project-wide crowd convention.
 
+Keypoints (``person_keypoints_*.json``): categories that list ``keypoints``
+give the dataset's ``num_keypoints``, ``keypoint_names``, ``keypoint_skeleton``
+(0-based pairs from COCO's 1-based ``skeleton``) and ``keypoint_flip_map``
+(``left_*`` <-> ``right_*``). ``load_keypoints`` returns the annotations'
+``keypoints`` exactly as stored (COCO's pixel-index convention), one row per
+instance of ``load_mask``; annotations without keypoints (other categories,
+crowd regions) are all zero. Every keypoint list is checked at construction:
+its length must be 3·K and its visibility flags 0, 1 or 2, else ValueError
+naming the file and annotation id.
+
 Segmentations are decoded with pycocotools exactly as ``COCO.annToRLE`` does
 (polygons, compressed RLE, uncompressed RLE), with extra checks so that bad input
 is reported, naming the file and annotation id, instead of yielding a wrong mask.
@@ -34,6 +44,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 
+from mrcnn.config import flip_map_from_names
 from mrcnn.data.dataset import Dataset
 
 SOURCE = "coco"
@@ -89,6 +100,7 @@ class CocoDataset(Dataset):
         for cat in categories:
             if cat["id"] in keep_cats:
                 self.add_class(SOURCE, cat["id"], cat["name"])
+        self._init_keypoints([c for c in categories if c["id"] in keep_cats])
 
         images: dict[int, dict[str, Any]] = {}
         for img in data["images"]:
@@ -108,6 +120,7 @@ class CocoDataset(Dataset):
                 orphans.append(ann)
                 continue
             if ann["category_id"] in keep_cats:
+                self._check_keypoints(ann)
                 anns_per_image[ann["image_id"]].append(ann)
         if orphans:
             # Not fatal: the annotation cannot belong to any image we load, so no mask
@@ -141,9 +154,75 @@ class CocoDataset(Dataset):
                 annotations=anns_per_image[coco_id],
             )
         self.prepare()
+        # Indices into image_info[i]["annotations"] of the instances load_mask
+        # returns (filled by load_mask; load_keypoints aligns with it).
+        self._kept_annotations: dict[int, list[int]] = {}
         self._class_from_coco = {
             info["id"]: idx for idx, info in enumerate(self.class_info) if idx > 0
         }
+
+    # ----- keypoints ----------------------------------------------------------------
+    def _init_keypoints(self, categories: list[dict[str, Any]]) -> None:
+        with_kps = [c for c in categories if c.get("keypoints")]
+        self.num_keypoints = 0
+        if not with_kps:
+            return
+        names = list(with_kps[0]["keypoints"])
+        for c in with_kps[1:]:
+            if list(c["keypoints"]) != names:
+                raise ValueError(
+                    f"{self.annotation_file}: categories {with_kps[0]['id']} and {c['id']} list different "
+                    "keypoints; one model predicts one set"
+                )
+        self.num_keypoints = len(names)
+        self.keypoint_names = names
+        self.keypoint_skeleton = [
+            (int(i) - 1, int(j) - 1) for i, j in (with_kps[0].get("skeleton") or [])
+        ]
+        self.keypoint_flip_map = list(flip_map_from_names(names))
+
+    def _check_keypoints(self, ann: dict[str, Any]) -> None:
+        keypoints = ann.get("keypoints")
+        if keypoints is None:
+            return
+        where = f"{self.annotation_file}: annotation {ann.get('id')} (image {ann.get('image_id')})"
+        if not self.num_keypoints:
+            raise ValueError(f"{where}: has keypoints but no category of the file lists keypoint names")
+        k = self.num_keypoints
+        if not isinstance(keypoints, (list, tuple)) or len(keypoints) != 3 * k:
+            n = len(keypoints) if isinstance(keypoints, (list, tuple)) else type(keypoints).__name__
+            raise ValueError(f"{where}: keypoints has {n} numbers, expected 3*K = {3 * k} (x, y, v per keypoint)")
+        values = np.asarray(keypoints, dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"{where}: keypoints contain NaN or inf")
+        flags = values[2::3]
+        bad = ~np.isin(flags, (0, 1, 2))
+        if np.any(bad):
+            i = int(np.argmax(bad))
+            raise ValueError(
+                f"{where}: keypoint {i} ({self.keypoint_names[i]}) has visibility flag {flags[i]:g}; "
+                "COCO flags are 0 (not labelled), 1 (labelled, not visible), 2 (visible)"
+            )
+
+    def load_keypoints(self, image_id: int) -> np.ndarray | None:
+        """float32 [N, K, 3] (x, y, v) of load_mask's instances, as stored in the JSON.
+
+        COCO's convention: integer pixel indices, v in {0, 1, 2}. Instances without
+        keypoints are all zero. None when the file has no keypoint categories.
+        """
+        if not self.num_keypoints:
+            return None
+        kept = self._kept_annotations.get(image_id)
+        if kept is None:
+            self.load_mask(image_id)
+            kept = self._kept_annotations[image_id]
+        anns = self.image_info[image_id]["annotations"]
+        out = np.zeros((len(kept), self.num_keypoints, 3), np.float32)
+        for row, index in enumerate(kept):
+            keypoints = anns[index].get("keypoints")
+            if keypoints is not None:
+                out[row] = np.asarray(keypoints, np.float32).reshape(self.num_keypoints, 3)
+        return out
 
     # ----- id conversions -----------------------------------------------------------
     def coco_image_id(self, image_id: int) -> int:
@@ -238,8 +317,8 @@ class CocoDataset(Dataset):
         """
         info = self.image_info[image_id]
         height, width = self.image_size(image_id)
-        masks, class_ids = [], []
-        for ann in info["annotations"]:
+        masks, class_ids, kept = [], [], []
+        for index, ann in enumerate(info["annotations"]):
             rle = self._annotation_rle(ann, info, height, width)
             if rle is None:
                 continue
@@ -255,6 +334,8 @@ class CocoDataset(Dataset):
             class_id = self._class_from_coco[ann["category_id"]]
             masks.append(m)
             class_ids.append(-class_id if ann.get("iscrowd", 0) else class_id)
+            kept.append(index)
+        self._kept_annotations[image_id] = kept
         if not masks:
             return np.zeros((height, width, 0), dtype=bool), np.zeros((0,), dtype=np.int32)
         return np.stack(masks, axis=-1), np.asarray(class_ids, dtype=np.int32)

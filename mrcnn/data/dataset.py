@@ -13,6 +13,9 @@ A subclass registers its classes and images, then implements two loaders::
         def load_mask(self, image_id) -> tuple[np.ndarray, np.ndarray]:
             ...  # bool [H, W, N] instance masks, int32 [N] class ids (>= 1)
 
+        def load_keypoints(self, image_id) -> np.ndarray:  # optional (Keypoint R-CNN)
+            ...  # float32 [N, K, 3] (x, y, v), one row per instance of load_mask
+
     ds = MyDataset(); ds.load(...); ds.prepare()
 
 ``image_id`` everywhere is the dataset's internal integer index (0..num_images-1),
@@ -31,6 +34,14 @@ import numpy as np
 
 class Dataset:
     """Registry of classes and images, plus the loaders a subclass implements."""
+
+    # Keypoint metadata (datasets with keypoints set them; see docs/keypoints.md):
+    # names [K], left/right pairs and skeleton edges as 0-based index pairs, and the
+    # per-keypoint OKS sigmas used by evaluation (None = COCO's when K == 17).
+    keypoint_names: list[str] | None = None
+    keypoint_flip_map: list[tuple[int, int]] | None = None
+    keypoint_skeleton: list[tuple[int, int]] | None = None
+    keypoint_sigmas: list[float] | None = None
 
     def __init__(self) -> None:
         self.class_info: list[dict[str, Any]] = [{"source": "", "id": 0, "name": "BG"}]
@@ -103,3 +114,13 @@ class Dataset:
     def load_mask(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
         """(bool [H, W, N] masks, int32 [N] class ids). The base class has no instances."""
         return np.zeros((0, 0, 0), dtype=bool), np.zeros((0,), dtype=np.int32)
+
+    def load_keypoints(self, image_id: int) -> np.ndarray | None:
+        """float32 [N, K, 3] keypoints (x, y, v) of load_mask's N instances, in order.
+
+        COCO's convention: (x, y) in the image's pixels with integer x = the centre
+        of pixel column x (so x in [-0.5, W - 0.5]); v = 0 not labelled (x = y = 0),
+        1 labelled but not visible, 2 visible. None (the default) = no keypoints
+        annotated: with a keypoint Config every instance then has v = 0 everywhere.
+        """
+        return None

@@ -39,6 +39,13 @@ Decisions (see each function for details)
   size ratio (down- or up-sampling), unlike a bilinear resize which aliases
   when downsampling large boxes.
 
+* Keypoints (``config.NUM_KEYPOINTS`` = K > 0): ``load_keypoints`` must return
+  ``[N, K, 3]`` (x, y, v) aligned with the masks (or None = none labelled), with
+  finite coordinates and v in {0, 1, 2}; rows follow their instance through the
+  drops and truncation above. Coordinates are converted from COCO's pixel-index
+  convention to the continuous pixel-edge frame of boxes (x + 0.5, y + 0.5), and
+  unlabelled keypoints (v = 0) are set to (0, 0, 0).
+
 Layouts: functions taking Dataset-style full-image masks use ``[H, W, N]``;
 per-instance stacks (mini masks, the record's ``masks``) are ``[N, ...]``.
 """
@@ -220,6 +227,45 @@ def sanitize_masks(
     return masks, class_ids
 
 
+def sanitize_keypoints(keypoints: Any, n: int, num_keypoints: int, ref: str = "image") -> np.ndarray:
+    """Validate ``load_keypoints`` output -> float32 ``[N, K, 3]`` in the pixel-edge frame.
+
+    None means no keypoint is labelled (all zeros). Raises ValueError naming
+    ``ref`` for a shape other than [N, K, 3], non-finite values or visibility
+    flags outside {0, 1, 2}. Labelled keypoints get +0.5 on x and y (COCO pixel
+    indices -> continuous coordinates); unlabelled ones become (0, 0, 0).
+    """
+    k = int(num_keypoints)
+    if keypoints is None:
+        return np.zeros((n, k, 3), np.float32)
+    keypoints = np.asarray(keypoints)
+    if n == 0 and keypoints.size == 0:
+        return np.zeros((0, k, 3), np.float32)
+    if keypoints.shape != (n, k, 3):
+        raise ValueError(
+            f"{ref}: keypoints must be [N, K, 3] = [{n}, {k}, 3] (N instances of load_mask, "
+            f"K = NUM_KEYPOINTS), got shape {keypoints.shape}"
+        )
+    if not np.issubdtype(keypoints.dtype, np.number) or np.issubdtype(keypoints.dtype, np.complexfloating):
+        raise ValueError(f"{ref}: keypoints must be numbers, got dtype {keypoints.dtype}")
+    keypoints = keypoints.astype(np.float64)
+    if not np.all(np.isfinite(keypoints)):
+        raise ValueError(f"{ref}: keypoints contain NaN or inf")
+    v = keypoints[..., 2]
+    bad = ~np.isin(v, (0, 1, 2))
+    if np.any(bad):
+        inst, kp = np.argwhere(bad)[0]
+        raise ValueError(
+            f"{ref}: keypoint visibility flags must be 0, 1 or 2; instance {inst} keypoint {kp} has {v[inst, kp]}"
+        )
+    out = np.zeros((n, k, 3), np.float32)
+    labelled = v > 0
+    out[..., 0] = np.where(labelled, keypoints[..., 0] + 0.5, 0.0)
+    out[..., 1] = np.where(labelled, keypoints[..., 1] + 0.5, 0.0)
+    out[..., 2] = v
+    return out
+
+
 def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
     """Tight boxes of ``[H, W, N]`` masks -> float32 ``[N, 4]`` (y1, x1, y2, x2).
 
@@ -323,7 +369,10 @@ def load_instance(dataset: Any, image_id: int, config: Config) -> dict[str, np.n
           "class_ids": int32 ``[N]``, > 0 normal, < 0 crowd (never 0);
           "masks": uint8 ``[N, mh, mw]`` 0/1 mini masks in box frame when
             ``config.MINI_MASK_SHAPE`` is set, else uint8 ``[N, H, W]`` full masks;
-          "image_id": int64 scalar.
+          "image_id": int64 scalar;
+          "keypoints" (only when ``config.NUM_KEYPOINTS`` > 0): float32
+            ``[N, K, 3]`` (x, y, v), continuous pixel-edge coordinates of the
+            original image (see :func:`sanitize_keypoints`).
         N <= MAX_GT_INSTANCES; N == 0 for a negative example.
 
     Raises:
@@ -337,6 +386,13 @@ def load_instance(dataset: Any, image_id: int, config: Config) -> dict[str, np.n
     if not isinstance(loaded, (tuple, list)) or len(loaded) != 2:
         raise ValueError(f"{ref}: load_mask must return (masks, class_ids)")
     masks, class_ids = sanitize_masks(loaded[0], loaded[1], (height, width), config.NUM_CLASSES, ref)
+    num_keypoints = int(getattr(config, "NUM_KEYPOINTS", 0) or 0)
+    keypoints = None
+    if num_keypoints:
+        load = getattr(dataset, "load_keypoints", None)
+        keypoints = sanitize_keypoints(
+            load(image_id) if callable(load) else None, class_ids.shape[0], num_keypoints, ref
+        )
 
     areas = masks.sum(axis=(0, 1))
     empty = areas == 0
@@ -350,6 +406,8 @@ def load_instance(dataset: Any, image_id: int, config: Config) -> dict[str, np.n
         )
         keep = ~empty
         masks, class_ids, areas = masks[:, :, keep], class_ids[keep], areas[keep]
+        if keypoints is not None:
+            keypoints = keypoints[keep]
 
     limit = config.MAX_GT_INSTANCES
     if class_ids.shape[0] > limit:
@@ -364,16 +422,21 @@ def load_instance(dataset: Any, image_id: int, config: Config) -> dict[str, np.n
         # Largest first, stable so ties keep the earlier instance; then restore order.
         keep = np.sort(np.argsort(-areas, kind="stable")[:limit])
         masks, class_ids = masks[:, :, keep], class_ids[keep]
+        if keypoints is not None:
+            keypoints = keypoints[keep]
 
     boxes = boxes_from_masks(masks)
     if config.MINI_MASK_SHAPE is not None:
         out_masks = minimize_masks(masks, boxes, config.MINI_MASK_SHAPE)
     else:
         out_masks = np.ascontiguousarray(np.transpose(masks, (2, 0, 1))).astype(np.uint8)
-    return {
+    record = {
         "image": image,
         "boxes": boxes,
         "class_ids": class_ids.astype(np.int32),
         "masks": out_masks,
         "image_id": np.int64(image_id),
     }
+    if keypoints is not None:
+        record["keypoints"] = keypoints
+    return record

@@ -13,6 +13,10 @@ key                     dtype / shape        meaning
 ``"gt_class_ids"``      int32 [B, G]         0 = padding, > 0 class, < 0 crowd region
 ``"gt_masks"``          uint8 [B, G, mh, mw] 0/1 mini masks in their box frame
                         or [B, G, Hp, Wp]    (MINI_MASK_SHAPE None) full masks
+``"gt_keypoints"``      float32 [B, G, K, 3] only when NUM_KEYPOINTS = K > 0: (x, y, v)
+                                             in padded-input pixels, continuous
+                                             pixel-edge frame (as boxes; column c's
+                                             centre is c + 0.5); zeros when v = 0
 ======================  ===================  ==========================================
 
 with ``G = config.MAX_GT_INSTANCES``. In "square" mode every shape is static (with
@@ -22,9 +26,10 @@ are padded (zeros) to their largest image, which is a multiple of 32.
 Per element: ``load_instance`` (numpy, via ``tf.numpy_function``) -> random
 horizontal flip (training only, probability ``TRAIN_FLIP_PROB``; applied in
 original pixels to image, boxes and masks; a mini mask is flipped left-right in
-its box frame) -> ``resize_and_pad`` -> boxes times ``scale`` (exact for the
+its box frame; keypoints: x -> W - x and left/right swapped by
+``config.keypoint_flip_permutation()``) -> ``resize_and_pad`` -> boxes times ``scale`` (exact for the
 half-pixel-centre resize in the pixel-edge box convention) -> full masks resized
-(bilinear, >= 0.5) and padded -> GT padded to G.
+(bilinear, >= 0.5) and padded; keypoints times ``scale`` -> GT padded to G.
 
 Randomness: each element's flip is drawn with a *stateless* RNG keyed by
 ``(seed, element position)``, so given a ``seed`` the stream is reproducible even
@@ -46,6 +51,7 @@ import tensorflow as tf
 from mrcnn.config import Config
 from mrcnn.data import transforms
 from mrcnn.data.loader import load_instance, sanitize_image
+from mrcnn.ops.keypoints import flip_keypoints, scale_keypoints
 
 
 def _mini_shape(config: Config) -> tuple[int, int] | None:
@@ -98,46 +104,55 @@ def build_dataset(
     max_gt = int(config.MAX_GT_INSTANCES)
     mini = _mini_shape(config)
     flip_prob = float(config.TRAIN_FLIP_PROB) if training else 0.0
+    num_kp = int(config.NUM_KEYPOINTS)
+    flip_perm = config.keypoint_flip_permutation() if num_kp else ()
 
     def load_py(image_id: np.ndarray) -> tuple[np.ndarray, ...]:
         record = load_instance(dataset, int(image_id), config)
-        return record["image"], record["boxes"], record["class_ids"], record["masks"]
+        out = (record["image"], record["boxes"], record["class_ids"], record["masks"])
+        return (*out, record["keypoints"]) if num_kp else out
 
     def element(index: tf.Tensor, image_id: tf.Tensor) -> dict[str, tf.Tensor]:
-        image, boxes, class_ids, masks = tf.numpy_function(
-            load_py, [image_id], [tf.uint8, tf.float32, tf.int32, tf.uint8], name="load_instance"
-        )
+        types = [tf.uint8, tf.float32, tf.int32, tf.uint8] + ([tf.float32] if num_kp else [])
+        loaded = tf.numpy_function(load_py, [image_id], types, name="load_instance")
+        image, boxes, class_ids, masks = loaded[:4]
+        keypoints = loaded[4] if num_kp else tf.zeros([0, 0, 3])
         image.set_shape([None, None, 3])
         boxes.set_shape([None, 4])
         class_ids.set_shape([None])
         masks.set_shape([None, *mini] if mini else [None, None, None])
+        keypoints.set_shape([None, num_kp, 3])
 
         if flip_prob > 0:
             # Stateless, keyed by element position: reproducible under parallel map.
             seed_pair = tf.stack([tf.constant(rng_seed, tf.int64), tf.cast(index, tf.int64)])
             do_flip = tf.random.stateless_uniform([], seed=seed_pair) < flip_prob
             width = tf.shape(image)[1]
-            image, boxes, masks = tf.cond(
+            image, boxes, masks, keypoints = tf.cond(
                 do_flip,
                 lambda: (
                     transforms.flip_image(image),
                     transforms.flip_boxes(boxes, width),
                     transforms.flip_masks(masks),
+                    flip_keypoints(keypoints, width, flip_perm) if num_kp else keypoints,
                 ),
-                lambda: (image, boxes, masks),
+                lambda: (image, boxes, masks, keypoints),
             )
 
         images, image_size, scale = transforms.resize_and_pad(image, config)
         boxes = transforms.scale_boxes(boxes, scale)
         if mini is None:
             masks = transforms.resize_and_pad_masks(masks, config)
-        return {
+        out = {
             "images": images,
             "image_sizes": image_size,
             "gt_boxes": transforms.pad_to_count(boxes, max_gt),
             "gt_class_ids": transforms.pad_to_count(class_ids, max_gt),
             "gt_masks": transforms.pad_to_count(masks, max_gt),
         }
+        if num_kp:
+            out["gt_keypoints"] = transforms.pad_to_count(scale_keypoints(keypoints, scale), max_gt)
+        return out
 
     ds = tf.data.Dataset.from_tensor_slices(ids)
     if shuffle:
@@ -152,15 +167,18 @@ def build_dataset(
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     else:
         mask_hw = list(mini) if mini else [None, None]
+        padded_shapes = {
+            "images": [None, None, 3],
+            "image_sizes": [2],
+            "gt_boxes": [max_gt, 4],
+            "gt_class_ids": [max_gt],
+            "gt_masks": [max_gt, *mask_hw],
+        }
+        if num_kp:
+            padded_shapes["gt_keypoints"] = [max_gt, num_kp, 3]
         ds = ds.padded_batch(
             batch_size,
-            padded_shapes={
-                "images": [None, None, 3],
-                "image_sizes": [2],
-                "gt_boxes": [max_gt, 4],
-                "gt_class_ids": [max_gt],
-                "gt_masks": [max_gt, *mask_hw],
-            },
+            padded_shapes=padded_shapes,
             drop_remainder=drop_remainder,
         )
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,4 +1,4 @@
-"""The RoI heads: box head (2 FC + class/box predictors) and mask head (FCN)."""
+"""The RoI heads: box head (2 FC + class/box predictors), mask head (FCN), keypoint head."""
 
 from __future__ import annotations
 
@@ -80,6 +80,54 @@ class MaskHead(keras.layers.Layer):
         return {
             **super().get_config(),
             "num_classes": self.num_classes,
+            "channels": self.channels,
+            "num_convs": self.num_convs,
+        }
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class KeypointHead(keras.layers.Layer):
+    """Keypoint R-CNN head (paper section 5; torchvision's KeypointRCNNHeads + Predictor).
+
+    num_convs x (3x3 conv + ReLU) -> 4x4 stride-2 transposed conv to K channels
+    (x2) -> bilinear x2 (half-pixel centres, = torch align_corners=False).
+
+    Input: [B, R, 14, 14, C] pooled features. Output: [B, R, 56, 56, K] heatmap
+    logits, one spatial softmax per keypoint (row = y, column = x of the RoI's
+    56x56 grid; see ``mrcnn/ops/keypoints.py``).
+    """
+
+    def __init__(self, num_keypoints: int, channels: int = 512, num_convs: int = 8, **kwargs):
+        super().__init__(**kwargs)
+        self.num_keypoints = num_keypoints
+        self.channels = channels
+        self.num_convs = num_convs
+        init = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+        self.convs = [
+            keras.layers.Conv2D(channels, 3, padding="same", activation="relu", kernel_initializer=init,
+                                name=f"conv_fcn{i + 1}")
+            for i in range(num_convs)
+        ]
+        # kernel 4, stride 2, "same" = torch padding 1: exactly x2.
+        self.deconv = keras.layers.Conv2DTranspose(
+            num_keypoints, 4, strides=2, padding="same", kernel_initializer=init, name="kps_score_lowres"
+        )
+
+    def call(self, pooled):
+        shape = tf.shape(pooled)
+        x = tf.reshape(pooled, tf.concat([[-1], shape[2:]], axis=0))
+        x = tf.ensure_shape(x, [None, *pooled.shape[2:]])
+        for conv in self.convs:
+            x = conv(x)
+        x = self.deconv(x)
+        size = 2 * x.shape[1]
+        x = tf.image.resize(x, [size, size], method="bilinear", antialias=False)
+        return tf.reshape(x, tf.concat([shape[:2], tf.shape(x)[1:]], axis=0))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_keypoints": self.num_keypoints,
             "channels": self.channels,
             "num_convs": self.num_convs,
         }

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from mrcnn.ops import boxes as box_ops
+from mrcnn.ops.keypoints import keypoints_to_heatmap_targets
 from mrcnn.ops.roi_align import roi_align
 from mrcnn.ops.sampling import sample_balanced
 
@@ -82,7 +83,11 @@ class RoITargets(NamedTuple):
     valid: tf.Tensor  # [B, S] bool
     class_ids: tf.Tensor  # [B, S] int32 (0 = background)
     deltas: tf.Tensor  # [B, S, 4] regression targets (box-head weights)
-    masks: tf.Tensor  # [B, num_mask_rois, mh, mw] float32 0/1 targets (meaningful for positives)
+    masks: tf.Tensor | None  # [B, num_mask_rois, mh, mw] float32 0/1 targets (meaningful for positives)
+    # [B, num_mask_rois, K] int32 heatmap cell (row * m + col) of each keypoint, and
+    # whether it is a target (labelled, inside a positive RoI); None without keypoints.
+    keypoint_targets: tf.Tensor | None = None
+    keypoint_valid: tf.Tensor | None = None
 
 
 def roi_targets(
@@ -100,6 +105,8 @@ def roi_targets(
     mask_threshold: float = 0.5,
     roi_align_implementation: str = "auto",
     num_mask_rois: int | None = None,
+    gt_keypoints: tf.Tensor | None = None,
+    heatmap_size: int = 56,
 ) -> RoITargets:
     """Sample RoIs from proposals + GT boxes and build their class, box and mask targets.
 
@@ -107,8 +114,12 @@ def roi_targets(
       proposals: [B, P, 4]; proposal_valid: [B, P] bool.
       gt_masks: [B, G, mh, mw] uint8/float; mini masks (in their box's frame) when
         ``mini_mask`` else full masks in input-image pixels.
-      num_mask_rois: mask targets are built for the first this many sampled slots
-        only (positives come first; default all).
+      num_mask_rois: mask and keypoint targets are built for the first this many
+        sampled slots only (positives come first; default all).
+      gt_masks: may be None (no mask head): ``masks`` is then None.
+      gt_keypoints: optional [B, G, K, 3] (x, y, v) continuous input pixels; each
+        positive RoI's matched GT keypoints are mapped into its ``heatmap_size``
+        grid (:func:`mrcnn.ops.keypoints.keypoints_to_heatmap_targets`).
     """
     gt_boxes = tf.stop_gradient(gt_boxes)
     candidates = tf.concat([proposals, gt_boxes], axis=1)
@@ -125,11 +136,20 @@ def roi_targets(
     class_ids = tf.where(is_pos, matched_class, 0)
     deltas = tf.where(is_pos[..., None], box_ops.encode_boxes(matched_boxes, rois, weights), 0.0)
     m = num_samples if num_mask_rois is None else num_mask_rois
-    masks = _mask_targets(rois[:, :m], gt_index[:, :m], matched_boxes[:, :m], gt_masks, mask_shape,
-                          mini_mask, roi_align_implementation)
-    masks = tf.cast(masks >= mask_threshold, tf.float32)
+    masks = None
+    if gt_masks is not None:
+        masks = _mask_targets(rois[:, :m], gt_index[:, :m], matched_boxes[:, :m], gt_masks, mask_shape,
+                              mini_mask, roi_align_implementation)
+        masks = tf.stop_gradient(tf.cast(masks >= mask_threshold, tf.float32))
+    kp_targets = kp_valid = None
+    if gt_keypoints is not None:
+        matched_kps = tf.gather(tf.cast(gt_keypoints, tf.float32), gt_index[:, :m], batch_dims=1)
+        kp_targets, kp_valid = keypoints_to_heatmap_targets(
+            tf.stop_gradient(matched_kps), tf.stop_gradient(rois[:, :m]), heatmap_size
+        )
+        kp_valid = kp_valid & (is_pos & valid)[:, :m, None]
     return RoITargets(
-        tf.stop_gradient(rois), valid, class_ids, tf.stop_gradient(deltas), tf.stop_gradient(masks)
+        tf.stop_gradient(rois), valid, class_ids, tf.stop_gradient(deltas), masks, kp_targets, kp_valid
     )
 
 

@@ -1,0 +1,1 @@
+"""Synthetic stick figures with 7 keypoints (Keypoint R-CNN demo and tests)."""
