@@ -10,7 +10,7 @@ from typing import Any
 
 import keras
 
-from mrcnn.evaluate import IOU_TYPES, evaluate_dataset, format_metrics
+from mrcnn.evaluate import evaluate_dataset, format_metrics
 
 
 class CocoEvaluationCallback(keras.callbacks.Callback):
@@ -32,7 +32,8 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
             (same names, step = epoch index) to this folder.
         batch_size: images per ``detect`` call; default ``model.config.BATCH_SIZE``
             when the model has a config, else 1.
-        iou_types: any of "bbox", "segm".
+        iou_types: any of "bbox", "segm", "keypoints"; None (default) picks what the
+            model produces (see :func:`mrcnn.evaluate.evaluate_dataset`).
         prefix: prefix of the log keys.
         progress: show a progress bar while detecting.
         print_table: print :func:`format_metrics` after each evaluation.
@@ -48,7 +49,7 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         image_ids: Sequence[int] | None = None,
         log_dir: str | os.PathLike | None = None,
         batch_size: int | None = None,
-        iou_types: Sequence[str] = IOU_TYPES,
+        iou_types: Sequence[str] | None = None,
         prefix: str = "val_",
         progress: bool = False,
         print_table: bool = False,
@@ -61,7 +62,7 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         self.image_ids = None if image_ids is None else [int(i) for i in image_ids]
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
         self.batch_size = batch_size
-        self.iou_types = tuple(iou_types)
+        self.iou_types = None if iou_types is None else tuple(iou_types)
         self.prefix = prefix
         self.progress = progress
         self.print_table = print_table
@@ -93,8 +94,9 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         self.last_metrics = metrics
         scalars = {
             f"{self.prefix}{iou_type}_{name}": value
-            for iou_type in self.iou_types
-            for name, value in metrics[iou_type].items()
+            for iou_type, values in metrics.items()
+            if iou_type != "per_class"
+            for name, value in values.items()
         }
         if logs is not None:
             # Keras hands the same dict to every later callback and to History.

@@ -32,7 +32,12 @@ Outputs (TF Object Detection API names), D = ``DETECTION_MAX_INSTANCES``:
 * ``detection_masks`` float32 ``[batch, D, 28, 28]`` mask probabilities inside each box
   (paste them into the image client-side, e.g. :func:`mrcnn.ops.masks.paste_masks`);
 * ``class_names`` string ``[batch, NUM_CLASSES]`` (the same row per image), index =
-  class id, 0 = "BG".
+  class id, 0 = "BG";
+* with a keypoint head (``NUM_KEYPOINTS = K > 0``): ``detection_keypoints`` float32
+  ``[batch, D, K, 2]`` (y, x) normalised by the original image size (pixel index =
+  y * H - 0.5, as the TF OD API's pixel-edge convention) and
+  ``detection_keypoint_scores`` float32 ``[batch, D, K]``. ``detection_masks`` is
+  absent when the model has no mask head (``MASK_HEAD = False``).
 
 Preprocessing (resize by the Config's rule, zero padding, normalisation) happens in the
 graph and is the same as :meth:`MaskRCNN.detect`'s, so outputs match ``detect()``.
@@ -65,6 +70,7 @@ OUTPUT_NAMES = (
     "detection_masks",
     "class_names",
 )
+KEYPOINT_OUTPUT_NAMES = ("detection_keypoints", "detection_keypoint_scores")
 LABELS_FILE = "labels.txt"
 
 
@@ -161,12 +167,23 @@ def _postprocess(out: dict, scales: tf.Tensor, original_hw: tf.Tensor, class_nam
     hw4 = tf.cast(tf.tile(original_hw, [1, 2]), tf.float32)[:, None, :]
     boxes = tf.clip_by_value(tf.cast(out["boxes"], tf.float32) / scale4 / hw4, 0.0, 1.0)
     validf = tf.cast(valid, tf.float32)
+    result = {}
+    if "masks" in out:
+        result["detection_masks"] = tf.cast(out["masks"], tf.float32) * validf[:, :, None, None]
+    if "keypoints" in out:
+        # Model keypoints are (x, y, score) in network-input pixels, pixel-edge frame.
+        kp = tf.cast(out["keypoints"], tf.float32)
+        hw = tf.cast(original_hw, tf.float32)
+        y = kp[..., 1] / scales[:, 0, None, None] / hw[:, 0, None, None]
+        x = kp[..., 0] / scales[:, 1, None, None] / hw[:, 1, None, None]
+        result["detection_keypoints"] = tf.clip_by_value(tf.stack([y, x], -1), 0.0, 1.0) * validf[..., None, None]
+        result["detection_keypoint_scores"] = kp[..., 2] * validf[..., None]
     return {
+        **result,
         "detection_boxes": boxes * validf[:, :, None],
         "detection_scores": tf.cast(out["scores"], tf.float32) * validf,
         "detection_classes": tf.cast(out["class_ids"], tf.float32) * validf,
         "num_detections": tf.cast(num, tf.float32),
-        "detection_masks": tf.cast(out["masks"], tf.float32) * validf[:, :, None, None],
         # Batched (one copy per image) so that TF Serving's REST row format, which
         # needs a batch dimension on every output, works too.
         "class_names": tf.tile(tf.constant(class_names, tf.string)[None, :], [tf.shape(num)[0], 1]),

@@ -454,3 +454,26 @@ def test_draw_instances_draws_skeleton():
     changed = np.any(out != 0, axis=2)
     assert changed[10, 10] and changed[10, 50] and changed[10, 30]  # both dots and the line between
     assert not changed[50, 30] and not changed[30, 40]  # unlabelled keypoint and its edge not drawn
+
+
+# ----- export ----------------------------------------------------------------------------
+def test_saved_model_keypoint_outputs_match_detect(tmp_path):
+    from mrcnn.export import export_saved_model
+
+    model = MaskRCNN(KeypointTinyConfig(DETECTION_MIN_CONFIDENCE=0.0, KEYPOINT_HEAD_CONV_CHANNELS=16,
+                                        KEYPOINT_HEAD_NUM_CONVS=1, ROI_ALIGN_IMPLEMENTATION="portable"))
+    image = np.random.default_rng(3).integers(0, 255, (90, 150, 3), dtype=np.uint8)
+    expected = model.detect([image])[0]
+    path = export_saved_model(model, str(tmp_path / "sm"), version=None)
+    out = tf.saved_model.load(path).signatures["serving_default"](input_tensor=tf.constant(image[None]))
+    assert "detection_masks" not in out  # keypoint-only model
+    n = int(out["num_detections"][0])
+    assert n == len(expected["scores"]) and n > 0
+    kp = out["detection_keypoints"].numpy()[0, :n]
+    k = KeypointTinyConfig.NUM_KEYPOINTS
+    assert kp.shape == (n, k, 2)
+    # (y, x) normalised -> COCO pixel-centre coordinates, as detect() returns them.
+    np.testing.assert_allclose(kp[..., 1] * 150 - 0.5, expected["keypoints"][..., 0], atol=0.05)
+    np.testing.assert_allclose(kp[..., 0] * 90 - 0.5, expected["keypoints"][..., 1], atol=0.05)
+    np.testing.assert_allclose(out["detection_keypoint_scores"].numpy()[0, :n], expected["keypoints"][..., 2],
+                               atol=1e-4)
