@@ -4,6 +4,7 @@
     mrcnn detect   --config CFG --weights FILE --out DIR IMAGE [IMAGE ...]
     mrcnn evaluate --config CFG --weights FILE --dataset DS [--json-out FILE]
     mrcnn export   --config CFG --weights FILE --output DIR
+    mrcnn convert-weights --from torchvision|detectron2 CHECKPOINT --out FILE.weights.h5
     mrcnn build-ops [--force]
 
 CFG is ``module:ConfigClass`` (e.g. ``samples.shapes.shapes:ShapesDemoConfig``) or
@@ -247,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     export.add_arguments(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("convert-weights", help="torchvision/Detectron2 checkpoint -> Keras weights")
+    from mrcnn import convert
+
+    convert.add_arguments(p)
+    p.set_defaults(func=convert.run_convert)
 
     p = sub.add_parser("build-ops", help="(re)build the custom RoIAlign op")
     p.add_argument("--force", action="store_true")

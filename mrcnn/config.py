@@ -279,7 +279,7 @@ class Config:
             "FPN_CHANNELS", "RPN_TRAIN_ANCHORS_PER_IMAGE", "PRE_NMS_LIMIT_TRAINING",
             "PRE_NMS_LIMIT_INFERENCE", "POST_NMS_ROIS_TRAINING", "POST_NMS_ROIS_INFERENCE",
             "TRAIN_ROIS_PER_IMAGE", "POOL_SIZE", "MASK_POOL_SIZE", "FPN_FC_LAYERS_SIZE",
-            "MASK_HEAD_CONV_CHANNELS", "ROI_ALIGN_SAMPLING_RATIO", "MAX_GT_INSTANCES",
+            "MASK_HEAD_CONV_CHANNELS", "MAX_GT_INSTANCES",
             "DETECTION_MAX_INSTANCES", "IMAGE_MIN_DIM", "IMAGE_MAX_DIM", "STEPS_PER_EPOCH",
             "VALIDATION_STEPS", "ROI_CANONICAL_LEVEL",
         ):
@@ -307,6 +307,12 @@ class Config:
             fail("ANCHOR_OFFSET", "must be in [0, 1) (a fraction of the stride)")
         if self.ROI_ALIGN_IMPLEMENTATION not in ROI_ALIGN_IMPLEMENTATIONS:
             fail("ROI_ALIGN_IMPLEMENTATION", f"choose one of {ROI_ALIGN_IMPLEMENTATIONS}")
+        ratio = self.ROI_ALIGN_SAMPLING_RATIO
+        if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 0:
+            fail("ROI_ALIGN_SAMPLING_RATIO", "must be an integer >= 0 (0 = adaptive)")
+        if ratio == 0 and self.ROI_ALIGN_IMPLEMENTATION == "portable":
+            fail("ROI_ALIGN_SAMPLING_RATIO", "0 (adaptive) needs the custom op: "
+                 "ROI_ALIGN_IMPLEMENTATION='custom' or 'auto'")
         if len(self.BACKBONE_STRIDES) != 5 or list(self.BACKBONE_STRIDES) != sorted(self.BACKBONE_STRIDES):
             fail("BACKBONE_STRIDES", "must list the 5 increasing strides of P2..P6")
         if len(self.RPN_ANCHOR_SCALES) != 5 or any(s <= 0 for s in self.RPN_ANCHOR_SCALES):

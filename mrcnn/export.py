@@ -96,7 +96,18 @@ def portable_model(model):
 
 
 def portable_config(config: Config) -> Config:
-    """A copy of ``config`` (same class) with ``ROI_ALIGN_IMPLEMENTATION="portable"``."""
+    """A copy of ``config`` (same class) with ``ROI_ALIGN_IMPLEMENTATION="portable"``.
+
+    Adaptive sampling (``ROI_ALIGN_SAMPLING_RATIO = 0``, Detectron2) has no
+    stock-ops form: such a model cannot be exported as is.
+    """
+    if config.ROI_ALIGN_SAMPLING_RATIO <= 0:
+        raise ValueError(
+            "Config.ROI_ALIGN_SAMPLING_RATIO=0 (adaptive sampling) has no stock-ops RoIAlign, and a "
+            "SavedModel for stock TF Serving may contain stock ops only. Export with a fixed ratio "
+            "instead (e.g. ROI_ALIGN_SAMPLING_RATIO=2 in the config JSON): an approximation whose "
+            "outputs differ slightly from detect() with adaptive sampling."
+        )
     config = copy.copy(config)
     config.ROI_ALIGN_IMPLEMENTATION = "portable"
     config.validate()

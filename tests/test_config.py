@@ -73,3 +73,28 @@ def test_dict_round_trip_and_display(capsys):
     assert c2.loss_weights()["mask_loss"] == 2.0
     c.display()
     assert "RPN_ANCHOR_SCALES" in capsys.readouterr().out
+
+
+def test_adaptive_sampling_needs_the_custom_op():
+    Config(ROI_ALIGN_SAMPLING_RATIO=0, ROI_ALIGN_IMPLEMENTATION="custom")
+    Config(ROI_ALIGN_SAMPLING_RATIO=0, ROI_ALIGN_IMPLEMENTATION="auto")
+    with pytest.raises(ValueError, match="ROI_ALIGN_SAMPLING_RATIO"):
+        Config(ROI_ALIGN_SAMPLING_RATIO=0, ROI_ALIGN_IMPLEMENTATION="portable")
+    with pytest.raises(ValueError, match="ROI_ALIGN_SAMPLING_RATIO"):
+        Config(ROI_ALIGN_SAMPLING_RATIO=-1)
+
+
+def test_presets_validate_and_round_trip():
+    from mrcnn.configs import Detectron2COCO, TorchvisionCOCO
+
+    for preset in (TorchvisionCOCO(), Detectron2COCO()):
+        again = Config.from_dict(json.loads(preset.to_json()))
+        assert again.to_dict() == preset.to_dict()
+    assert Detectron2COCO().ROI_ALIGN_SAMPLING_RATIO == 0 and TorchvisionCOCO().NUM_CLASSES == 91
+
+
+def test_export_refuses_adaptive_sampling_with_a_clear_message():
+    from mrcnn.export import portable_config
+
+    with pytest.raises(ValueError, match="no stock-ops RoIAlign"):
+        portable_config(Config(ROI_ALIGN_SAMPLING_RATIO=0, ROI_ALIGN_IMPLEMENTATION="custom"))

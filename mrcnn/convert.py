@@ -1,0 +1,550 @@
+"""COCO-trained Mask R-CNN weights from torchvision and Detectron2 checkpoints.
+
+::
+
+    from mrcnn.convert import convert_torchvision, convert_detectron2
+    convert_torchvision("maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth", "tv.weights.h5")
+    convert_detectron2("model_final_f10217.pkl", "d2.weights.h5")
+
+or ``mrcnn convert-weights --from torchvision|detectron2 CHECKPOINT --out FILE.weights.h5``
+(:func:`main_convert`). The result loads into ``MaskRCNN(config)`` for the matching
+preset (:class:`mrcnn.configs.TorchvisionCOCO`, :class:`mrcnn.configs.Detectron2COCO`).
+
+Reading needs no PyTorch: a ``.pth`` (a zip of ``data.pkl`` plus raw tensor
+storages) is read with :func:`mrcnn.weights.read_pth`, a restricted unpickler that
+rebuilds tensors as NumPy arrays; a Detectron2 ``.pkl`` (a pickled dict of NumPy
+arrays, usually under ``"model"``) with a restricted unpickler that only accepts
+NumPy arrays and dicts. When torch is installed it is only used as a fallback for
+files the NumPy readers refuse (e.g. the legacy pre-1.6 torch format).
+
+Strictness: the conversion is a table built from the Keras model, one entry per
+Keras weight naming the source key it comes from. Every source tensor is used
+exactly once or matches :data:`IGNORED` (``num_batches_tracked``, Detectron2's
+``pixel_mean``/``pixel_std``/anchor buffers); a missing key, an unexpected key or a
+shape mismatch raises :class:`ConversionError` naming the key.
+
+Layout conversions (each done once, here):
+
+- conv kernels OIHW -> HWIO (grouped convs alike: [O, I/g, kh, kw] -> [kh, kw, I/g, O]);
+- transposed conv kernels, torch [in, out, kh, kw] -> Keras Conv2DTranspose
+  [kh, kw, out, in] (the same index permutation; no spatial flip: both frameworks
+  define the transposed conv as the gradient of a cross-correlation);
+- Linear [out, in] -> Dense [in, out]; for the first box-head FC layer the input
+  index is permuted from torch's flatten order (c, h, w) to Keras' (h, w, c);
+- box deltas: torch (dx, dy, dw, dh) per anchor / per class -> (dy, dx, dh, dw);
+- Detectron2 class order: background is the last class of ``cls_score`` and has
+  no box-regression or mask entry; here background is class 0, so the logits are
+  rotated and background gets zero box deltas and a zero mask-logit channel
+  (never used at inference). Class-agnostic Detectron2 box/mask predictors
+  (4 outputs / 1 mask) are tiled to every class.
+
+Detectron2's BGR input and MSRA stride-in-1x1 are not weight conversions: the
+preset sets ``INPUT_CHANNEL_ORDER="BGR"`` and ``STRIDE_IN_1X1=True``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import importlib
+import importlib.util
+import io
+import os
+import pickle
+import re
+import sys
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mrcnn.config import Config
+
+SOURCES = ("torchvision", "detectron2")
+
+# Source tensors that have no Keras counterpart and are skipped on purpose.
+IGNORED: dict[str, tuple[str, ...]] = {
+    "torchvision": ("*num_batches_tracked",),
+    "detectron2": (
+        "*num_batches_tracked",
+        "pixel_mean",  # the preset's MEAN_PIXEL / STD_PIXEL (checked when present)
+        "pixel_std",
+        "proposal_generator.anchor_generator.cell_anchors.*",  # generated from the Config
+        "anchor_generator.cell_anchors.*",
+    ),
+}
+
+_NORM_FIELDS = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
+                ("running_var", "moving_variance"))
+
+
+class ConversionError(ValueError):
+    """A checkpoint that does not fit the model: names the offending key."""
+
+
+# ----- reading ---------------------------------------------------------------------------------
+class _NumpyUnpickler(pickle.Unpickler):
+    """Unpickler for Detectron2 .pkl files: NumPy arrays, scalars, dicts; nothing else."""
+
+    _NUMPY = {
+        "multiarray": ("_reconstruct", "scalar", "ndarray", "dtype"),
+        "numeric": ("_frombuffer",),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        parts = module.split(".")
+        if len(parts) == 3 and parts[:2] in (["numpy", "core"], ["numpy", "_core"]) \
+                and name in self._NUMPY.get(parts[2], ()):
+            core = "numpy._core" if importlib.util.find_spec("numpy._core") else "numpy.core"
+            return getattr(importlib.import_module(f"{core}.{parts[2]}"), name)
+        if module == "numpy" and name in ("ndarray", "dtype"):
+            return getattr(np, name)
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
+        if (module, name) == ("_codecs", "encode"):  # bytes in protocol-2 pickles
+            import codecs
+
+            return codecs.encode
+        raise pickle.UnpicklingError(
+            f"refusing to load global {module}.{name}: a Detectron2 checkpoint holds only NumPy "
+            "arrays and dicts"
+        )
+
+
+def _unwrap(obj: Any, path: str) -> dict[str, np.ndarray]:
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise ConversionError(f"{path}: holds a {type(obj).__name__}, not a dict of tensors")
+    out = {}
+    for k, v in obj.items():
+        if hasattr(v, "detach"):  # a torch tensor (torch.load fallback)
+            v = v.detach().cpu().numpy()
+        if isinstance(v, (np.ndarray, np.generic)):
+            out[str(k)] = np.asarray(v)
+    if not out:
+        raise ConversionError(f"{path}: no tensors found")
+    return out
+
+
+def _torch_load(path: str) -> Any | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a ``.pth`` (torch zip format) or a Detectron2 ``.pkl`` into {key: np.ndarray}.
+
+    A wrapping ``{"model": ...}`` / ``{"state_dict": ...}`` is unwrapped; non-tensor
+    entries (Detectron2's ``"__author__"``, ``"iteration"``...) are dropped.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if zipfile.is_zipfile(path):
+        from mrcnn.weights import read_pth
+
+        try:
+            return _unwrap(read_pth(path), path)
+        except (pickle.UnpicklingError, ValueError) as exc:
+            obj = _torch_load(path)
+            if obj is None:
+                raise ConversionError(f"{path}: {exc}") from exc
+            return _unwrap(obj, path)
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        obj = _NumpyUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        obj = None
+        try:
+            obj = _torch_load(path)  # legacy (pre-1.6) torch.save format
+        except Exception:  # noqa: BLE001 - report the NumPy reader's reason below
+            obj = None
+        if obj is None:
+            raise ConversionError(
+                f"{path}: not a Detectron2 .pkl of NumPy arrays nor a zip-format .pth ({exc}). "
+                "A legacy (PyTorch < 1.6) .pth needs torch installed, or re-save it with "
+                "torch.save on a machine that has it."
+            ) from exc
+    return _unwrap(obj, path)
+
+
+# ----- layout conversions ----------------------------------------------------------------------
+def conv_kernel(w: np.ndarray) -> np.ndarray:
+    """torch Conv2d weight [O, I/g, kh, kw] -> Keras Conv2D kernel [kh, kw, I/g, O]."""
+    return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)))
+
+
+def conv_transpose_kernel(w: np.ndarray) -> np.ndarray:
+    """torch ConvTranspose2d weight [in, out, kh, kw] -> Keras Conv2DTranspose [kh, kw, out, in]."""
+    return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)))
+
+
+def dense_kernel(w: np.ndarray) -> np.ndarray:
+    """torch Linear weight [out, in] -> Keras Dense kernel [in, out]."""
+    return np.ascontiguousarray(w.T)
+
+
+def flatten_chw_to_hwc(w: np.ndarray, channels: int, height: int, width: int) -> np.ndarray:
+    """Linear weight [out, C*H*W] over a (c, h, w)-flattened input -> Dense kernel [H*W*C, out]
+    over an (h, w, c)-flattened one."""
+    out = w.shape[0]
+    if w.shape[1] != channels * height * width:
+        raise ValueError(f"expected {channels * height * width} inputs, got {w.shape[1]}")
+    w = w.reshape(out, channels, height, width).transpose(2, 3, 1, 0)
+    return np.ascontiguousarray(w.reshape(height * width * channels, out))
+
+
+def xy_to_yx_deltas(x: np.ndarray) -> np.ndarray:
+    """Reorder the leading axis, groups of 4 (dx, dy, dw, dh) -> (dy, dx, dh, dw)."""
+    if x.shape[0] % 4:
+        raise ValueError(f"leading axis {x.shape[0]} is not a multiple of 4")
+    index = (np.arange(x.shape[0]).reshape(-1, 4)[:, [1, 0, 3, 2]]).reshape(-1)
+    return x[index]
+
+
+def background_last_to_first(x: np.ndarray) -> np.ndarray:
+    """Rotate the leading (class) axis: Detectron2's [fg_1..fg_K, bg] -> [bg, fg_1..fg_K]."""
+    return np.concatenate([x[-1:], x[:-1]], axis=0)
+
+
+def _per_class_with_background(x: np.ndarray, num_classes: int, group: int) -> np.ndarray:
+    """Detectron2 per-foreground-class rows (or one class-agnostic group) -> num_classes groups,
+    background (class 0) zero. Leading axis: groups of ``group`` rows."""
+    fg = num_classes - 1
+    groups = x.shape[0] // group
+    if groups == 1 and fg != 1:  # class-agnostic: one group for every class
+        x = np.concatenate([x] * fg, axis=0)
+    zeros = np.zeros((group,) + x.shape[1:], x.dtype)
+    return np.concatenate([zeros, x], axis=0)
+
+
+# ----- the conversion table --------------------------------------------------------------------
+@dataclass
+class _Entry:
+    variable: Any  # the Keras variable
+    target: str  # "layer/weight" for messages
+    key: str  # source key
+    transform: Callable[[np.ndarray], np.ndarray]
+    expect: Callable[[tuple[int, ...]], str | None] | None = None  # source-shape check
+
+
+def _layers_by_name(component) -> dict[str, Any]:
+    return {layer.name: layer for layer in component._flatten_layers(include_self=False, recursive=True)}
+
+
+def _get_var(layer, name: str):
+    if name == "kernel":
+        return layer.kernel
+    if name == "bias":
+        if getattr(layer, "bias", None) is None:
+            raise ConversionError(f"Keras layer {layer.name} has no bias")
+        return layer.bias
+    return getattr(layer, name)
+
+
+def _backbone_key(source: str, layer_name: str) -> str | None:
+    """Keras backbone layer name -> source key prefix (without .weight / .norm fields)."""
+    if layer_name in ("conv1_conv", "conv1_norm"):
+        if source == "torchvision":
+            return "backbone.body.conv1" if layer_name.endswith("conv") else "backbone.body.bn1"
+        return "backbone.bottom_up.stem.conv1" if layer_name.endswith("conv") else \
+            "backbone.bottom_up.stem.conv1.norm"
+    m = re.fullmatch(r"layer(\d)_(\d+)_(\d|downsample)_(conv|norm)", layer_name)
+    if not m:
+        return None
+    stage, block, which, kind = int(m[1]), m[2], m[3], m[4]
+    if source == "torchvision":
+        base = f"backbone.body.layer{stage}.{block}"
+        if which == "downsample":
+            return f"{base}.downsample.{0 if kind == 'conv' else 1}"
+        return f"{base}.{'conv' if kind == 'conv' else 'bn'}{which}"
+    base = f"backbone.bottom_up.res{stage + 1}.{block}"
+    name = "shortcut" if which == "downsample" else f"conv{which}"
+    return f"{base}.{name}" if kind == "conv" else f"{base}.{name}.norm"
+
+
+def _build_table(model, source: str, state: dict[str, np.ndarray]) -> list[_Entry]:
+    c = model.config
+    tv = source == "torchvision"
+    entries: list[_Entry] = []
+
+    def add(layer, weight: str, key: str, transform=lambda a: a, expect=None):
+        entries.append(_Entry(_get_var(layer, weight), f"{layer.name}.{weight}", key, transform, expect))
+
+    def add_conv(layer, prefix: str, kernel=conv_kernel, transform_out=None):
+        t = transform_out or (lambda a: a)
+        add(layer, "kernel", f"{prefix}.weight", lambda a: kernel(t(a)))
+        if getattr(layer, "bias", None) is not None:
+            add(layer, "bias", f"{prefix}.bias", t)
+
+    def add_dense(layer, prefix: str, kernel_fn=None, transform_out=None):
+        t = transform_out or (lambda a: a)
+        add(layer, "kernel", f"{prefix}.weight", lambda a: (kernel_fn or dense_kernel)(t(a)))
+        add(layer, "bias", f"{prefix}.bias", t)
+
+    # Backbone: convs (no bias) and norms.
+    if c.BACKBONE_NORM == "gn":
+        raise ConversionError("BACKBONE_NORM='gn': the checkpoint's batch-norm statistics need "
+                              "BACKBONE_NORM='frozen_bn' (or 'bn')")
+    for name, layer in sorted(_layers_by_name(model.backbone).items()):
+        prefix = _backbone_key(source, name)
+        if prefix is None:
+            continue
+        if name.endswith("_conv"):
+            add(layer, "kernel", f"{prefix}.weight", conv_kernel)
+        else:
+            for src_field, keras_field in _NORM_FIELDS:
+                add(layer, keras_field, f"{prefix}.{src_field}")
+
+    # FPN.
+    for i, (lateral, output) in enumerate(zip(model.fpn.lateral, model.fpn.output_convs)):
+        level = i + 2
+        add_conv(lateral, f"backbone.fpn.inner_blocks.{i}.0" if tv else f"backbone.fpn_lateral{level}")
+        add_conv(output, f"backbone.fpn.layer_blocks.{i}.0" if tv else f"backbone.fpn_output{level}")
+
+    # RPN: deltas (dx, dy, dw, dh) per anchor -> (dy, dx, dh, dw).
+    rpn = model.rpn_head
+    base = "rpn.head" if tv else "proposal_generator.rpn_head"
+    add_conv(rpn.conv, f"{base}.conv.0.0" if tv else f"{base}.conv")
+    add_conv(rpn.cls_logits, f"{base}.cls_logits" if tv else f"{base}.objectness_logits")
+    add_conv(rpn.bbox_pred, f"{base}.bbox_pred" if tv else f"{base}.anchor_deltas",
+             transform_out=xy_to_yx_deltas)
+
+    # Box head: fc6 input flatten order (c, h, w) -> (h, w, c).
+    box = model.box_head
+    pool, channels = c.POOL_SIZE, c.FPN_CHANNELS
+    add_dense(box.fc6, "roi_heads.box_head.fc6" if tv else "roi_heads.box_head.fc1",
+              kernel_fn=lambda a: flatten_chw_to_hwc(a, channels, pool, pool))
+    add_dense(box.fc7, "roi_heads.box_head.fc7" if tv else "roi_heads.box_head.fc2")
+    k = c.NUM_CLASSES
+    if tv:
+        add_dense(box.cls_score, "roi_heads.box_predictor.cls_score")
+        add_dense(box.bbox_pred, "roi_heads.box_predictor.bbox_pred", transform_out=xy_to_yx_deltas)
+    else:
+        def expect_rows(valid: tuple[int, ...], what: str):
+            def check(shape):
+                return None if shape[0] in valid else f"{shape[0]} {what}, expected one of {valid}"
+            return check
+
+        add(box.cls_score, "kernel", "roi_heads.box_predictor.cls_score.weight",
+            lambda a: dense_kernel(background_last_to_first(a)))
+        add(box.cls_score, "bias", "roi_heads.box_predictor.cls_score.bias", background_last_to_first)
+        d2_box = lambda a: _per_class_with_background(xy_to_yx_deltas(a), k, 4)  # noqa: E731
+        rows = expect_rows((4 * (k - 1), 4), "box-regression outputs (4 x foreground classes or "
+                           "4 class-agnostic)")
+        add(box.bbox_pred, "kernel", "roi_heads.box_predictor.bbox_pred.weight",
+            lambda a: dense_kernel(d2_box(a)), rows)
+        add(box.bbox_pred, "bias", "roi_heads.box_predictor.bbox_pred.bias", d2_box, rows)
+
+    # Mask head.
+    mask = model.mask_head
+    for i, conv in enumerate(mask.convs):
+        add_conv(conv, f"roi_heads.mask_head.{i}.0" if tv else f"roi_heads.mask_head.mask_fcn{i + 1}")
+    add_conv(mask.deconv, "roi_heads.mask_predictor.conv5_mask" if tv else "roi_heads.mask_head.deconv",
+             kernel=conv_transpose_kernel)
+    if tv:
+        add_conv(mask.logits, "roi_heads.mask_predictor.mask_fcn_logits")
+    else:
+        d2_mask = lambda a: _per_class_with_background(a, k, 1)  # noqa: E731
+        rows = expect_rows((k - 1, 1), "mask outputs (foreground classes or 1 class-agnostic)")
+        add(mask.logits, "kernel", "roi_heads.mask_head.predictor.weight",
+            lambda a: conv_kernel(d2_mask(a)), rows)
+        add(mask.logits, "bias", "roi_heads.mask_head.predictor.bias", d2_mask, rows)
+    return entries
+
+
+# torchvision < 0.13 checkpoints (e.g. the published maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth)
+# use the pre-Conv2dNormActivation names; torchvision itself upgrades them on load.
+_TV_OLD_NAMES = (
+    (re.compile(r"^backbone\.fpn\.(inner|layer)_blocks\.(\d)\.(weight|bias)$"), r"backbone.fpn.\1_blocks.\2.0.\3"),
+    (re.compile(r"^rpn\.head\.conv\.(weight|bias)$"), r"rpn.head.conv.0.0.\1"),
+    (re.compile(r"^roi_heads\.mask_head\.mask_fcn(\d)\.(weight|bias)$"),
+     lambda m: f"roi_heads.mask_head.{int(m[1]) - 1}.0.{m[2]}"),
+)
+
+
+def _normalise_keys(state: dict[str, np.ndarray], source: str, path: str) -> dict[str, tuple[str, np.ndarray]]:
+    """{canonical key: (key as in the file, array)}; strips "module." and upgrades old names."""
+    out: dict[str, tuple[str, np.ndarray]] = {}
+    for original, value in state.items():
+        key = original[len("module."):] if original.startswith("module.") else original
+        if source == "torchvision":
+            for pattern, repl in _TV_OLD_NAMES:
+                key = pattern.sub(repl, key)
+        if key in out:
+            raise ConversionError(f"{path}: keys {out[key][0]!r} and {original!r} name the same tensor")
+        out[key] = (original, value)
+    return out
+
+
+def _is_ignored(key: str, source: str) -> bool:
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in IGNORED[source])
+
+
+def _check_detectron2_pixel_stats(state, config: Config, path: str) -> None:
+    for key, field in (("pixel_mean", "MEAN_PIXEL"), ("pixel_std", "STD_PIXEL")):
+        if key in state:
+            value = np.asarray(state[key][1], np.float64).reshape(-1)
+            expected = np.asarray(getattr(config, field), np.float64)
+            if value.shape != expected.shape or not np.allclose(value, expected, atol=1e-3):
+                raise ConversionError(
+                    f"{path}: {key}={value.tolist()} but the config's {field}={expected.tolist()} "
+                    f"(in INPUT_CHANNEL_ORDER={config.INPUT_CHANNEL_ORDER}); use a config that matches"
+                )
+
+
+def convert_state_dict(model, state: dict[str, np.ndarray], source: str, path: str = "<state>") -> dict:
+    """Assign a source state dict to ``model`` (a built :class:`~mrcnn.model.MaskRCNN`).
+
+    Returns {"assigned": number of Keras weights set, "ignored": source keys skipped,
+    "keys": source keys used}. Raises :class:`ConversionError` on a missing or
+    unexpected key, a shape mismatch, or a Keras weight left without a value.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    named = _normalise_keys(state, source, path)
+    if source == "torchvision" and any(k.startswith("roi_heads.box_head.0.") for k in named):
+        raise ConversionError(f"{path}: this is a maskrcnn_resnet50_fpn_v2 checkpoint (conv box head, "
+                              "GroupNorm heads), an architecture this project does not have")
+    if source == "detectron2":
+        _check_detectron2_pixel_stats(named, model.config, path)
+    entries = _build_table(model, source, state)
+
+    # Check everything before assigning anything.
+    values = []
+    used: set[str] = set()
+    for e in entries:
+        if e.key not in named:
+            raise ConversionError(f"{path}: missing key {e.key!r} (needed for Keras weight {e.target})")
+        if e.key in used:
+            raise ConversionError(f"{path}: key {e.key!r} would be used twice")
+        used.add(e.key)
+        original, array = named[e.key]
+        if e.expect is not None and (why := e.expect(array.shape)):
+            raise ConversionError(f"{path}: {original!r} has shape {array.shape}: {why}")
+        try:
+            converted = np.asarray(e.transform(np.asarray(array, np.float32)), np.float32)
+        except ValueError as exc:
+            raise ConversionError(f"{path}: {original!r} with shape {array.shape}: {exc}") from exc
+        if tuple(converted.shape) != tuple(e.variable.shape):
+            raise ConversionError(
+                f"{path}: shape mismatch for {original!r}: {array.shape} in the checkpoint gives "
+                f"{converted.shape} but Keras weight {e.target} is {tuple(e.variable.shape)} "
+                "(wrong NUM_CLASSES, backbone or head sizes in the config?)"
+            )
+        values.append(converted)
+    extra = sorted(named[k][0] for k in named if k not in used and not _is_ignored(k, source))
+    if extra:
+        raise ConversionError(
+            f"{path}: {len(extra)} unexpected key(s) with no place in the model, e.g. {extra[:5]} "
+            "(a different architecture, or the wrong --from?)"
+        )
+    assigned = {id(e.variable) for e in entries}
+    unassigned = [v.path for v in model.weights if id(v) not in assigned]
+    if unassigned:
+        raise ConversionError(f"{path}: no value for Keras weights {unassigned[:5]} "
+                              f"({len(unassigned)} in all): the model has parts the checkpoint lacks")
+    for e, value in zip(entries, values):
+        e.variable.assign(value)
+    ignored = sorted(named[k][0] for k in named if k not in used)
+    return {"assigned": len(entries), "ignored": ignored, "keys": sorted(used)}
+
+
+def _default_config(source: str) -> Config:
+    from mrcnn.configs import PRESETS
+
+    return PRESETS[source]()
+
+
+def convert(path: str | os.PathLike, out_weights_path: str | os.PathLike, source: str,
+            config: Config | None = None) -> dict:
+    """Read ``path``, build ``MaskRCNN(config or preset)``, assign, save ``out_weights_path``.
+
+    Returns the report of :func:`convert_state_dict` plus "out" and "config".
+    """
+    from mrcnn.model import MaskRCNN
+
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    out = os.fspath(out_weights_path)
+    if not out.endswith(".weights.h5"):
+        raise ValueError(f"the output file name must end in .weights.h5 (Keras' rule), got {out!r}")
+    config = config if config is not None else _default_config(source)
+    state = read_checkpoint(path)
+    model = MaskRCNN(config)
+    report = convert_state_dict(model, state, source, os.fspath(path))
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    model.save_weights(out)
+    return {**report, "out": out, "config": type(config).__name__}
+
+
+def convert_torchvision(path, out_weights_path, config: Config | None = None) -> dict:
+    """torchvision ``maskrcnn_resnet50_fpn`` state dict (.pth) -> Keras ``.weights.h5``.
+
+    ``config`` defaults to :class:`mrcnn.configs.TorchvisionCOCO`; for a model
+    fine-tuned with another number of classes pass a config with that NUM_CLASSES.
+    """
+    return convert(path, out_weights_path, "torchvision", config)
+
+
+def convert_detectron2(path, out_weights_path, config: Config | None = None) -> dict:
+    """Detectron2 R50-FPN Mask R-CNN (``model_final_*.pkl`` or a training ``.pth``) ->
+    Keras ``.weights.h5``; ``config`` defaults to :class:`mrcnn.configs.Detectron2COCO`."""
+    return convert(path, out_weights_path, "detectron2", config)
+
+
+# ----- command line ----------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``convert-weights`` arguments (shared by :func:`main_convert` and ``mrcnn.cli``)."""
+    parser.add_argument("--from", dest="source", required=True, choices=SOURCES,
+                        help="checkpoint format")
+    parser.add_argument("checkpoint", help="torchvision .pth or Detectron2 .pkl/.pth file")
+    parser.add_argument("--out", required=True, help="output Keras weights, FILE.weights.h5")
+    parser.add_argument("--config", default=None,
+                        help="module:Class or config.json (default: mrcnn.configs.TorchvisionCOCO / "
+                             "Detectron2COCO)")
+    return parser
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Run a parsed ``convert-weights`` command; returns the exit status."""
+    config = None
+    if args.config:
+        from mrcnn.config import load_config
+
+        try:
+            config = load_config(args.config)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"mrcnn convert-weights: error: {exc}", file=sys.stderr)
+            return 2
+    try:
+        report = convert(args.checkpoint, args.out, args.source, config)
+    except (ConversionError, FileNotFoundError, ValueError, pickle.UnpicklingError) as exc:
+        print(f"mrcnn convert-weights: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"converted {len(report['keys'])} tensors ({report['assigned']} Keras weights, "
+          f"{len(report['ignored'])} ignored) for {report['config']} -> {report['out']}")
+    return 0
+
+
+def main_convert(argv: list[str] | None = None) -> int:
+    """``mrcnn convert-weights --from torchvision|detectron2 CHECKPOINT --out FILE.weights.h5
+    [--config module:Class]``."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = add_arguments(argparse.ArgumentParser(
+        prog="mrcnn convert-weights",
+        description="Convert a torchvision or Detectron2 Mask R-CNN checkpoint to Keras weights"))
+    return run_convert(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main_convert())
