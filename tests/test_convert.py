@@ -280,11 +280,6 @@ def test_torchvision_preset_config_json_roundtrip():
 
 
 def test_detectron2_preset_config_json_roundtrip():
-    try:
-        Config(ROI_ALIGN_SAMPLING_RATIO=0, ROI_ALIGN_IMPLEMENTATION="custom")
-    except ValueError:
-        pytest.skip("Config.validate does not yet accept ROI_ALIGN_SAMPLING_RATIO=0 with the custom "
-                    "RoIAlign (requested change); Detectron2COCO's config.json cannot load back until then")
     config = Detectron2COCO()
     back = Config.from_dict(json.loads(config.to_json()))
     assert back.to_dict() == config.to_dict()
