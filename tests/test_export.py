@@ -25,26 +25,13 @@ from mrcnn import export
 from mrcnn.config import Config
 from mrcnn.model import MaskRCNN
 from mrcnn.ops.masks import paste_masks
+from tests.conftest import TinyConfig
 
 
-class ExportConfig(Config):
+class ExportConfig(TinyConfig):
     NAME = "export_test"
-    NUM_CLASSES = 4
     CLASS_NAMES = ("BG", "circle", "square", "triangle")
-    BACKBONE = "resnet18"
     BACKBONE_NORM = "frozen_bn"
-    BACKBONE_BASE_WIDTH = 16
-    FPN_CHANNELS = 32
-    FPN_FC_LAYERS_SIZE = 64
-    MASK_HEAD_CONV_CHANNELS = 32
-    MASK_HEAD_NUM_CONVS = 2
-    RPN_ANCHOR_SCALES = (16, 32, 64, 128, 256)
-    IMAGE_MIN_DIM = 128
-    IMAGE_MAX_DIM = 128
-    IMAGES_PER_GPU = 2
-    PRE_NMS_LIMIT_INFERENCE = 300
-    POST_NMS_ROIS_INFERENCE = 100
-    DETECTION_MAX_INSTANCES = 20
     DETECTION_MIN_CONFIDENCE = 0.0  # random weights still give detections
     ROI_ALIGN_IMPLEMENTATION = "portable"
 
