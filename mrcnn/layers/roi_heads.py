@@ -5,6 +5,18 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+# He init, fan-out (torchvision's mask and keypoint heads).
+_HE_FAN_OUT = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+
+
+def _relu_conv_stack(channels: int, count: int, prefix: str) -> list[keras.layers.Layer]:
+    """``count`` x (3x3 conv, same padding, + ReLU), named ``{prefix}1..{prefix}{count}``."""
+    return [
+        keras.layers.Conv2D(channels, 3, padding="same", activation="relu", kernel_initializer=_HE_FAN_OUT,
+                            name=f"{prefix}{i + 1}")
+        for i in range(count)
+    ]
+
 
 @keras.saving.register_keras_serializable(package="mrcnn")
 class BoxHead(keras.layers.Layer):
@@ -56,12 +68,8 @@ class MaskHead(keras.layers.Layer):
         self.num_classes = num_classes
         self.channels = channels
         self.num_convs = num_convs
-        init = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
-        self.convs = [
-            keras.layers.Conv2D(channels, 3, padding="same", activation="relu", kernel_initializer=init,
-                                name=f"mask_fcn{i + 1}")
-            for i in range(num_convs)
-        ]
+        init = _HE_FAN_OUT
+        self.convs = _relu_conv_stack(channels, num_convs, "mask_fcn")
         self.deconv = keras.layers.Conv2DTranspose(
             channels, 2, strides=2, activation="relu", kernel_initializer=init, name="conv5_mask"
         )
@@ -102,12 +110,8 @@ class KeypointHead(keras.layers.Layer):
         self.num_keypoints = num_keypoints
         self.channels = channels
         self.num_convs = num_convs
-        init = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
-        self.convs = [
-            keras.layers.Conv2D(channels, 3, padding="same", activation="relu", kernel_initializer=init,
-                                name=f"conv_fcn{i + 1}")
-            for i in range(num_convs)
-        ]
+        init = _HE_FAN_OUT
+        self.convs = _relu_conv_stack(channels, num_convs, "conv_fcn")
         # kernel 4, stride 2, "same" = torch padding 1: exactly x2.
         self.deconv = keras.layers.Conv2DTranspose(
             num_keypoints, 4, strides=2, padding="same", kernel_initializer=init, name="kps_score_lowres"
