@@ -40,10 +40,6 @@ from mrcnn.ops.keypoints import heatmaps_to_keypoints
 from mrcnn.ops.masks import paste_masks
 from mrcnn.ops.roi_align import multilevel_roi_align
 
-INFERENCE_OUTPUTS = ("boxes", "scores", "class_ids", "num_detections", "masks")
-# Present when NUM_KEYPOINTS > 0 ("masks" is absent when MASK_HEAD is False).
-KEYPOINT_OUTPUTS = ("keypoints",)
-
 
 @keras.saving.register_keras_serializable(package="mrcnn")
 class MaskRCNN(keras.Model):

@@ -37,18 +37,6 @@ def box_iou(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
     return tf.math.divide_no_nan(inter, union)
 
 
-def box_ioa(boxes: tf.Tensor, regions: tf.Tensor) -> tf.Tensor:
-    """Intersection over the area of ``boxes``: [..., N, 4], [..., M, 4] -> [..., N, M].
-
-    Used for crowd regions, where a proposal inside a large crowd box has a small IoU.
-    """
-    b1 = boxes[..., :, None, :]
-    b2 = regions[..., None, :, :]
-    inter_h = tf.maximum(tf.minimum(b1[..., 2], b2[..., 2]) - tf.maximum(b1[..., 0], b2[..., 0]), 0.0)
-    inter_w = tf.maximum(tf.minimum(b1[..., 3], b2[..., 3]) - tf.maximum(b1[..., 1], b2[..., 1]), 0.0)
-    return tf.math.divide_no_nan(inter_h * inter_w, box_area(boxes)[..., :, None])
-
-
 def encode_boxes(boxes: tf.Tensor, reference: tf.Tensor, weights: tuple[float, ...]) -> tf.Tensor:
     """Deltas that move ``reference`` boxes onto ``boxes`` (R-CNN parameterisation).
 
