@@ -20,6 +20,7 @@ keypoints, ``gt_keypoints`` [B, G, K, 3] (x, y, v) continuous input pixels.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import keras
@@ -117,6 +118,7 @@ class MaskRCNN(keras.Model):
         from mrcnn.training import make_optimizer
 
         kwargs.setdefault("jit_compile", False)
+        _warn_if_portable_gradients(self.config.ROI_ALIGN_IMPLEMENTATION)
         super().compile(optimizer=optimizer or make_optimizer(self.config), **kwargs)
 
     @property
@@ -361,6 +363,22 @@ class MaskRCNN(keras.Model):
             kps[..., 1] = kps[..., 1] / scale[0] - 0.5
             result["keypoints"] = kps
         return result
+
+
+def _warn_if_portable_gradients(implementation: str) -> None:
+    """Training through the stock-ops RoIAlign: say that its CPU gradient is racy."""
+    from mrcnn.ops import custom_roi_align
+
+    if implementation == "custom" or (implementation == "auto" and custom_roi_align.is_available()):
+        return
+    warnings.warn(
+        "mrcnn: training with the stock-ops RoIAlign. TensorFlow's CPU gradient of "
+        "crop_and_resize adds from several threads without synchronisation, so its gradients "
+        "vary between runs; call tf.config.experimental.enable_op_determinism() before "
+        "training to make them exact, or build the custom op (mrcnn build-ops).",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _pick_class_channel(mask_logits: tf.Tensor, class_ids: tf.Tensor) -> tf.Tensor:

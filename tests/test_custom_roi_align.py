@@ -152,11 +152,17 @@ def test_custom_equals_portable(sampling_ratio, aligned):
                           implementation=impl)
         results[impl] = (y.numpy(), tape.gradient(y, x, output_gradients=upstream).numpy())
     # Both compute sample positions in float32 but with different formulas (the portable
-    # path goes through crop_and_resize's normalised coordinates), and gradients sum many
-    # terms in different orders; with values up to ~4 here that reaches ~1e-5, so 1e-5
-    # relative is allowed on top of the absolute 1e-5.
+    # path goes through crop_and_resize's normalised coordinates); with values up to ~4
+    # here that reaches ~1e-5, so 1e-5 relative is allowed on top of the absolute 1e-5.
     np.testing.assert_allclose(results["custom"][0], results["portable"][0], atol=ATOL, rtol=1e-5)
-    np.testing.assert_allclose(results["custom"][1], results["portable"][1], atol=ATOL, rtol=1e-5)
+    # Gradients: TensorFlow's CPU CropAndResizeGradImage (behind the portable path) adds
+    # boxes of one image from several threads without synchronisation, so its result
+    # varies from run to run (docs/roi_align.md); the custom op's is compared with the
+    # exact reference instead, and the portable one only where op determinism is on
+    # (test_portable_gradient_is_exact_with_op_determinism).
+    expected = roi_align_backward(upstream, features.shape, boxes, indices, (7, 6), 0.25,
+                                  sampling_ratio, aligned)
+    np.testing.assert_allclose(results["custom"][1], expected, atol=ATOL, rtol=1e-5)
 
 
 def test_inside_tf_function_with_gradient():

@@ -21,6 +21,9 @@ SCRIPT = textwrap.dedent(
     import json, os, sys
     import numpy as np
     import tensorflow as tf
+    if sys.argv[2] == "portable":
+        # TF's CPU crop_and_resize gradient races between threads without this.
+        tf.config.experimental.enable_op_determinism()
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras

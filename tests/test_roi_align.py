@@ -277,3 +277,48 @@ def test_multilevel_with_empty_levels():
                                implementation="portable").numpy()
     want = _expected_multilevel(features, boxes, (2, 2), (4, 8, 16, 32), 2, True)
     np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
+
+
+def test_portable_gradient_is_exact_with_op_determinism():
+    """TF's CPU CropAndResizeGradImage races between threads unless op determinism is on.
+
+    Runs in a subprocess because enable_op_determinism is process-wide.
+    """
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = textwrap.dedent(
+        """
+        import sys
+        import numpy as np
+        import tensorflow as tf
+        tf.config.experimental.enable_op_determinism()
+        sys.path.insert(0, "tests")
+        from roi_align_reference import roi_align_backward
+        from mrcnn.ops.roi_align import roi_align
+        rng = np.random.default_rng(0)
+        f = rng.standard_normal((1, 24, 24, 32)).astype(np.float32)
+        y1x1 = rng.uniform(0, 70, (300, 2))
+        b = np.concatenate([y1x1, y1x1 + rng.uniform(8, 28, (300, 2))], 1).astype(np.float32)
+        i = np.zeros(300, np.int32)
+        up = rng.standard_normal((300, 7, 7, 32)).astype(np.float32)
+        grads = []
+        for _ in range(3):
+            x = tf.constant(f)
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = roi_align(x, b, i, 7, 0.25, 2, True, implementation="portable")
+            grads.append(tape.gradient(y, x, output_gradients=up).numpy())
+        want = roi_align_backward(up, f.shape, b, i, 7, 0.25, 2, True)
+        print("ERR", max(float(np.abs(g - want).max()) for g in grads))
+        """
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=root)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          cwd=root, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("ERR ")]
+    assert lines, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert float(lines[0].split()[1]) < 1e-3
