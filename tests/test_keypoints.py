@@ -298,8 +298,13 @@ def test_model_outputs_with_and_without_mask_head():
 
 
 def test_tiny_keypoint_model_overfits_stick_figures():
-    """About 1 minute on 2 CPU cores: 200 steps, 4 images of 128 px with 1-2 figures."""
-    config = KeypointTinyConfig(TRAIN_FLIP_PROB=0.0, DETECTION_MIN_CONFIDENCE=0.3, WARMUP_STEPS=20)
+    """About 1 minute on 2 CPU cores: 240 steps, 4 images of 128 px with 1-2 figures.
+
+    The step decay lets the last steps settle, so the result does not hinge on where
+    the (multi-threaded, not bit-repeatable) trajectory is at the end.
+    """
+    config = KeypointTinyConfig(TRAIN_FLIP_PROB=0.0, DETECTION_MIN_CONFIDENCE=0.3, WARMUP_STEPS=20,
+                                LR_STEPS=(170,))
     keras.utils.set_random_seed(0)
     ds = _figures(4, seed=1)
     model = MaskRCNN(config)
@@ -310,7 +315,7 @@ def test_tiny_keypoint_model_overfits_stick_figures():
     assert metrics["keypoints"]["AP"] >= 0.9, metrics["keypoints"]
 
 
-STEPS = 200
+STEPS = 240
 
 
 # ----- COCO person keypoints -------------------------------------------------------------
