@@ -18,6 +18,14 @@ def _relu_conv_stack(channels: int, count: int, prefix: str) -> list[keras.layer
     ]
 
 
+def _per_roi(fcn, pooled: tf.Tensor) -> tf.Tensor:
+    """Apply an image-to-image ``fcn`` to every RoI: [B, R, h, w, C] -> [B, R, h', w', C']."""
+    shape = tf.shape(pooled)
+    x = tf.reshape(pooled, tf.concat([[-1], shape[2:]], axis=0))
+    x = fcn(tf.ensure_shape(x, [None, *pooled.shape[2:]]))
+    return tf.reshape(x, tf.concat([shape[:2], tf.shape(x)[1:]], axis=0))
+
+
 @keras.saving.register_keras_serializable(package="mrcnn")
 class BoxHead(keras.layers.Layer):
     """Flatten -> FC -> ReLU -> FC -> ReLU -> class logits and class-specific deltas.
@@ -76,13 +84,12 @@ class MaskHead(keras.layers.Layer):
         self.logits = keras.layers.Conv2D(num_classes, 1, kernel_initializer=init, name="mask_fcn_logits")
 
     def call(self, pooled):
-        shape = tf.shape(pooled)
-        x = tf.reshape(pooled, tf.concat([[-1], shape[2:]], axis=0))
-        x = tf.ensure_shape(x, [None, *pooled.shape[2:]])
+        return _per_roi(self._fcn, pooled)
+
+    def _fcn(self, x):
         for conv in self.convs:
             x = conv(x)
-        x = self.logits(self.deconv(x))
-        return tf.reshape(x, tf.concat([shape[:2], tf.shape(x)[1:]], axis=0))
+        return self.logits(self.deconv(x))
 
     def get_config(self):
         return {
@@ -118,15 +125,14 @@ class KeypointHead(keras.layers.Layer):
         )
 
     def call(self, pooled):
-        shape = tf.shape(pooled)
-        x = tf.reshape(pooled, tf.concat([[-1], shape[2:]], axis=0))
-        x = tf.ensure_shape(x, [None, *pooled.shape[2:]])
+        return _per_roi(self._fcn, pooled)
+
+    def _fcn(self, x):
         for conv in self.convs:
             x = conv(x)
         x = self.deconv(x)
         size = 2 * x.shape[1]
-        x = tf.image.resize(x, [size, size], method="bilinear", antialias=False)
-        return tf.reshape(x, tf.concat([shape[:2], tf.shape(x)[1:]], axis=0))
+        return tf.image.resize(x, [size, size], method="bilinear", antialias=False)
 
     def get_config(self):
         return {
