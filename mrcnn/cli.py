@@ -7,7 +7,7 @@
     mrcnn convert-weights --from torchvision|detectron2 CHECKPOINT --out FILE.weights.h5
     mrcnn build-ops [--force]
 
-CFG is ``module:ConfigClass`` (e.g. ``samples.shapes.shapes:ShapesDemoConfig``) or
+CFG is ``module:ConfigClass`` (e.g. ``mrcnn.data.synthetic:ShapesDemoConfig``) or
 a ``config.json`` written by training. DS is ``shapes`` (synthetic), ``coco``
 (with ``--annotations``/``--images``) or ``module:function`` where
 ``function(subset)`` returns a prepared ``mrcnn.Dataset`` for "train"/"val".
@@ -56,7 +56,7 @@ def load_dataset(args: argparse.Namespace, subset: str):
     """Build the Dataset named by ``--dataset`` for ``subset`` ("train" or "val")."""
     spec = args.dataset
     if spec == "shapes":
-        from samples.shapes.shapes import ShapesDataset
+        from mrcnn.data.synthetic import ShapesDataset
 
         ds = ShapesDataset()
         count = args.train_images if subset == "train" else args.val_images

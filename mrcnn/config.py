@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,8 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d"
 NORMS = ("frozen_bn", "bn", "gn")
 RESIZE_MODES = ("square", "pad32")
 ROI_ALIGN_IMPLEMENTATIONS = ("auto", "portable", "custom")
+OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULES = ("step", "cosine")
 
 
 def flip_map_from_names(names) -> tuple[tuple[int, int], ...]:
@@ -46,6 +50,48 @@ def flip_map_from_names(names) -> tuple[tuple[int, int], ...]:
             if n.endswith(a) and n[: -len(a)] + b in index:
                 pairs.append((i, index[n[: -len(a)] + b]))
     return tuple(dict.fromkeys(pairs))
+
+
+# Key of Config.to_dict() / config.json that records the config class ("module:qualname").
+CONFIG_CLASS_KEY = "config_class"
+
+
+def class_path(cls: type) -> str:
+    """``"module:qualname"`` of a class (what config.json records)."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def resolve_config_class(path: str) -> tuple[type[Config] | None, str | None]:
+    """Import the Config subclass named ``"module:qualname"`` (``"module.Name"`` is
+    accepted too, as older files wrote it): ``(cls, None)`` or ``(None, why not)``.
+
+    Only importable modules are considered (nothing is executed from a file path); classes
+    defined inside functions (``<locals>`` in the qualname) or in ``__main__`` are not
+    importable by name.
+    """
+    module_name, sep, qualname = path.partition(":")
+    if not sep:
+        module_name, _, qualname = path.rpartition(".")
+    if not module_name or not qualname:
+        return None, f"not of the form module:qualname: {path!r}"
+    if "<locals>" in qualname or module_name == "__main__":
+        return None, "defined in a function or in __main__"
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure means "not importable"
+        return None, f"{type(exc).__name__}: {exc}"
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None, f"module {module_name!r} has no {qualname!r}"
+    if not (isinstance(obj, type) and issubclass(obj, Config)):
+        return None, f"{path!r} is not a mrcnn.config.Config subclass"
+    return obj, None
+
+
+def _is_derived(cls: type, name: str) -> bool:
+    """Whether ``name`` is computed by ``cls`` (a property anywhere in its MRO)."""
+    return isinstance(inspect.getattr_static(cls, name, None), property)
 
 
 class Config:
@@ -170,7 +216,9 @@ class Config:
     # Resize so the short side is IMAGE_MIN_DIM without the long side passing
     # IMAGE_MAX_DIM, then pad: "square" to IMAGE_MAX_DIM x IMAGE_MAX_DIM (fixed
     # shapes, what training uses) or "pad32" to the next multiple of 32.
-    IMAGE_MIN_DIM: int = 800
+    # A tuple of sizes = multi-scale training (Detectron2 MIN_SIZE_TRAIN, "choice"):
+    # one drawn per training image; inference uses the largest (mrcnn.data.augment).
+    IMAGE_MIN_DIM: int | tuple[int, ...] = 800
     IMAGE_MAX_DIM: int = 1333
     IMAGE_RESIZE_MODE: str = "square"
     # Channel order the network expects. Images are always given as RGB; "BGR"
@@ -181,19 +229,59 @@ class Config:
     MEAN_PIXEL: tuple[float, ...] = (123.675, 116.28, 103.53)
     STD_PIXEL: tuple[float, ...] = (58.395, 57.12, 57.375)
     TRAIN_FLIP_PROB: float = 0.5
+    # Training scale jitter (lo, hi): the resize scale times a factor uniform in
+    # [lo, hi] (torchvision ScaleJitter; LSJ = (0.1, 2.0) at 1024 square). None = off.
+    TRAIN_SCALE_JITTER: tuple[float, float] | None = None
+    # Random square crop of at most this side (network pixels) after the resize;
+    # the training canvas is then this side rounded up to 32. None = no crop.
+    TRAIN_CROP_SIZE: int | None = None
+    # User augmentation hook "package.module:function", fn(sample, seed) -> sample,
+    # run on training samples before the built-in ones (mrcnn.data.augment).
+    AUGMENT: str | None = None
 
     # ----- training ---------------------------------------------------------------
+    # "sgd": torch's SGD (L2 weight decay added to the gradient, through momentum;
+    # mrcnn.training.TorchSGD); "adamw": Keras AdamW (decoupled decay).
+    OPTIMIZER: str = "sgd"
+    # Learning rate for LR_REFERENCE_BATCH images per step (the paper: 0.02 for 16).
+    # The rate used is LEARNING_RATE * BATCH_SIZE / LR_REFERENCE_BATCH (linear
+    # scaling rule, Goyal et al. 2017): config.effective_lr(). None = no scaling.
     LEARNING_RATE: float = 0.02
+    LR_REFERENCE_BATCH: int | None = 16
     LEARNING_MOMENTUM: float = 0.9
     WEIGHT_DECAY: float = 1e-4
-    # Linear warm-up from LEARNING_RATE * WARMUP_FACTOR over WARMUP_STEPS steps,
-    # then x0.1 at each of LR_STEPS (global steps). Empty = constant after warm-up.
+    # Weight decay of normalisation gammas/betas (Detectron2 WEIGHT_DECAY_NORM = 0;
+    # torchvision's reference decays them like everything else: set WEIGHT_DECAY).
+    WEIGHT_DECAY_NORM: float = 0.0
+    # Linear warm-up from the rate * WARMUP_FACTOR over WARMUP_STEPS steps, then
+    # "step": x0.1 at each of LR_STEPS (global steps); LR_STEPS empty = at 2/3 and
+    # 8/9 of the planned run when its length is known (TOTAL_STEPS, or epochs x
+    # STEPS_PER_EPOCH given to make_optimizer), else constant. "cosine": half a
+    # cosine from the rate down to 0 at the end of the run (needs its length).
+    LR_SCHEDULE: str = "step"
     WARMUP_STEPS: int = 1000
     WARMUP_FACTOR: float = 0.001
     LR_STEPS: tuple[int, ...] = ()
+    # Planned length of the run in global steps; None = not known in advance.
+    TOTAL_STEPS: int | None = None
     GRADIENT_CLIP_NORM: float | None = None
     STEPS_PER_EPOCH: int = 1000
     VALIDATION_STEPS: int = 50
+    # Reliability (docs/reliability.md). Back up weights + optimizer + data position
+    # every N global steps (0 = only at epoch ends); 500 steps is ~5-10 min of a GPU run.
+    BACKUP_EVERY_STEPS: int = 500
+    # Keep the newest K epoch_NNN.weights.h5 files (plus the best by CHECKPOINT_MONITOR
+    # when evaluation reports it); 0 keeps every epoch.
+    CHECKPOINTS_TO_KEEP: int = 3
+    # Log key that picks the "best" checkpoint (e.g. "val_segm_AP"), and "max"/"min".
+    CHECKPOINT_MONITOR: str | None = "val_segm_AP"
+    CHECKPOINT_MODE: str = "max"
+    # A step with a non-finite loss is never applied; 0 = stop at the first one,
+    # N > 0 = skip it and stop only after N + 1 in a row.
+    SKIP_NONFINITE_STEPS: int = 0
+    # A sample that cannot be loaded/validated during training: "raise" (stop,
+    # naming its image id and path) or "skip" (replace it, count it, log its id).
+    ON_BAD_SAMPLE: str = "raise"
     # Loss weights, keyed by the names reported as metrics.
     LOSS_WEIGHTS: dict[str, float] | None = None
     # Smooth-L1 beta of the box losses (torchvision 1/9 for both).
@@ -280,7 +368,7 @@ class Config:
             "PRE_NMS_LIMIT_INFERENCE", "POST_NMS_ROIS_TRAINING", "POST_NMS_ROIS_INFERENCE",
             "TRAIN_ROIS_PER_IMAGE", "POOL_SIZE", "MASK_POOL_SIZE", "FPN_FC_LAYERS_SIZE",
             "MASK_HEAD_CONV_CHANNELS", "MAX_GT_INSTANCES",
-            "DETECTION_MAX_INSTANCES", "IMAGE_MIN_DIM", "IMAGE_MAX_DIM", "STEPS_PER_EPOCH",
+            "DETECTION_MAX_INSTANCES", "IMAGE_MAX_DIM", "STEPS_PER_EPOCH",
             "VALIDATION_STEPS", "ROI_CANONICAL_LEVEL",
         ):
             positive_int(f)
@@ -289,6 +377,16 @@ class Config:
             fail("MASK_HEAD_NUM_CONVS", "must be an integer >= 0")
         if not isinstance(self.WARMUP_STEPS, int) or self.WARMUP_STEPS < 0:
             fail("WARMUP_STEPS", "must be an integer >= 0")
+        for f in ("BACKUP_EVERY_STEPS", "CHECKPOINTS_TO_KEEP", "SKIP_NONFINITE_STEPS"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                fail(f, "must be an integer >= 0")
+        if self.ON_BAD_SAMPLE not in ("raise", "skip"):
+            fail("ON_BAD_SAMPLE", "must be 'raise' or 'skip'")
+        if self.CHECKPOINT_MODE not in ("max", "min"):
+            fail("CHECKPOINT_MODE", "must be 'max' or 'min'")
+        if self.CHECKPOINT_MONITOR is not None and not isinstance(self.CHECKPOINT_MONITOR, str):
+            fail("CHECKPOINT_MONITOR", "must be a log key (str) or None")
         if self.BACKBONE not in BACKBONES:
             fail("BACKBONE", f"unknown backbone; choose one of {BACKBONES}")
         if self.BACKBONE_NORM not in NORMS:
@@ -299,8 +397,7 @@ class Config:
             fail("FREEZE_BACKBONE_STAGES", "must be in 0..5")
         if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:
             fail("IMAGE_RESIZE_MODE", f"choose one of {RESIZE_MODES}")
-        if self.IMAGE_MIN_DIM > self.IMAGE_MAX_DIM:
-            fail("IMAGE_MIN_DIM", f"must be <= IMAGE_MAX_DIM={self.IMAGE_MAX_DIM}")
+        self._validate_augmentation(fail)
         if self.INPUT_CHANNEL_ORDER not in ("RGB", "BGR"):
             fail("INPUT_CHANNEL_ORDER", "must be 'RGB' or 'BGR'")
         if not 0.0 <= self.ANCHOR_OFFSET < 1.0:
@@ -348,11 +445,54 @@ class Config:
             fail("LEARNING_RATE", "must be > 0")
         if list(self.LR_STEPS) != sorted(self.LR_STEPS) or any(s <= 0 for s in self.LR_STEPS):
             fail("LR_STEPS", "must be increasing positive step numbers")
+        self._validate_optimizer(fail)
         if self.GRADIENT_CLIP_NORM is not None and self.GRADIENT_CLIP_NORM <= 0:
             fail("GRADIENT_CLIP_NORM", "must be None or > 0")
         unknown = set(self.LOSS_WEIGHTS or {}) - set(self.LOSS_NAMES)
         if unknown:
             fail("LOSS_WEIGHTS", f"unknown loss names {sorted(unknown)}; known: {self.LOSS_NAMES}")
+
+    def _validate_augmentation(self, fail) -> None:
+        sizes = self.IMAGE_MIN_DIM if isinstance(self.IMAGE_MIN_DIM, (tuple, list)) else (self.IMAGE_MIN_DIM,)
+        if not sizes or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in sizes):
+            fail("IMAGE_MIN_DIM", "must be a positive integer or a non-empty tuple of them")
+        if max(sizes) > self.IMAGE_MAX_DIM:
+            fail("IMAGE_MIN_DIM", f"must be <= IMAGE_MAX_DIM={self.IMAGE_MAX_DIM}")
+        jitter = self.TRAIN_SCALE_JITTER
+        if jitter is not None and (len(jitter) != 2 or not 0 < jitter[0] <= jitter[1]):
+            fail("TRAIN_SCALE_JITTER", "must be None or (lo, hi) with 0 < lo <= hi")
+        crop = self.TRAIN_CROP_SIZE
+        if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or crop < 32):
+            fail("TRAIN_CROP_SIZE", "must be None or an integer >= 32")
+        if self.AUGMENT is not None and not callable(self.AUGMENT) and ":" not in str(self.AUGMENT):
+            fail("AUGMENT", "must be None or 'package.module:function'")
+
+    def _validate_optimizer(self, fail) -> None:
+        if self.OPTIMIZER not in OPTIMIZERS:
+            fail("OPTIMIZER", f"choose one of {OPTIMIZERS}")
+        if self.LR_SCHEDULE not in LR_SCHEDULES:
+            fail("LR_SCHEDULE", f"choose one of {LR_SCHEDULES}")
+        ref = self.LR_REFERENCE_BATCH
+        if ref is not None and (isinstance(ref, bool) or not isinstance(ref, int) or ref <= 0):
+            fail("LR_REFERENCE_BATCH", "must be None or a positive integer")
+        total = self.TOTAL_STEPS
+        if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total <= 0):
+            fail("TOTAL_STEPS", "must be None or a positive integer")
+        if not isinstance(self.WEIGHT_DECAY_NORM, (int, float)) or self.WEIGHT_DECAY_NORM < 0:
+            fail("WEIGHT_DECAY_NORM", "must be a number >= 0")
+        if self.OPTIMIZER == "adamw" and self.WEIGHT_DECAY_NORM not in (0, self.WEIGHT_DECAY):
+            fail("WEIGHT_DECAY_NORM", "AdamW decays norm parameters either not at all (0) or as "
+                 "everything else (= WEIGHT_DECAY)")
+
+    def effective_lr(self) -> float:
+        """The base learning rate used: LEARNING_RATE x BATCH_SIZE / LR_REFERENCE_BATCH.
+
+        BATCH_SIZE is the global batch (IMAGES_PER_GPU x GPU_COUNT); with
+        LR_REFERENCE_BATCH None, LEARNING_RATE itself.
+        """
+        if self.LR_REFERENCE_BATCH is None:
+            return float(self.LEARNING_RATE)
+        return float(self.LEARNING_RATE) * self.BATCH_SIZE / float(self.LR_REFERENCE_BATCH)
 
     def _validate_keypoints(self, fail, positive_int) -> None:
         if not isinstance(self.MASK_HEAD, bool):
@@ -389,31 +529,69 @@ class Config:
 
     # ----- logging ----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """All upper-case fields (derived ones included) as plain Python values."""
-        out = {}
+        """All upper-case fields (derived ones included) as plain Python values, plus
+        ``"config_class"``: the ``"module:qualname"`` of the class (see :meth:`from_dict`)."""
+        out: dict[str, Any] = {}
         for key in sorted(dir(self)):
             if key.isupper() and not key.startswith("_"):
                 value = getattr(self, key)
                 if callable(value):
                     continue
                 out[key] = list(value) if isinstance(value, tuple) else value
+        out[CONFIG_CLASS_KEY] = self.class_path()
         return out
+
+    def class_path(self) -> str:
+        """``"module:qualname"`` of this config's class, as recorded in config.json (a config
+        rebuilt as a plain Config from an unimportable class keeps the original path)."""
+        return self.__dict__.get("_recorded_class") or class_path(type(self))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Config:
-        """Inverse of ``to_dict`` (derived fields are ignored)."""
-        derived = {k for k, v in vars(Config).items() if isinstance(v, property)}
-        fields = {}
+    def from_dict(cls, values: dict[str, Any], config_class: str | None = None) -> Config:
+        """Inverse of ``to_dict``: rebuild the recorded config class with the saved fields.
+
+        The class is ``config_class`` or else ``values["config_class"]`` (``"module:qualname"``).
+        When it can be imported and is ``cls`` or a subclass of it, that class is
+        instantiated with the saved fields; its derived fields (properties such as
+        ``BATCH_SIZE``) are recomputed, not read back. Otherwise ``cls`` is used, and saved
+        fields ``cls`` does not define (a subclass's own fields) are carried on the instance
+        as plain attributes, with a warning naming the class and the fields.
+        """
+        values = dict(values)
+        recorded = config_class or values.pop(CONFIG_CLASS_KEY, None)
+        values.pop(CONFIG_CLASS_KEY, None)
+        target, why = cls, None
+        if recorded:
+            found, why = resolve_config_class(recorded)
+            if found is not None and issubclass(found, cls):
+                target, why = found, None
+            elif found is not None:
+                why = None  # importable but unrelated to cls: cls was asked for explicitly
+        fields, extra = {}, {}
         for k, v in values.items():
-            if k in derived or k in ("LOSS_NAMES", "BASE_LOSS_NAMES"):
+            if _is_derived(target, k) or k in ("LOSS_NAMES", "BASE_LOSS_NAMES"):
                 continue
             if isinstance(v, list):
                 v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
-            fields[k] = v
-        return cls(**fields)
+            (fields if hasattr(target, k) else extra)[k] = v
+        if not extra:
+            return target(**fields)
+        where = f"config class {recorded!r} is not importable ({why})" if why else (
+            f"{target.__name__} does not define them")
+        warnings.warn(
+            f"mrcnn: {where}; building a {target.__name__} that carries the extra fields "
+            f"{sorted(extra)} as plain values (properties and checks of the original class are lost)",
+            UserWarning, stacklevel=2,
+        )
+        config = target.__new__(target)
+        config.__dict__.update(extra)
+        if recorded and why:
+            config.__dict__["_recorded_class"] = recorded
+        Config.__init__(config, **fields)
+        return config
 
     def display(self) -> None:
         print("Configuration:")

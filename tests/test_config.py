@@ -3,6 +3,7 @@ import json
 import pytest
 
 from mrcnn import Config
+from mrcnn.config import load_config
 
 
 def test_defaults_follow_the_paper():
@@ -98,3 +99,75 @@ def test_export_refuses_adaptive_sampling_with_a_clear_message():
 
     with pytest.raises(ValueError, match="no stock-ops RoIAlign"):
         portable_config(Config(ROI_ALIGN_SAMPLING_RATIO=0, ROI_ALIGN_IMPLEMENTATION="custom"))
+
+
+# ----- config class round trip (config.json records "module:qualname") ----------------------
+class ScheduleConfig(Config):
+    """A subclass with its own fields and a derived one (like the COCO sample's)."""
+
+    NAME = "schedule"
+    NUM_CLASSES = 3
+    EPOCHS: int = 90
+    TILE_SIZE: int = 64
+
+    @property
+    def TOTAL_STEPS(self) -> int:  # noqa: N802
+        return self.STEPS_PER_EPOCH * self.EPOCHS
+
+
+def test_config_json_rebuilds_the_subclass(tmp_path):
+    c = ScheduleConfig(EPOCHS=7, STEPS_PER_EPOCH=10, TILE_SIZE=32)
+    d = json.loads(c.to_json())
+    assert d["config_class"] == f"{__name__}:ScheduleConfig"
+    assert d["TOTAL_STEPS"] == 70
+    d["STEPS_PER_EPOCH"] = 3  # derived fields are recomputed, not read back
+    back = Config.from_dict(d)
+    assert type(back) is ScheduleConfig
+    assert (back.EPOCHS, back.TILE_SIZE, back.TOTAL_STEPS) == (7, 32, 21)
+    path = tmp_path / "config.json"
+    path.write_text(c.to_json())
+    again = load_config(str(path))
+    assert type(again) is ScheduleConfig and again.to_dict() == c.to_dict()
+
+
+def test_unimportable_class_falls_back_to_a_plain_config_with_a_warning():
+    d = json.loads(ScheduleConfig(EPOCHS=5).to_json())
+    d["config_class"] = "no_such_module_xyz:ScheduleConfig"
+    with pytest.warns(UserWarning, match=r"no_such_module_xyz.*\['EPOCHS', 'TILE_SIZE'\]"):
+        back = Config.from_dict(d)
+    assert type(back) is Config
+    assert (back.EPOCHS, back.TILE_SIZE, back.TOTAL_STEPS, back.NUM_CLASSES) == (5, 64, 5000, 3)
+    # The carried config writes the same file again (the original class name included).
+    assert back.to_dict() == d
+
+
+def test_class_defined_in_a_function_falls_back():
+    class Local(Config):
+        EXTRA_FIELD = 3
+
+    d = json.loads(Local(EXTRA_FIELD=4).to_json())
+    assert "<locals>" in d["config_class"]
+    with pytest.warns(UserWarning, match="defined in a function"):
+        back = Config.from_dict(d)
+    assert back.EXTRA_FIELD == 4 and back.class_path() == d["config_class"]
+    # Invalid values are still caught by the base checks.
+    d["NUM_CLASSES"] = 1
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="NUM_CLASSES"):
+        Config.from_dict(d)
+
+
+def test_old_files_without_config_class_and_the_dotted_form():
+    d = json.loads(ScheduleConfig().to_json())
+    del d["config_class"]
+    assert type(ScheduleConfig.from_dict(d)) is ScheduleConfig  # cls decides
+    assert type(Config.from_dict(d, config_class=f"{__name__}.ScheduleConfig")) is ScheduleConfig
+
+
+def test_nucleus_config_round_trip(tmp_path):
+    from samples.nucleus.nucleus import NucleusConfig
+
+    c = NucleusConfig()
+    path = tmp_path / "config.json"
+    path.write_text(c.to_json())
+    back = load_config(str(path))
+    assert type(back) is NucleusConfig and back.to_dict() == c.to_dict()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from samples.shapes.shapes import CLASS_NAMES, ShapesConfig, ShapesDataset
+from mrcnn.data.synthetic import CLASS_NAMES, ShapesConfig, ShapesDataset
 
 
 def make(count=6, seed=0, **kw):

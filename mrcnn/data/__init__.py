@@ -1,5 +1,40 @@
-"""Datasets and the tf.data input pipeline."""
+"""Datasets and the tf.data input pipeline.
+
+``Dataset`` (the base class) is imported eagerly; ``CocoDataset``, ``build_dataset`` and the
+synthetic ``ShapesDataset`` are resolved on first access, so that ``import mrcnn.data``
+does not import TensorFlow or pycocotools.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from mrcnn.data.dataset import Dataset
 
-__all__ = ["Dataset"]
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from mrcnn.data.coco import CocoDataset
+    from mrcnn.data.pipeline import build_dataset
+    from mrcnn.data.synthetic import ShapesDataset
+
+# public name -> module that defines it (imported lazily)
+_LAZY = {
+    "CocoDataset": "mrcnn.data.coco",
+    "build_dataset": "mrcnn.data.pipeline",
+    "ShapesDataset": "mrcnn.data.synthetic",
+}
+
+__all__ = ["Dataset", "CocoDataset", "build_dataset", "ShapesDataset"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mrcnn.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # cache: later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,6 +1,7 @@
 """Builds, caches and loads the custom RoIAlign op (C++ CPU kernel, CUDA GPU kernel).
 
-The sources live in ``custom_ops/roi_align/`` at the repository root. On first use the op
+The sources ship inside the package, in ``mrcnn/ops/kernels/`` (package data, so an
+editable install, ``pip install .`` and a wheel all find them). On first use the op
 is compiled with the system C++ compiler against the installed TensorFlow
 (``tf.sysconfig`` flags: headers, ``_GLIBCXX_USE_CXX11_ABI``, libtensorflow_framework)
 into a cache directory keyed by the TensorFlow version and a hash of the sources and
@@ -39,7 +40,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
-SOURCE_DIR = Path(__file__).resolve().parents[2] / "custom_ops" / "roi_align"
+# Package data next to this module (setup.cfg [options.package_data]); docs/design.md says why.
+SOURCE_DIR = Path(__file__).resolve().parent / "kernels"
 LIBRARY_NAME = "mrcnn_roi_align.so"
 _CXX_SOURCES = ("roi_align_op.cc",)
 _CUDA_SOURCES = ("roi_align_kernels.cu.cc",)

@@ -30,10 +30,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from mrcnn.callbacks import TimeBudget
     from mrcnn.data.pipeline import build_dataset
+    from mrcnn.data.synthetic import ShapesDataset, ShapesDemoConfig
     from mrcnn.evaluate import evaluate_dataset, format_metrics
     from mrcnn.model import MaskRCNN
     from mrcnn.visualize import draw_grid, draw_instances, save_image
-    from samples.shapes.shapes import ShapesDataset, ShapesDemoConfig
 
     os.makedirs(args.out, exist_ok=True)
     keras.utils.set_random_seed(args.seed)

@@ -14,7 +14,7 @@
 #include <random>
 #include <vector>
 
-#include "../roi_align_kernels.cu.cc"  // kernels + launchers (one translation unit)
+#include "../../../mrcnn/ops/kernels/roi_align_kernels.cu.cc"  // kernels + launchers (one translation unit)
 
 using namespace mrcnn::roi_align;
 

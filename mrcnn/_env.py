@@ -1,0 +1,163 @@
+"""Process set-up done by ``import mrcnn`` before TensorFlow or Keras are imported.
+
+Two things, both installed as one-shot import hooks so that ``import mrcnn`` itself stays
+light (no TensorFlow import):
+
+1. **A quiet TensorFlow start-up.** TensorFlow's C++ runtime logs through absl; the
+   messages it emits while its shared libraries load (``WARNING: All log messages before
+   absl::InitializeLog() is called are written to STDERR``, the oneDNN and "Could not find
+   cuda drivers" INFO lines, and on a machine without a usable GPU ``failed call to cuInit:
+   ... (303)``) are printed before ``TF_CPP_MIN_LOG_LEVEL`` takes effect. The hook imports
+   TensorFlow and probes its GPUs with file descriptor 2 captured, then re-emits every
+   captured line except those below the log level (``TF_CPP_MIN_LOG_LEVEL``, default 2 =
+   errors only, as TensorFlow numbers it) and the cuInit failure when no GPU was found
+   (that failure *is* "no GPU", which the probe has just established). Anything else
+   (Python warnings, real errors) is passed through unchanged. ``TF_CPP_MIN_LOG_LEVEL=0``
+   shows everything.
+2. **Keras deserialization of mrcnn objects.** ``keras.models.load_model("m.keras")`` finds
+   custom classes only through ``@keras.saving.register_keras_serializable``, which runs
+   when the defining module is imported. After ``import mrcnn``, the first import of Keras
+   also imports :mod:`mrcnn.model` and :mod:`mrcnn.training` (the model class and its
+   learning-rate schedule), so a saved ``MaskRCNN`` loads with nothing else imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable
+
+# Modules whose import registers mrcnn's Keras-serializable classes.
+_KERAS_MODULES = ("mrcnn.model", "mrcnn.training")
+_ABSL_PREINIT = "WARNING: All log messages before absl::InitializeLog() is called"
+# absl/glog line header: severity letter, MMDD, time, thread id, file:line]
+_LOG_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ \S+:\d+\] ")
+_SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
+_CUINIT = "failed call to cuInit"
+
+
+def min_log_level() -> int:
+    """The effective ``TF_CPP_MIN_LOG_LEVEL`` (0 = all, 1 = no INFO, 2 = errors only, 3 = none)."""
+    try:
+        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    except ValueError:
+        return 2
+
+
+def filter_tf_log(text: str, level: int, gpu_found: bool) -> str:
+    """The lines of ``text`` (captured TensorFlow start-up output) a user should see.
+
+    Drops absl's pre-initialisation banner, C++ log lines whose severity is below ``level``
+    (TensorFlow's ``TF_CPP_MIN_LOG_LEVEL`` semantics) and, when ``gpu_found`` is False, the
+    ``failed call to cuInit`` error. Every other line is kept.
+    """
+    if level <= 0:
+        return text
+    kept = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith(_ABSL_PREINIT):
+            continue
+        match = _LOG_LINE.match(line)
+        if match:
+            if _SEVERITY[match.group(1)] < level:
+                continue
+            if not gpu_found and _CUINIT in line:
+                continue
+        kept.append(line)
+    return "".join(kept)
+
+
+def _import_tensorflow_quietly(exec_module: Callable, module) -> None:
+    """Run TensorFlow's module body and its GPU probe with fd 2 captured and filtered."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no real fd 2 (embedded interpreters)
+        exec_module(module)
+        return
+    gpu_found = True
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            exec_module(module)
+            try:
+                gpu_found = bool(module.config.list_physical_devices("GPU"))
+            except Exception:  # noqa: BLE001 - the probe is best effort; keep every line then
+                gpu_found = True
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", errors="replace")
+            shown = filter_tf_log(text, min_log_level(), gpu_found)
+            if shown:
+                sys.stderr.write(shown)
+                sys.stderr.flush()
+
+
+def _register_keras_objects(exec_module: Callable, module) -> None:
+    exec_module(module)
+    # A mrcnn module mid-import (e.g. `import mrcnn.layers.fpn` importing keras) must finish
+    # first; importing mrcnn.model now would see it half-initialised. Such imports come from
+    # mrcnn itself, and whoever then uses MaskRCNN imports mrcnn.model anyway.
+    if any(
+        (name == "mrcnn" or name.startswith("mrcnn."))
+        and getattr(getattr(mod, "__spec__", None), "_initializing", False)
+        and name not in ("mrcnn",)
+        for name, mod in list(sys.modules.items())
+    ):
+        return
+    for name in _KERAS_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # pragma: no cover - a broken install; the real import says why
+            return
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """One-shot finder: wraps the loader of one top-level module so ``wrapper`` runs its body."""
+
+    def __init__(self, name: str, wrapper: Callable) -> None:
+        self.name = name
+        self.wrapper = wrapper
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)  # one shot, and no recursion into ourselves below
+        spec = importlib.util.find_spec(fullname)
+        loader = getattr(spec, "loader", None) if spec is not None else None
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        original = loader.exec_module
+        wrapper = self.wrapper
+
+        def exec_module(module):
+            loader.exec_module = original  # later reloads run the plain body
+            wrapper(original, module)
+
+        loader.exec_module = exec_module
+        return spec
+
+
+def install() -> None:
+    """Install the hooks (idempotent); when TF/Keras are already imported, act at once."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") is None:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    installed = {h.name for h in sys.meta_path if isinstance(h, _AfterImport)}
+    if "tensorflow" not in sys.modules and "tensorflow" not in installed:
+        sys.meta_path.insert(0, _AfterImport("tensorflow", _import_tensorflow_quietly))
+    if "keras" in sys.modules:
+        _register_keras_objects(lambda module: None, sys.modules["keras"])
+    elif "keras" not in installed:
+        sys.meta_path.insert(0, _AfterImport("keras", _register_keras_objects))
