@@ -10,12 +10,13 @@ or ``mrcnn convert-weights --from torchvision|detectron2 CHECKPOINT --out FILE.w
 (:func:`main_convert`). The result loads into ``MaskRCNN(config)`` for the matching
 preset (:class:`mrcnn.configs.TorchvisionCOCO`, :class:`mrcnn.configs.Detectron2COCO`).
 
-Reading needs no PyTorch: a ``.pth`` (a zip of ``data.pkl`` plus raw tensor
-storages) is read with :func:`mrcnn.weights.read_pth`, a restricted unpickler that
-rebuilds tensors as NumPy arrays; a Detectron2 ``.pkl`` (a pickled dict of NumPy
-arrays, usually under ``"model"``) with a restricted unpickler that only accepts
-NumPy arrays and dicts. When torch is installed it is only used as a fallback for
-files the NumPy readers refuse (e.g. the legacy pre-1.6 torch format).
+Reading needs no PyTorch and is done by :mod:`mrcnn.checkpoints` (shared with the
+ImageNet loader :mod:`mrcnn.weights` and ``mrcnn train --init``): a ``.pth`` (a zip
+of ``data.pkl`` plus raw tensor storages) with a restricted unpickler that rebuilds
+tensors as NumPy arrays after checking each against its storage; a Detectron2
+``.pkl`` (a pickled dict of NumPy arrays, usually under ``"model"``) with one that
+only accepts NumPy arrays and dicts. torch is never used for zip files; a legacy
+pre-1.6 file is read with ``torch.load(weights_only=True)`` only on torch >= 2.6.
 
 Strictness: the conversion is a table built from the Keras model, one entry per
 Keras weight naming the source key it comes from. Every source tensor is used
@@ -46,24 +47,34 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import importlib
-import importlib.util
-import io
 import os
 import pickle
 import re
 import sys
-import zipfile
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from mrcnn.checkpoints import (
+    BACKBONE_PREFIX,
+    NORM_FIELDS,
+    SOURCES,
+    CheckpointError,
+    backbone_key,
+    conv_kernel,
+    conv_transpose_kernel,
+    dense_kernel,
+    read_checkpoint,
+)
 from mrcnn.config import Config
 
-SOURCES = ("torchvision", "detectron2")
+__all__ = [
+    "IGNORED", "SOURCES", "ConversionError", "background_last_to_first", "conv_kernel", "conv_transpose_kernel",
+    "convert", "convert_detectron2", "convert_state_dict", "convert_torchvision", "dense_kernel",
+    "flatten_chw_to_hwc", "main_convert", "read_checkpoint", "xy_to_yx_deltas",
+]
 
 # Source tensors that have no Keras counterpart and are skipped on purpose.
 IGNORED: dict[str, tuple[str, ...]] = {
@@ -77,122 +88,11 @@ IGNORED: dict[str, tuple[str, ...]] = {
     ),
 }
 
-_NORM_FIELDS = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
-                ("running_var", "moving_variance"))
-
-
-class ConversionError(ValueError):
-    """A checkpoint that does not fit the model: names the offending key."""
-
-
-# ----- reading ---------------------------------------------------------------------------------
-class _NumpyUnpickler(pickle.Unpickler):
-    """Unpickler for Detectron2 .pkl files: NumPy arrays, scalars, dicts; nothing else."""
-
-    _NUMPY = {
-        "multiarray": ("_reconstruct", "scalar", "ndarray", "dtype"),
-        "numeric": ("_frombuffer",),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        parts = module.split(".")
-        if len(parts) == 3 and parts[:2] in (["numpy", "core"], ["numpy", "_core"]) \
-                and name in self._NUMPY.get(parts[2], ()):
-            core = "numpy._core" if importlib.util.find_spec("numpy._core") else "numpy.core"
-            return getattr(importlib.import_module(f"{core}.{parts[2]}"), name)
-        if module == "numpy" and name in ("ndarray", "dtype"):
-            return getattr(np, name)
-        if (module, name) == ("collections", "OrderedDict"):
-            return OrderedDict
-        if (module, name) == ("_codecs", "encode"):  # bytes in protocol-2 pickles
-            import codecs
-
-            return codecs.encode
-        raise pickle.UnpicklingError(
-            f"refusing to load global {module}.{name}: a Detectron2 checkpoint holds only NumPy "
-            "arrays and dicts"
-        )
-
-
-def _unwrap(obj: Any, path: str) -> dict[str, np.ndarray]:
-    for key in ("model", "state_dict", "model_state_dict"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-    if not isinstance(obj, dict):
-        raise ConversionError(f"{path}: holds a {type(obj).__name__}, not a dict of tensors")
-    out = {}
-    for k, v in obj.items():
-        if hasattr(v, "detach"):  # a torch tensor (torch.load fallback)
-            v = v.detach().cpu().numpy()
-        if isinstance(v, (np.ndarray, np.generic)):
-            out[str(k)] = np.asarray(v)
-    if not out:
-        raise ConversionError(f"{path}: no tensors found")
-    return out
-
-
-def _torch_load(path: str) -> Any | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a ``.pth`` (torch zip format) or a Detectron2 ``.pkl`` into {key: np.ndarray}.
-
-    A wrapping ``{"model": ...}`` / ``{"state_dict": ...}`` is unwrapped; non-tensor
-    entries (Detectron2's ``"__author__"``, ``"iteration"``...) are dropped.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    if zipfile.is_zipfile(path):
-        from mrcnn.weights import read_pth
-
-        try:
-            return _unwrap(read_pth(path), path)
-        except (pickle.UnpicklingError, ValueError) as exc:
-            obj = _torch_load(path)
-            if obj is None:
-                raise ConversionError(f"{path}: {exc}") from exc
-            return _unwrap(obj, path)
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        obj = _NumpyUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        obj = None
-        try:
-            obj = _torch_load(path)  # legacy (pre-1.6) torch.save format
-        except Exception:  # noqa: BLE001 - report the NumPy reader's reason below
-            obj = None
-        if obj is None:
-            raise ConversionError(
-                f"{path}: not a Detectron2 .pkl of NumPy arrays nor a zip-format .pth ({exc}). "
-                "A legacy (PyTorch < 1.6) .pth needs torch installed, or re-save it with "
-                "torch.save on a machine that has it."
-            ) from exc
-    return _unwrap(obj, path)
+# A checkpoint that cannot be read or does not fit the model; the message names the key.
+ConversionError = CheckpointError
 
 
 # ----- layout conversions ----------------------------------------------------------------------
-def conv_kernel(w: np.ndarray) -> np.ndarray:
-    """torch Conv2d weight [O, I/g, kh, kw] -> Keras Conv2D kernel [kh, kw, I/g, O]."""
-    return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)))
-
-
-def conv_transpose_kernel(w: np.ndarray) -> np.ndarray:
-    """torch ConvTranspose2d weight [in, out, kh, kw] -> Keras Conv2DTranspose [kh, kw, out, in]."""
-    return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)))
-
-
-def dense_kernel(w: np.ndarray) -> np.ndarray:
-    """torch Linear weight [out, in] -> Keras Dense kernel [in, out]."""
-    return np.ascontiguousarray(w.T)
-
-
 def flatten_chw_to_hwc(w: np.ndarray, channels: int, height: int, width: int) -> np.ndarray:
     """Linear weight [out, C*H*W] over a (c, h, w)-flattened input -> Dense kernel [H*W*C, out]
     over an (h, w, c)-flattened one."""
@@ -251,27 +151,6 @@ def _get_var(layer, name: str):
     return getattr(layer, name)
 
 
-def _backbone_key(source: str, layer_name: str) -> str | None:
-    """Keras backbone layer name -> source key prefix (without .weight / .norm fields)."""
-    if layer_name in ("conv1_conv", "conv1_norm"):
-        if source == "torchvision":
-            return "backbone.body.conv1" if layer_name.endswith("conv") else "backbone.body.bn1"
-        return "backbone.bottom_up.stem.conv1" if layer_name.endswith("conv") else \
-            "backbone.bottom_up.stem.conv1.norm"
-    m = re.fullmatch(r"layer(\d)_(\d+)_(\d|downsample)_(conv|norm)", layer_name)
-    if not m:
-        return None
-    stage, block, which, kind = int(m[1]), m[2], m[3], m[4]
-    if source == "torchvision":
-        base = f"backbone.body.layer{stage}.{block}"
-        if which == "downsample":
-            return f"{base}.downsample.{0 if kind == 'conv' else 1}"
-        return f"{base}.{'conv' if kind == 'conv' else 'bn'}{which}"
-    base = f"backbone.bottom_up.res{stage + 1}.{block}"
-    name = "shortcut" if which == "downsample" else f"conv{which}"
-    return f"{base}.{name}" if kind == "conv" else f"{base}.{name}.norm"
-
-
 def _build_table(model, source: str, state: dict[str, np.ndarray]) -> list[_Entry]:
     c = model.config
     tv = source == "torchvision"
@@ -296,13 +175,14 @@ def _build_table(model, source: str, state: dict[str, np.ndarray]) -> list[_Entr
         raise ConversionError("BACKBONE_NORM='gn': the checkpoint's batch-norm statistics need "
                               "BACKBONE_NORM='frozen_bn' (or 'bn')")
     for name, layer in sorted(_layers_by_name(model.backbone).items()):
-        prefix = _backbone_key(source, name)
+        prefix = backbone_key(name, source)
         if prefix is None:
             continue
+        prefix = BACKBONE_PREFIX[source] + prefix
         if name.endswith("_conv"):
             add(layer, "kernel", f"{prefix}.weight", conv_kernel)
         else:
-            for src_field, keras_field in _NORM_FIELDS:
+            for src_field, keras_field in NORM_FIELDS:
                 add(layer, keras_field, f"{prefix}.{src_field}")
 
     # FPN.
@@ -312,7 +192,7 @@ def _build_table(model, source: str, state: dict[str, np.ndarray]) -> list[_Entr
         add_conv(output, f"backbone.fpn.layer_blocks.{i}.0" if tv else f"backbone.fpn_output{level}")
 
     # RPN: deltas (dx, dy, dw, dh) per anchor -> (dy, dx, dh, dw).
-    rpn = model.rpn_head
+    rpn = model.rpn.head
     base = "rpn.head" if tv else "proposal_generator.rpn_head"
     add_conv(rpn.conv, f"{base}.conv.0.0" if tv else f"{base}.conv")
     add_conv(rpn.cls_logits, f"{base}.cls_logits" if tv else f"{base}.objectness_logits")
@@ -320,7 +200,7 @@ def _build_table(model, source: str, state: dict[str, np.ndarray]) -> list[_Entr
              transform_out=xy_to_yx_deltas)
 
     # Box head: fc6 input flatten order (c, h, w) -> (h, w, c).
-    box = model.box_head
+    box = model.roi_heads.box_head
     pool, channels = c.POOL_SIZE, c.FPN_CHANNELS
     add_dense(box.fc6, "roi_heads.box_head.fc6" if tv else "roi_heads.box_head.fc1",
               kernel_fn=lambda a: flatten_chw_to_hwc(a, channels, pool, pool))
@@ -346,7 +226,7 @@ def _build_table(model, source: str, state: dict[str, np.ndarray]) -> list[_Entr
         add(box.bbox_pred, "bias", "roi_heads.box_predictor.bbox_pred.bias", d2_box, rows)
 
     # Mask head.
-    mask = model.mask_head
+    mask = model.roi_heads.mask_head
     for i, conv in enumerate(mask.convs):
         add_conv(conv, f"roi_heads.mask_head.{i}.0" if tv else f"roi_heads.mask_head.mask_fcn{i + 1}")
     add_conv(mask.deconv, "roi_heads.mask_predictor.conv5_mask" if tv else "roi_heads.mask_head.deconv",
