@@ -31,9 +31,19 @@ its box frame; keypoints: x -> W - x and left/right swapped by
 half-pixel-centre resize in the pixel-edge box convention) -> full masks resized
 (bilinear, >= 0.5) and padded; keypoints times ``scale`` -> GT padded to G.
 
+Training augmentation (:mod:`mrcnn.data.augment`): the user hook
+(``Config.AUGMENT`` / ``augment=``) runs first on the loaded sample, then the
+flip; when ``IMAGE_MIN_DIM`` is a tuple, ``TRAIN_SCALE_JITTER`` or
+``TRAIN_CROP_SIZE`` is set, :func:`~mrcnn.data.augment.augment_sample` replaces
+``resize_and_pad``'s resize (drawn short side, jittered scale, random crop, the
+same geometry for image, masks, boxes and keypoints) and the result is padded to
+the crop canvas (``TRAIN_CROP_SIZE`` rounded up to 32, static) or by the resize
+mode. Evaluation (``training=False``) always uses the plain resize rule.
+
 Randomness: each element's flip is drawn with a *stateless* RNG keyed by
 ``(seed, element position)``, so given a ``seed`` the stream is reproducible even
-though the map runs in parallel. Without a seed one is drawn from the OS.
+though the map runs in parallel. The augmentation draws use seeds folded from the same
+pair. Without a seed one is drawn from the OS.
 ``deterministic`` ordering of the parallel map is on when a seed is given or
 when not training (evaluation must keep the order of ``image_ids``), and off
 otherwise (throughput).
@@ -49,6 +59,7 @@ import numpy as np
 import tensorflow as tf
 
 from mrcnn.config import Config
+from mrcnn.data import augment as augment_lib
 from mrcnn.data import transforms
 from mrcnn.data.loader import load_instance, sanitize_image
 from mrcnn.ops.keypoints import flip_keypoints, scale_keypoints
@@ -69,6 +80,8 @@ def build_dataset(
     shuffle: bool | None = None,
     repeat: bool | None = None,
     seed: int | None = None,
+    start_element: int = 0,
+    augment: augment_lib.AugmentFn | str | None = None,
 ) -> tf.data.Dataset:
     """Build the batched input pipeline over ``dataset``.
 
@@ -81,6 +94,13 @@ def build_dataset(
         shuffle: default ``training`` (reshuffled every epoch).
         repeat: default ``training`` (infinite).
         seed: makes shuffling, flips and element order reproducible.
+        start_element: skip the first N elements of the (seeded) stream before
+            loading them: a run resumed at global step k passes k x batch size
+            and sees exactly the batches the uninterrupted run would have seen
+            (element positions, hence flips, are those of the full stream). Only
+            image ids are skipped, so it costs microseconds per element.
+        augment: user augmentation hook ``fn(sample, seed) -> sample`` for
+            training (see :mod:`mrcnn.data.augment`); default ``config.AUGMENT``.
 
     Returns:
         A ``tf.data.Dataset`` of dicts as described in the module docstring.
@@ -106,6 +126,10 @@ def build_dataset(
     flip_prob = float(config.TRAIN_FLIP_PROB) if training else 0.0
     num_kp = int(config.NUM_KEYPOINTS)
     flip_perm = config.keypoint_flip_permutation() if num_kp else ()
+    user_augment = augment_lib.resolve_augment(augment if augment is not None else config.AUGMENT)
+    user_augment = user_augment if training else None
+    geometric = bool(training) and augment_lib.is_active(config)
+    canvas = augment_lib.training_canvas(config) if geometric else None
 
     def load_py(image_id: np.ndarray) -> tuple[np.ndarray, ...]:
         record = load_instance(dataset, int(image_id), config)
@@ -116,16 +140,29 @@ def build_dataset(
         types = [tf.uint8, tf.float32, tf.int32, tf.uint8] + ([tf.float32] if num_kp else [])
         loaded = tf.numpy_function(load_py, [image_id], types, name="load_instance")
         image, boxes, class_ids, masks = loaded[:4]
-        keypoints = loaded[4] if num_kp else tf.zeros([0, 0, 3])
+        keypoints = loaded[4] if num_kp else tf.zeros([tf.shape(boxes)[0], 0, 3])
         image.set_shape([None, None, 3])
         boxes.set_shape([None, 4])
         class_ids.set_shape([None])
         masks.set_shape([None, *mini] if mini else [None, None, None])
         keypoints.set_shape([None, num_kp, 3])
 
+        # Stateless, keyed by element position: reproducible under parallel map.
+        seed_pair = tf.stack([tf.constant(rng_seed, tf.int64), tf.cast(index, tf.int64)])
+        if user_augment is not None:
+            sample = augment_lib.apply_user_augment(
+                user_augment,
+                {"image": image, "boxes": boxes, "class_ids": class_ids, "masks": masks,
+                 "keypoints": keypoints},
+                seed_pair,
+            )
+            image, boxes, class_ids, masks, keypoints = (
+                sample[k] for k in ("image", "boxes", "class_ids", "masks", "keypoints"))
+            image.set_shape([None, None, 3])
+            masks.set_shape([None, *mini] if mini else [None, None, None])
+            keypoints.set_shape([None, num_kp, 3])
+
         if flip_prob > 0:
-            # Stateless, keyed by element position: reproducible under parallel map.
-            seed_pair = tf.stack([tf.constant(rng_seed, tf.int64), tf.cast(index, tf.int64)])
             do_flip = tf.random.stateless_uniform([], seed=seed_pair) < flip_prob
             width = tf.shape(image)[1]
             image, boxes, masks, keypoints = tf.cond(
@@ -139,10 +176,30 @@ def build_dataset(
                 lambda: (image, boxes, masks, keypoints),
             )
 
-        images, image_size, scale = transforms.resize_and_pad(image, config)
-        boxes = transforms.scale_boxes(boxes, scale)
-        if mini is None:
-            masks = transforms.resize_and_pad_masks(masks, config)
+        if geometric:
+            sample, image_size = augment_lib.augment_sample(
+                {"image": image, "boxes": boxes, "class_ids": class_ids, "masks": masks,
+                 "keypoints": keypoints},
+                config, seed_pair,
+            )
+            if canvas is not None:
+                pad_h = pad_w = tf.constant(canvas, tf.int32)
+            else:
+                pad_h, pad_w = transforms.padded_size(image_size[0], image_size[1], config)
+            images = tf.pad(sample["image"], [[0, pad_h - image_size[0]], [0, pad_w - image_size[1]], [0, 0]])
+            static = canvas or transforms._static_padded_shape(config)[0]
+            images = tf.ensure_shape(images, [static, static, 3])
+            boxes, class_ids, keypoints = sample["boxes"], sample["class_ids"], sample["keypoints"]
+            masks = sample["masks"]
+            if mini is None:
+                masks = tf.ensure_shape(transforms.pad_masks(masks, pad_h, pad_w), [None, static, static])
+        else:
+            images, image_size, scale = transforms.resize_and_pad(image, config)
+            boxes = transforms.scale_boxes(boxes, scale)
+            if mini is None:
+                masks = transforms.resize_and_pad_masks(masks, config)
+            if num_kp:
+                keypoints = scale_keypoints(keypoints, scale)
         out = {
             "images": images,
             "image_sizes": image_size,
@@ -151,7 +208,7 @@ def build_dataset(
             "gt_masks": transforms.pad_to_count(masks, max_gt),
         }
         if num_kp:
-            out["gt_keypoints"] = transforms.pad_to_count(scale_keypoints(keypoints, scale), max_gt)
+            out["gt_keypoints"] = transforms.pad_to_count(keypoints, max_gt)
         return out
 
     ds = tf.data.Dataset.from_tensor_slices(ids)
@@ -161,9 +218,12 @@ def build_dataset(
     if repeat:
         ds = ds.repeat()
     ds = ds.enumerate()
+    if start_element:
+        # Skip ids, not loaded images (mrcnn.runner resumes with this; see docs/reliability.md).
+        ds = ds.skip(int(start_element))
     ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
-    if config.IMAGE_RESIZE_MODE == "square":
+    if config.IMAGE_RESIZE_MODE == "square" or canvas is not None:
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     else:
         mask_hw = list(mini) if mini else [None, None]

@@ -60,6 +60,13 @@ def _round_up(x: tf.Tensor, multiple: int) -> tf.Tensor:
     return (x + (multiple - 1)) // multiple * multiple
 
 
+def inference_min_dim(config: Config) -> int:
+    """The short side used outside training: IMAGE_MIN_DIM, or the largest of its
+    choices when it is a tuple (multi-scale training, see mrcnn.data.augment)."""
+    value = config.IMAGE_MIN_DIM
+    return int(max(value)) if isinstance(value, (tuple, list)) else int(value)
+
+
 def target_size(
     height: tf.Tensor | int, width: tf.Tensor | int, config: Config
 ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -74,7 +81,7 @@ def target_size(
     # float64 on purpose: float32 can push h * scale just below an integer and lose
     # a row relative to torchvision (which uses Python floats).
     scale = tf.minimum(
-        tf.constant(float(config.IMAGE_MIN_DIM), tf.float64) / tf.minimum(h, w),
+        tf.constant(float(inference_min_dim(config)), tf.float64) / tf.minimum(h, w),
         tf.constant(float(config.IMAGE_MAX_DIM), tf.float64) / tf.maximum(h, w),
     )
     new_h = tf.maximum(tf.cast(tf.floor(h * scale), tf.int32), 1)
