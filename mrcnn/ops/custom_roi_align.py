@@ -250,6 +250,36 @@ def _run(cmd: list[str], log, verbose: bool) -> None:
         raise BuildError(f"`{Path(cmd[0]).name}` exited with {proc.returncode} (log: {log.name})\n{tail}")
 
 
+def _untrusted_reason(path: Path) -> str | None:
+    """Why a cached file or folder must not be trusted (None if it may): loading a shared
+    library runs its code, so it must be ours and writable by nobody else."""
+    st = path.stat()
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    if uid is not None and st.st_uid != uid:
+        return f"{path} is owned by uid {st.st_uid}, not by you (uid {uid})"
+    if st.st_mode & 0o022:
+        return f"{path} is group/world-writable (mode {st.st_mode & 0o777:o})"
+    return None
+
+
+def _refuse_untrusted(out_dir: Path, target: Path, force: bool) -> None:
+    """Refuse (BuildError, so the portable RoIAlign is used) a cache folder or library this user
+    did not build: not owned by the current user, or writable by group/others."""
+    st = out_dir.stat()
+    if st.st_uid == getattr(os, "getuid", lambda: st.st_uid)() and st.st_mode & 0o022:
+        # Our own folder, made group-writable by the umask: tighten it; files others may have put
+        # in it meanwhile are still refused by the owner check below.
+        os.chmod(out_dir, st.st_mode & 0o755)
+    reason = _untrusted_reason(out_dir)
+    if reason is None and target.is_file() and not force:
+        reason = _untrusted_reason(target)
+    if reason is not None:
+        raise BuildError(
+            f"refusing the custom op cache: {reason}. Remove it and run `mrcnn build-ops --force`, or set "
+            "MRCNN_OPS_CACHE to a folder of your own"
+        )
+
+
 def _build(cuda: bool, force: bool, verbose: bool) -> Path:
     missing = [n for n in _HEADERS + _CXX_SOURCES if not (SOURCE_DIR / n).is_file()]
     if missing:
@@ -259,6 +289,8 @@ def _build(cuda: bool, force: bool, verbose: bool) -> Path:
         raise BuildError("no C++ compiler found (install g++ or set CXX)")
     target = library_path(cuda)
     out_dir = target.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _refuse_untrusted(out_dir, target, force)  # before the lock: nothing is written into a folder not ours
     with _file_lock(out_dir / ".lock"):
         if target.is_file() and not force:
             if verbose:
@@ -282,6 +314,7 @@ def _build(cuda: bool, force: bool, verbose: bool) -> Path:
                    "-I", str(SOURCE_DIR), *(str(SOURCE_DIR / s) for s in _CXX_SOURCES),
                    *objects, "-o", tmp_lib, *tf.sysconfig.get_link_flags(), *libs]
             _run(cmd, log, verbose)
+            os.chmod(tmp_lib, 0o755)  # whatever the umask: _refuse_untrusted rejects group-writable files
             os.replace(tmp_lib, target)  # atomic: readers see the old file or the new one
     if verbose:
         print(f"[mrcnn build-ops] built {target}", file=sys.stderr)
