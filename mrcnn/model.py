@@ -21,25 +21,19 @@ keypoints, ``gt_keypoints`` [B, G, K, 3] (x, y, v) continuous input pixels.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras.src.losses.loss import scale_loss_for_distribution
 
-from mrcnn import losses
 from mrcnn.config import Config
+from mrcnn.layers.anchors import AnchorGenerator
 from mrcnn.layers.backbone import ResNet
-from mrcnn.layers.detection import detect_boxes
 from mrcnn.layers.fpn import FPN
-from mrcnn.layers.roi_heads import BoxHead, KeypointHead, MaskHead
-from mrcnn.layers.rpn import RPNHead, generate_proposals
-from mrcnn.layers.targets import roi_targets, rpn_targets
-from mrcnn.ops.anchors import multilevel_anchors
-from mrcnn.ops.keypoints import heatmaps_to_keypoints
+from mrcnn.layers.roi_heads import RoIHeads
+from mrcnn.layers.rpn import RPN
 from mrcnn.ops.masks import paste_masks
-from mrcnn.ops.roi_align import multilevel_roi_align
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
@@ -49,6 +43,11 @@ class MaskRCNN(keras.Model):
     ``model(inputs)`` runs inference and returns fixed-shape, padded detections
     (boxes in network-input pixels); ``detect(images)`` wraps it for NumPy images
     of any size; ``fit``/``evaluate`` use :meth:`train_step`/:meth:`test_step`.
+
+    Stages (each a Keras layer built from the Config here, and only here):
+    ``backbone`` (ResNet), ``fpn``, ``anchor_generator``, ``rpn`` (head,
+    proposals, anchor targets, RPN losses) and ``roi_heads`` (RoI sampling and
+    targets, box/mask/keypoint poolers and heads, their losses, post-processing).
     """
 
     def __init__(self, config: Config, **kwargs):
@@ -66,19 +65,9 @@ class MaskRCNN(keras.Model):
             name="backbone",
         )
         self.fpn = FPN(config.FPN_CHANNELS, name="fpn")
-        self.rpn_head = RPNHead(len(config.RPN_ANCHOR_RATIOS), config.FPN_CHANNELS, name="rpn")
-        self.box_head = BoxHead(config.NUM_CLASSES, config.FPN_FC_LAYERS_SIZE, name="box_head")
-        self.mask_head = None
-        if config.MASK_HEAD:
-            self.mask_head = MaskHead(
-                config.NUM_CLASSES, config.MASK_HEAD_CONV_CHANNELS, config.MASK_HEAD_NUM_CONVS, name="mask_head"
-            )
-        self.keypoint_head = None
-        if config.NUM_KEYPOINTS:
-            self.keypoint_head = KeypointHead(
-                config.NUM_KEYPOINTS, config.KEYPOINT_HEAD_CONV_CHANNELS, config.KEYPOINT_HEAD_NUM_CONVS,
-                name="keypoint_head",
-            )
+        self.anchor_generator = AnchorGenerator.from_model_config(config, name="anchor_generator")
+        self.rpn = RPN.from_model_config(config, name="rpn")
+        self.roi_heads = RoIHeads.from_model_config(config, name="roi_heads")
         self.loss_trackers = {
             name: keras.metrics.Mean(name=name) for name in ("loss", *config.LOSS_NAMES)
         }
@@ -87,27 +76,21 @@ class MaskRCNN(keras.Model):
 
     # ----- construction ---------------------------------------------------------------
     def _build_weights(self) -> None:
-        side = 64
-        images = tf.zeros([1, side, side, 3])
-        features = self._features(images, None, training=False)
-        self.rpn_head(features)
-        channels = self.config.FPN_CHANNELS
-        p, m = self.config.POOL_SIZE, self.config.MASK_POOL_SIZE
-        self.box_head(tf.zeros([1, 1, p, p, channels]))
-        if self.mask_head is not None:
-            self.mask_head(tf.zeros([1, 1, m, m, channels]))
-        if self.keypoint_head is not None:
-            k = self.config.KEYPOINT_POOL_SIZE
-            self.keypoint_head(tf.zeros([1, 1, k, k, channels]))
+        features = self.features(tf.zeros([1, 64, 64, 3]), None, training=False)
+        shapes = [tuple(f.shape) for f in features]
+        self.rpn.build(shapes)
+        self.roi_heads.build(shapes)
         self.built = True
 
     def get_config(self):
         return {"name": self.name, "config": self.config.to_dict(),
-                "config_class": f"{type(self.config).__module__}.{type(self.config).__qualname__}"}
+                "config_class": self.config.class_path()}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        return cls(Config.from_dict(config["config"]), name=config.get("name", "mask_rcnn"))
+        # Rebuilds the recorded Config subclass ("module:qualname"), see Config.from_dict.
+        config_obj = Config.from_dict(config["config"], config_class=config.get("config_class"))
+        return cls(config_obj, name=config.get("name", "mask_rcnn"))
 
     def compile(self, optimizer=None, **kwargs):
         """Compile with SGD + warm-up/step schedule from the Config unless given an optimizer.
@@ -125,8 +108,13 @@ class MaskRCNN(keras.Model):
     def metrics(self):
         return list(self.loss_trackers.values())
 
-    # ----- shared stages --------------------------------------------------------------
-    def _features(self, images: tf.Tensor, image_sizes: tf.Tensor | None, training: bool) -> list[tf.Tensor]:
+    # ----- the pipeline -----------------------------------------------------------------
+    def features(self, images: tf.Tensor, image_sizes: tf.Tensor | None, training: bool = False) -> list[tf.Tensor]:
+        """Normalise, backbone, FPN: images [B, H, W, 3] RGB 0-255 -> [P2, P3, P4, P5, P6].
+
+        ``image_sizes`` [B, 2] valid (h, w): the padding outside is zeroed after
+        normalising (as torchvision pads normalised images); None = no padding.
+        """
         mean = tf.constant(self.config.MEAN_PIXEL, tf.float32)
         std = tf.constant(self.config.STD_PIXEL, tf.float32)
         x = tf.cast(images, tf.float32)
@@ -134,31 +122,26 @@ class MaskRCNN(keras.Model):
             x = x[..., ::-1]
         x = (x - mean) / std
         if image_sizes is not None:
-            # Zero the padding after normalising, as torchvision pads normalised images.
             rows = tf.range(tf.shape(x)[1])[None, :, None] < image_sizes[:, None, 0:1]
             cols = tf.range(tf.shape(x)[2])[None, None, :] < image_sizes[:, None, 1:2]
             x = tf.where((rows & cols)[..., None], x, 0.0)
         return self.fpn(self.backbone(x, training=training))
 
-    def _anchors(self, images: tf.Tensor, features: Sequence[tf.Tensor]) -> list[tf.Tensor]:
-        return multilevel_anchors(
-            tf.shape(images)[1:3],
-            [tf.shape(f)[1:3] for f in features],
-            self.config.RPN_ANCHOR_SCALES,
-            self.config.RPN_ANCHOR_RATIOS,
-            strides=None if self.config.ANCHOR_STRIDE_FROM_GRID else self.config.BACKBONE_STRIDES,
-            round_to_int=self.config.ROUND_ANCHORS,
-            offset=self.config.ANCHOR_OFFSET,
-        )
+    def _forward(self, images, image_sizes, targets: dict | None, training: bool):
+        """normalise -> backbone/FPN -> anchors -> RPN -> RoI heads: (detections, losses).
 
-    def _pool(self, features, boxes, size):
-        c = self.config
-        return multilevel_roi_align(
-            features[:4], boxes, size, strides=c.BACKBONE_STRIDES[:4],
-            sampling_ratio=c.ROI_ALIGN_SAMPLING_RATIO, aligned=c.ROI_ALIGN_ALIGNED,
-            canonical_level=c.ROI_CANONICAL_LEVEL, canonical_size=c.ROI_CANONICAL_SIZE,
-            implementation=c.ROI_ALIGN_IMPLEMENTATION,
+        ``targets`` None: inference (detections); else the ground truth (losses).
+        """
+        images = tf.cast(images, tf.float32)
+        if image_sizes is None:
+            image_sizes = tf.tile(tf.shape(images)[None, 1:3], [tf.shape(images)[0], 1])
+        features = self.features(images, image_sizes, training=training)
+        anchors = self.anchor_generator(images, features)
+        proposals, proposal_valid, rpn_losses = self.rpn(features, anchors, image_sizes, targets=targets)
+        detections, head_losses = self.roi_heads(
+            features, proposals, proposal_valid, image_sizes, targets=targets
         )
+        return detections, {**rpn_losses, **head_losses}
 
     # ----- inference ------------------------------------------------------------------
     def call(self, inputs, training=False):
@@ -172,103 +155,23 @@ class MaskRCNN(keras.Model):
         (x, y, score): x, y continuous network-input pixels (pixel-edge frame:
         column c's centre is c + 0.5), score in [0, 1]; zeros on padding rows.
         """
-        c = self.config
         if isinstance(inputs, dict):
             images, image_sizes = inputs["images"], inputs.get("image_sizes")
         else:
             images, image_sizes = inputs, None
-        images = tf.cast(images, tf.float32)
-        if image_sizes is None:
-            image_sizes = tf.tile(tf.shape(images)[None, 1:3], [tf.shape(images)[0], 1])
-        features = self._features(images, image_sizes, training=False)
-        logits, deltas = self.rpn_head(features)
-        proposals, _, proposal_valid = generate_proposals(
-            logits, deltas, self._anchors(images, features), image_sizes,
-            c.PRE_NMS_LIMIT_INFERENCE, c.POST_NMS_ROIS_INFERENCE, c.RPN_NMS_THRESHOLD,
-            c.PROPOSAL_MIN_SIZE, c.RPN_BBOX_WEIGHTS,
-        )
-        class_logits, box_deltas = self.box_head(self._pool(features, proposals, c.POOL_SIZE))
-        det = detect_boxes(
-            proposals, proposal_valid, class_logits, box_deltas, image_sizes, c.BBOX_REG_WEIGHTS,
-            c.DETECTION_MIN_CONFIDENCE, c.DETECTION_NMS_THRESHOLD, c.DETECTION_MAX_INSTANCES,
-            c.DETECTION_MIN_SIZE,
-        )
-        validf = tf.cast(det.valid, tf.float32)
-        out = {
-            "boxes": det.boxes,
-            "scores": det.scores,
-            "class_ids": det.class_ids,
-            "num_detections": tf.reduce_sum(tf.cast(det.valid, tf.int32), axis=1),
-        }
-        if self.mask_head is not None:
-            mask_logits = self.mask_head(self._pool(features, det.boxes, c.MASK_POOL_SIZE))
-            masks = tf.sigmoid(_pick_class_channel(mask_logits, det.class_ids))
-            out["masks"] = masks * validf[:, :, None, None]
-        if self.keypoint_head is not None:
-            heatmaps = self.keypoint_head(self._pool(features, det.boxes, c.KEYPOINT_POOL_SIZE))
-            out["keypoints"] = heatmaps_to_keypoints(heatmaps, det.boxes) * validf[:, :, None, None]
-        return out
+        detections, _ = self._forward(images, image_sizes, None, training=False)
+        return detections
 
     # ----- training -------------------------------------------------------------------
     def compute_losses(self, inputs: dict, training: bool = True) -> dict[str, tf.Tensor]:
-        """The losses of ``config.LOSS_NAMES`` for one (per-replica) batch, each a scalar."""
-        c = self.config
-        images = tf.cast(inputs["images"], tf.float32)
-        image_sizes = inputs["image_sizes"]
-        gt_boxes = tf.cast(inputs["gt_boxes"], tf.float32)
-        gt_class_ids = tf.cast(inputs["gt_class_ids"], tf.int32)
-        features = self._features(images, image_sizes, training=training)
-        logits, deltas = self.rpn_head(features)
-        anchors = self._anchors(images, features)
-        proposals, _, proposal_valid = generate_proposals(
-            logits, deltas, anchors, image_sizes,
-            c.PRE_NMS_LIMIT_TRAINING, c.POST_NMS_ROIS_TRAINING, c.RPN_NMS_THRESHOLD,
-            c.PROPOSAL_MIN_SIZE, c.RPN_BBOX_WEIGHTS,
-        )
+        """The losses of ``config.LOSS_NAMES`` for one (per-replica) batch, each a scalar.
 
-        rpn = rpn_targets(
-            tf.concat(anchors, axis=0), gt_boxes, gt_class_ids, c.RPN_TRAIN_ANCHORS_PER_IMAGE,
-            c.RPN_POSITIVE_RATIO, c.RPN_POSITIVE_IOU, c.RPN_NEGATIVE_IOU, c.RPN_BBOX_WEIGHTS,
-        )
-        rpn_logits = tf.gather(tf.concat(logits, axis=1), rpn.indices, batch_dims=1)
-        rpn_deltas = tf.gather(tf.concat(deltas, axis=1), rpn.indices, batch_dims=1)
-
-        # Positives come first in the sample and number at most this many, so the
-        # mask branch only needs these slots.
-        num_mask_rois = int(c.TRAIN_ROIS_PER_IMAGE * c.ROI_POSITIVE_RATIO)
-        roi = roi_targets(
-            proposals, proposal_valid, gt_boxes, gt_class_ids,
-            inputs["gt_masks"] if self.mask_head is not None else None,
-            c.TRAIN_ROIS_PER_IMAGE, c.ROI_POSITIVE_RATIO, c.ROI_POSITIVE_IOU, c.BBOX_REG_WEIGHTS,
-            c.MASK_SHAPE, c.MINI_MASK_SHAPE is not None, c.MASK_TARGET_THRESHOLD,
-            c.ROI_ALIGN_IMPLEMENTATION, num_mask_rois=num_mask_rois,
-            gt_keypoints=inputs["gt_keypoints"] if self.keypoint_head is not None else None,
-            heatmap_size=c.KEYPOINT_HEATMAP_SIZE,
-        )
-        class_logits, box_deltas = self.box_head(self._pool(features, roi.rois, c.POOL_SIZE))
-        positive = roi.valid & (roi.class_ids > 0)
-        box_pred = tf.gather(box_deltas, roi.class_ids, batch_dims=2)
-
-        mask_rois = roi.rois[:, :num_mask_rois]
-        values = {
-            "rpn_class_loss": losses.rpn_class_loss(rpn_logits, rpn.labels, rpn.valid),
-            "rpn_box_loss": losses.box_regression_loss(
-                rpn_deltas, rpn.deltas, rpn.labels > 0, rpn.valid, c.RPN_BOX_LOSS_BETA
-            ),
-            "class_loss": losses.classifier_loss(class_logits, roi.class_ids, roi.valid),
-            "box_loss": losses.box_regression_loss(
-                box_pred, roi.deltas, positive, roi.valid, c.BOX_LOSS_BETA
-            ),
-        }
-        if self.mask_head is not None:
-            mask_classes = roi.class_ids[:, :num_mask_rois]
-            mask_logits = self.mask_head(self._pool(features, mask_rois, c.MASK_POOL_SIZE))
-            mask_logits = _pick_class_channel(mask_logits, mask_classes)
-            values["mask_loss"] = losses.mask_loss(mask_logits, roi.masks, positive[:, :num_mask_rois])
-        if self.keypoint_head is not None:
-            # Same slots as the mask branch: every positive is among them.
-            heatmaps = self.keypoint_head(self._pool(features, mask_rois, c.KEYPOINT_POOL_SIZE))
-            values["keypoint_loss"] = losses.keypoint_loss(heatmaps, roi.keypoint_targets, roi.keypoint_valid)
+        ``training`` only switches the backbone's training mode (BatchNorm); the
+        RPN and RoI heads always sample as in training (a validation loss).
+        """
+        targets = {"gt_boxes": inputs["gt_boxes"], "gt_class_ids": inputs["gt_class_ids"],
+                   "gt_masks": inputs.get("gt_masks"), "gt_keypoints": inputs.get("gt_keypoints")}
+        _, values = self._forward(inputs["images"], inputs["image_sizes"], targets, training=training)
         return values
 
     def _total_loss(self, loss_values: dict[str, tf.Tensor]) -> tf.Tensor:
@@ -379,12 +282,6 @@ def _warn_if_portable_gradients(implementation: str) -> None:
         RuntimeWarning,
         stacklevel=3,
     )
-
-
-def _pick_class_channel(mask_logits: tf.Tensor, class_ids: tf.Tensor) -> tf.Tensor:
-    """[B, R, mh, mw, K+1] logits, [B, R] class ids -> [B, R, mh, mw] of that class."""
-    per_class = tf.transpose(mask_logits, [0, 1, 4, 2, 3])
-    return tf.gather(per_class, class_ids, batch_dims=2)
 
 
 def _as_image_list(images) -> list[np.ndarray]:

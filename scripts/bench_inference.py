@@ -44,7 +44,7 @@ def main() -> None:
 
     @tf.function
     def features(x):
-        return model._features(x, None, training=False)
+        return model.features(x, None, training=False)
 
     def end_to_end():
         return model.detect([image])

@@ -28,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from mrcnn.ops.roi_align import roi_align  # noqa: E402
+from mrcnn.ops.roi_pooling import roi_align  # noqa: E402
 
 IMPLS = ("custom", "portable")
 

@@ -16,7 +16,7 @@ from roi_align_reference import (
 )
 
 from mrcnn.ops import custom_roi_align
-from mrcnn.ops.roi_align import multilevel_roi_align, roi_align
+from mrcnn.ops.roi_pooling import multilevel_roi_align, roi_align
 
 if not custom_roi_align.is_available():
     pytest.skip(

@@ -282,7 +282,7 @@ def test_model_outputs_with_and_without_mask_head():
 
     only = MaskRCNN(KeypointTinyConfig(DETECTION_MIN_CONFIDENCE=0.0, KEYPOINT_HEAD_CONV_CHANNELS=16,
                                        KEYPOINT_HEAD_NUM_CONVS=1))
-    assert only.mask_head is None
+    assert only.roi_heads.mask_head is None and only.roi_heads.mask_pooler is None
     image = np.random.default_rng(0).integers(0, 255, (90, 150, 3), dtype=np.uint8)
     r = only.detect([image])[0]
     assert "masks" not in r and r["keypoints"].shape == (len(r["scores"]), k, 3)

@@ -16,7 +16,7 @@ from roi_align_reference import (
     roi_align_forward,
 )
 
-from mrcnn.ops.roi_align import fpn_levels, multilevel_roi_align, roi_align, roi_align_portable
+from mrcnn.ops.roi_pooling import fpn_levels, multilevel_roi_align, roi_align, roi_align_portable
 
 ATOL = 1e-5
 
@@ -298,7 +298,7 @@ def test_portable_gradient_is_exact_with_op_determinism():
         tf.config.experimental.enable_op_determinism()
         sys.path.insert(0, "tests")
         from roi_align_reference import roi_align_backward
-        from mrcnn.ops.roi_align import roi_align
+        from mrcnn.ops.roi_pooling import roi_align
         rng = np.random.default_rng(0)
         f = rng.standard_normal((1, 24, 24, 32)).astype(np.float32)
         y1x1 = rng.uniform(0, 70, (300, 2))

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from mrcnn.layers.box_coder import BoxCoder
 from mrcnn.ops import boxes as box_ops
 from mrcnn.ops.nms import batched_nms
 
@@ -23,7 +24,8 @@ def detect_boxes(
     class_logits: tf.Tensor,
     box_deltas: tf.Tensor,
     image_sizes: tf.Tensor,
-    weights: tuple[float, ...],
+    *,
+    box_coder: BoxCoder,
     score_threshold: float = 0.05,
     nms_threshold: float = 0.5,
     max_detections: int = 100,
@@ -37,13 +39,14 @@ def detect_boxes(
 
     Args:
       rois: [B, R, 4]; roi_valid: [B, R]; class_logits: [B, R, K+1];
-      box_deltas: [B, R, K+1, 4]; image_sizes: [B, 2] valid (h, w).
+      box_deltas: [B, R, K+1, 4]; image_sizes: [B, 2] valid (h, w);
+      box_coder: decodes the deltas (box-head weights).
     """
     batch = tf.shape(rois)[0]
     num_rois = tf.shape(rois)[1]
     num_fg = tf.shape(class_logits)[2] - 1
     probs = tf.nn.softmax(class_logits, axis=-1)[:, :, 1:]
-    boxes = box_ops.decode_boxes(box_deltas[:, :, 1:], rois[:, :, None, :], weights)
+    boxes = box_coder.decode(box_deltas[:, :, 1:], rois[:, :, None, :])
     boxes = tf.reshape(boxes, tf.stack([batch, num_rois * num_fg, 4]))
     boxes = box_ops.clip_boxes(boxes, image_sizes)
     scores = tf.reshape(probs, tf.stack([batch, -1]))

@@ -1,9 +1,24 @@
-"""The RoI heads: box head (2 FC + class/box predictors), mask head (FCN), keypoint head."""
+"""The RoI heads: box head (2 FC + class/box predictors), mask head (FCN), keypoint head,
+and the ``RoIHeads`` stage that samples RoIs, runs the heads, computes their losses
+and post-processes detections."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import keras
 import tensorflow as tf
+
+from mrcnn import losses
+from mrcnn.layers.box_coder import BoxCoder
+from mrcnn.layers.detection import Detections, detect_boxes
+from mrcnn.layers.pooler import RoIPooler, pooler_settings
+from mrcnn.layers.targets import RoITargets, roi_targets
+from mrcnn.ops.keypoints import heatmaps_to_keypoints
+
+if TYPE_CHECKING:
+    from mrcnn.config import Config
 
 # He init, fan-out (torchvision's mask and keypoint heads).
 _HE_FAN_OUT = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
@@ -50,6 +65,12 @@ class BoxHead(keras.layers.Layer):
             num_classes * 4, kernel_initializer=keras.initializers.RandomNormal(stddev=0.001), name="bbox_pred"
         )
 
+    def build(self, input_shape):
+        flat_size = input_shape[2] * input_shape[3] * input_shape[4]
+        self.fc6.build((None, None, flat_size))
+        for dense in (self.fc7, self.cls_score, self.bbox_pred):
+            dense.build((None, None, self.fc_size))
+
     def call(self, pooled):
         shape = tf.shape(pooled)
         flat_size = pooled.shape[2] * pooled.shape[3] * pooled.shape[4]
@@ -82,6 +103,14 @@ class MaskHead(keras.layers.Layer):
             channels, 2, strides=2, activation="relu", kernel_initializer=init, name="conv5_mask"
         )
         self.logits = keras.layers.Conv2D(num_classes, 1, kernel_initializer=init, name="mask_fcn_logits")
+
+    def build(self, input_shape):
+        _, _, h, w, c = input_shape
+        for conv in self.convs:
+            conv.build((None, h, w, c))
+            c = self.channels
+        self.deconv.build((None, h, w, c))
+        self.logits.build((None, 2 * h, 2 * w, self.channels))
 
     def call(self, pooled):
         return _per_roi(self._fcn, pooled)
@@ -124,6 +153,13 @@ class KeypointHead(keras.layers.Layer):
             num_keypoints, 4, strides=2, padding="same", kernel_initializer=init, name="kps_score_lowres"
         )
 
+    def build(self, input_shape):
+        _, _, h, w, c = input_shape
+        for conv in self.convs:
+            conv.build((None, h, w, c))
+            c = self.channels
+        self.deconv.build((None, h, w, c))
+
     def call(self, pooled):
         return _per_roi(self._fcn, pooled)
 
@@ -141,3 +177,241 @@ class KeypointHead(keras.layers.Layer):
             "channels": self.channels,
             "num_convs": self.num_convs,
         }
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class RoIHeads(keras.layers.Layer):
+    """The second stage (torchvision's ``RoIHeads``, Detectron2's ``StandardROIHeads``).
+
+    Owns the RoI sampling and targets, a pooler and a head per branch (box; mask
+    with ``mask_head``; keypoints with ``num_keypoints`` > 0), their losses and
+    the inference post-processing. The per-branch steps (:meth:`box_forward`,
+    :meth:`mask_logits`, :meth:`keypoint_heatmaps`) are shared by training and
+    inference.
+
+    ``layer(features, proposals, proposal_valid, image_sizes, targets=None)``:
+    features one [B, h, w, C] map per level; proposals [B, P, 4] (y1, x1, y2, x2)
+    input pixels with validity [B, P]; image_sizes [B, 2] valid (h, w).
+    Returns ``(detections, losses)``:
+
+    - inference (``targets`` None): detections as :meth:`MaskRCNN.call` documents
+      (boxes, scores, class_ids, num_detections, masks, keypoints), losses {};
+    - training (``targets`` = {"gt_boxes", "gt_class_ids", "gt_masks",
+      "gt_keypoints"}, see ``mrcnn/model.py``): detections {}, losses
+      "class_loss", "box_loss" and "mask_loss" / "keypoint_loss" per branch.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        fc_size: int = 1024,
+        pool_size: int = 7,
+        strides: Sequence[int] = (4, 8, 16, 32),
+        sampling_ratio: int = 2,
+        aligned: bool = True,
+        canonical_level: int = 4,
+        canonical_size: float = 224.0,
+        roi_align_implementation: str = "auto",
+        batch_size_per_image: int = 512,
+        positive_fraction: float = 0.25,
+        positive_iou: float = 0.5,
+        box_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
+        box_loss_beta: float = 1.0 / 9.0,
+        score_threshold: float = 0.05,
+        nms_threshold: float = 0.5,
+        detections_per_image: int = 100,
+        min_size: float = 1e-2,
+        mask_head: bool = True,
+        mask_pool_size: int = 14,
+        mask_conv_channels: int = 256,
+        mask_num_convs: int = 4,
+        mask_shape: Sequence[int] = (28, 28),
+        mini_mask: bool = True,
+        mask_target_threshold: float = 0.5,
+        num_keypoints: int = 0,
+        keypoint_pool_size: int = 14,
+        keypoint_conv_channels: int = 512,
+        keypoint_num_convs: int = 8,
+        keypoint_heatmap_size: int = 56,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.settings = {
+            "num_classes": int(num_classes), "fc_size": int(fc_size), "pool_size": int(pool_size),
+            "strides": [int(s) for s in strides], "sampling_ratio": int(sampling_ratio),
+            "aligned": bool(aligned), "canonical_level": int(canonical_level),
+            "canonical_size": float(canonical_size), "roi_align_implementation": roi_align_implementation,
+            "batch_size_per_image": int(batch_size_per_image), "positive_fraction": float(positive_fraction),
+            "positive_iou": float(positive_iou), "box_weights": [float(w) for w in box_weights],
+            "box_loss_beta": float(box_loss_beta), "score_threshold": float(score_threshold),
+            "nms_threshold": float(nms_threshold), "detections_per_image": int(detections_per_image),
+            "min_size": float(min_size), "mask_head": bool(mask_head), "mask_pool_size": int(mask_pool_size),
+            "mask_conv_channels": int(mask_conv_channels), "mask_num_convs": int(mask_num_convs),
+            "mask_shape": [int(s) for s in mask_shape], "mini_mask": bool(mini_mask),
+            "mask_target_threshold": float(mask_target_threshold), "num_keypoints": int(num_keypoints),
+            "keypoint_pool_size": int(keypoint_pool_size), "keypoint_conv_channels": int(keypoint_conv_channels),
+            "keypoint_num_convs": int(keypoint_num_convs), "keypoint_heatmap_size": int(keypoint_heatmap_size),
+        }
+        pooling = {
+            "strides": strides, "sampling_ratio": sampling_ratio, "aligned": aligned,
+            "canonical_level": canonical_level, "canonical_size": canonical_size,
+            "implementation": roi_align_implementation,
+        }
+        # Positives come first in the sample and number at most this many, so the
+        # mask and keypoint branches only need these slots in training.
+        self.num_mask_rois = int(batch_size_per_image * positive_fraction)
+        self.box_coder = BoxCoder(box_weights, name="box_coder")
+        self.box_pooler = RoIPooler(pool_size, name="box_pooler", **pooling)
+        self.box_head = BoxHead(num_classes, fc_size, name="box_head")
+        self.mask_pooler = self.mask_head = None
+        if mask_head:
+            self.mask_pooler = RoIPooler(mask_pool_size, name="mask_pooler", **pooling)
+            self.mask_head = MaskHead(num_classes, mask_conv_channels, mask_num_convs, name="mask_head")
+        self.keypoint_pooler = self.keypoint_head = None
+        if num_keypoints:
+            self.keypoint_pooler = RoIPooler(keypoint_pool_size, name="keypoint_pooler", **pooling)
+            self.keypoint_head = KeypointHead(
+                num_keypoints, keypoint_conv_channels, keypoint_num_convs, name="keypoint_head"
+            )
+
+    @classmethod
+    def from_model_config(cls, config: Config, **kwargs) -> RoIHeads:
+        pooling = pooler_settings(config)
+        return cls(
+            num_classes=config.NUM_CLASSES,
+            fc_size=config.FPN_FC_LAYERS_SIZE,
+            pool_size=config.POOL_SIZE,
+            strides=pooling["strides"],
+            sampling_ratio=pooling["sampling_ratio"],
+            aligned=pooling["aligned"],
+            canonical_level=pooling["canonical_level"],
+            canonical_size=pooling["canonical_size"],
+            roi_align_implementation=pooling["implementation"],
+            batch_size_per_image=config.TRAIN_ROIS_PER_IMAGE,
+            positive_fraction=config.ROI_POSITIVE_RATIO,
+            positive_iou=config.ROI_POSITIVE_IOU,
+            box_weights=config.BBOX_REG_WEIGHTS,
+            box_loss_beta=config.BOX_LOSS_BETA,
+            score_threshold=config.DETECTION_MIN_CONFIDENCE,
+            nms_threshold=config.DETECTION_NMS_THRESHOLD,
+            detections_per_image=config.DETECTION_MAX_INSTANCES,
+            min_size=config.DETECTION_MIN_SIZE,
+            mask_head=config.MASK_HEAD,
+            mask_pool_size=config.MASK_POOL_SIZE,
+            mask_conv_channels=config.MASK_HEAD_CONV_CHANNELS,
+            mask_num_convs=config.MASK_HEAD_NUM_CONVS,
+            mask_shape=config.MASK_SHAPE,
+            mini_mask=config.MINI_MASK_SHAPE is not None,
+            mask_target_threshold=config.MASK_TARGET_THRESHOLD,
+            num_keypoints=config.NUM_KEYPOINTS,
+            keypoint_pool_size=config.KEYPOINT_POOL_SIZE,
+            keypoint_conv_channels=config.KEYPOINT_HEAD_CONV_CHANNELS,
+            keypoint_num_convs=config.KEYPOINT_HEAD_NUM_CONVS,
+            keypoint_heatmap_size=config.KEYPOINT_HEATMAP_SIZE,
+            **kwargs,
+        )
+
+    def build(self, features_shape):
+        channels = features_shape[0][-1]
+        s = self.settings
+        self.box_head.build((None, None, s["pool_size"], s["pool_size"], channels))
+        if self.mask_head is not None:
+            self.mask_head.build((None, None, s["mask_pool_size"], s["mask_pool_size"], channels))
+        if self.keypoint_head is not None:
+            k = s["keypoint_pool_size"]
+            self.keypoint_head.build((None, None, k, k, channels))
+
+    # ----- per-branch steps (training and inference) ----------------------------------
+    def box_forward(self, features, rois: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """rois [B, R, 4] -> (class logits [B, R, K+1], class-specific deltas [B, R, K+1, 4])."""
+        return self.box_head(self.box_pooler(features, rois))
+
+    def mask_logits(self, features, rois: tf.Tensor, class_ids: tf.Tensor) -> tf.Tensor:
+        """rois [B, R, 4], class_ids [B, R] -> [B, R, 28, 28] mask logits of that class."""
+        return _pick_class_channel(self.mask_head(self.mask_pooler(features, rois)), class_ids)
+
+    def keypoint_heatmaps(self, features, rois: tf.Tensor) -> tf.Tensor:
+        """rois [B, R, 4] -> [B, R, 56, 56, K] heatmap logits."""
+        return self.keypoint_head(self.keypoint_pooler(features, rois))
+
+    # ----- training ---------------------------------------------------------------------
+    def sample(self, proposals, proposal_valid, targets: dict) -> RoITargets:
+        """Sample RoIs from proposals + GT boxes and build their targets (see ``roi_targets``)."""
+        s = self.settings
+        return roi_targets(
+            proposals, proposal_valid,
+            tf.cast(targets["gt_boxes"], tf.float32), tf.cast(targets["gt_class_ids"], tf.int32),
+            targets["gt_masks"] if self.mask_head is not None else None,
+            num_samples=s["batch_size_per_image"], positive_fraction=s["positive_fraction"],
+            positive_iou=s["positive_iou"], box_coder=self.box_coder, mask_shape=tuple(s["mask_shape"]),
+            mini_mask=s["mini_mask"], mask_threshold=s["mask_target_threshold"],
+            roi_align_implementation=s["roi_align_implementation"], num_mask_rois=self.num_mask_rois,
+            gt_keypoints=targets["gt_keypoints"] if self.keypoint_head is not None else None,
+            heatmap_size=s["keypoint_heatmap_size"],
+        )
+
+    def losses_for(self, features, roi: RoITargets) -> dict[str, tf.Tensor]:
+        """The head losses (scalars) of a sample from :meth:`sample`."""
+        class_logits, box_deltas = self.box_forward(features, roi.rois)
+        positive = roi.valid & (roi.class_ids > 0)
+        box_pred = tf.gather(box_deltas, roi.class_ids, batch_dims=2)
+        values = {
+            "class_loss": losses.classifier_loss(class_logits, roi.class_ids, roi.valid),
+            "box_loss": losses.box_regression_loss(
+                box_pred, roi.deltas, positive, roi.valid, self.settings["box_loss_beta"]
+            ),
+        }
+        m = self.num_mask_rois
+        if self.mask_head is not None:
+            logits = self.mask_logits(features, roi.rois[:, :m], roi.class_ids[:, :m])
+            values["mask_loss"] = losses.mask_loss(logits, roi.masks, positive[:, :m])
+        if self.keypoint_head is not None:
+            # Same slots as the mask branch: every positive is among them.
+            heatmaps = self.keypoint_heatmaps(features, roi.rois[:, :m])
+            values["keypoint_loss"] = losses.keypoint_loss(heatmaps, roi.keypoint_targets, roi.keypoint_valid)
+        return values
+
+    # ----- inference --------------------------------------------------------------------
+    def postprocess(self, rois, roi_valid, class_logits, box_deltas, image_sizes) -> Detections:
+        """Class-wise decoding, score/size filtering and NMS (see ``detect_boxes``)."""
+        s = self.settings
+        return detect_boxes(
+            rois, roi_valid, class_logits, box_deltas, image_sizes, box_coder=self.box_coder,
+            score_threshold=s["score_threshold"], nms_threshold=s["nms_threshold"],
+            max_detections=s["detections_per_image"], min_size=s["min_size"],
+        )
+
+    def detect(self, features, proposals, proposal_valid, image_sizes) -> dict[str, tf.Tensor]:
+        class_logits, box_deltas = self.box_forward(features, proposals)
+        det = self.postprocess(proposals, proposal_valid, class_logits, box_deltas, image_sizes)
+        validf = tf.cast(det.valid, tf.float32)
+        out = {
+            "boxes": det.boxes,
+            "scores": det.scores,
+            "class_ids": det.class_ids,
+            "num_detections": tf.reduce_sum(tf.cast(det.valid, tf.int32), axis=1),
+        }
+        if self.mask_head is not None:
+            masks = tf.sigmoid(self.mask_logits(features, det.boxes, det.class_ids))
+            out["masks"] = masks * validf[:, :, None, None]
+        if self.keypoint_head is not None:
+            heatmaps = self.keypoint_heatmaps(features, det.boxes)
+            out["keypoints"] = heatmaps_to_keypoints(heatmaps, det.boxes) * validf[:, :, None, None]
+        return out
+
+    def call(self, features, proposals, proposal_valid, image_sizes, targets=None):
+        if targets is None:
+            return self.detect(features, proposals, proposal_valid, image_sizes), {}
+        return {}, self.losses_for(features, self.sample(proposals, proposal_valid, targets))
+
+    def get_config(self):
+        # Plain lists: Keras wraps the attribute dict's lists into tracked containers.
+        plain = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in self.settings.items()}
+        return {**super().get_config(), **plain}
+
+
+def _pick_class_channel(mask_logits: tf.Tensor, class_ids: tf.Tensor) -> tf.Tensor:
+    """[B, R, mh, mw, K+1] logits, [B, R] class ids -> [B, R, mh, mw] of that class."""
+    per_class = tf.transpose(mask_logits, [0, 1, 4, 2, 3])
+    return tf.gather(per_class, class_ids, batch_dims=2)

@@ -1,12 +1,21 @@
-"""Region Proposal Network: the shared head and the proposal stage."""
+"""Region Proposal Network: the shared head, the proposal stage and the ``RPN`` stage layer."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import keras
 import tensorflow as tf
 
+from mrcnn import losses
+from mrcnn.layers.box_coder import BoxCoder
+from mrcnn.layers.targets import rpn_targets
 from mrcnn.ops import boxes as box_ops
 from mrcnn.ops.nms import batched_nms
+
+if TYPE_CHECKING:
+    from mrcnn.config import Config
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
@@ -28,6 +37,13 @@ class RPNHead(keras.layers.Layer):
         self.cls_logits = keras.layers.Conv2D(num_anchors, 1, kernel_initializer=init, name="rpn_cls_logits")
         self.bbox_pred = keras.layers.Conv2D(4 * num_anchors, 1, kernel_initializer=init, name="rpn_bbox_pred")
 
+    def build(self, input_shape):
+        # input_shape: one shape per level (all with the same channels) or a single shape.
+        first = input_shape[0] if isinstance(input_shape[0], (list, tuple)) else input_shape
+        self.conv.build((None, None, None, first[-1]))
+        self.cls_logits.build((None, None, None, self.channels))
+        self.bbox_pred.build((None, None, None, self.channels))
+
     def call(self, features):
         logits, deltas = [], []
         for feature_map in features:
@@ -46,11 +62,12 @@ def generate_proposals(
     deltas: list[tf.Tensor],
     anchors: list[tf.Tensor],
     image_sizes: tf.Tensor,
+    *,
     pre_nms_top_n: int,
     post_nms_top_n: int,
     nms_threshold: float,
     min_size: float,
-    weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0),
+    box_coder: BoxCoder,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """torchvision's RPN ``filter_proposals``, batched and fixed-shape.
 
@@ -71,7 +88,7 @@ def generate_proposals(
         top_logits, idx = tf.math.top_k(lg, k=k)
         top_deltas = tf.gather(dl, idx, batch_dims=1)
         top_anchors = tf.gather(an, idx)
-        all_boxes.append(box_ops.decode_boxes(top_deltas, top_anchors, weights))
+        all_boxes.append(box_coder.decode(top_deltas, top_anchors))
         all_scores.append(top_logits)
         all_levels.append(tf.fill(tf.shape(idx), level))
     boxes = tf.stop_gradient(tf.concat(all_boxes, axis=1))
@@ -84,3 +101,116 @@ def generate_proposals(
     kept_scores = tf.gather(scores, keep, batch_dims=1)
     proposals = tf.where(keep_valid[..., None], proposals, 0.0)
     return proposals, tf.where(keep_valid, kept_scores, 0.0), keep_valid
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class RPN(keras.layers.Layer):
+    """The RPN stage (torchvision's ``RegionProposalNetwork``): head, proposals, anchor targets, losses.
+
+    ``layer(features, anchors, image_sizes, targets=None)`` with features one
+    [B, h, w, C] map per level (P2..P6), anchors from :class:`AnchorGenerator`,
+    image_sizes [B, 2] valid (h, w) -> ``(proposals [B, P, 4], valid [B, P] bool,
+    losses)``. Without ``targets`` (inference) P = ``post_nms_top_n_test`` and
+    ``losses`` is {}; with ``targets`` = {"gt_boxes" [B, G, 4], "gt_class_ids"
+    [B, G]} the training limits apply (also for a validation loss, as torchvision
+    in train mode) and ``losses`` holds "rpn_class_loss" and "rpn_box_loss".
+    """
+
+    def __init__(
+        self,
+        *,
+        num_anchors: int = 3,
+        channels: int = 256,
+        pre_nms_top_n_train: int = 2000,
+        pre_nms_top_n_test: int = 1000,
+        post_nms_top_n_train: int = 2000,
+        post_nms_top_n_test: int = 1000,
+        nms_threshold: float = 0.7,
+        min_size: float = 1e-3,
+        box_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+        batch_size_per_image: int = 256,
+        positive_fraction: float = 0.5,
+        positive_iou: float = 0.7,
+        negative_iou: float = 0.3,
+        box_loss_beta: float = 1.0 / 9.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.settings = {
+            "num_anchors": int(num_anchors), "channels": int(channels),
+            "pre_nms_top_n_train": int(pre_nms_top_n_train), "pre_nms_top_n_test": int(pre_nms_top_n_test),
+            "post_nms_top_n_train": int(post_nms_top_n_train), "post_nms_top_n_test": int(post_nms_top_n_test),
+            "nms_threshold": float(nms_threshold), "min_size": float(min_size),
+            "box_weights": [float(w) for w in box_weights],
+            "batch_size_per_image": int(batch_size_per_image), "positive_fraction": float(positive_fraction),
+            "positive_iou": float(positive_iou), "negative_iou": float(negative_iou),
+            "box_loss_beta": float(box_loss_beta),
+        }
+        self.head = RPNHead(num_anchors, channels, name="head")
+        self.box_coder = BoxCoder(box_weights, name="box_coder")
+
+    @classmethod
+    def from_model_config(cls, config: Config, **kwargs) -> RPN:
+        return cls(
+            num_anchors=len(config.RPN_ANCHOR_RATIOS),
+            channels=config.FPN_CHANNELS,
+            pre_nms_top_n_train=config.PRE_NMS_LIMIT_TRAINING,
+            pre_nms_top_n_test=config.PRE_NMS_LIMIT_INFERENCE,
+            post_nms_top_n_train=config.POST_NMS_ROIS_TRAINING,
+            post_nms_top_n_test=config.POST_NMS_ROIS_INFERENCE,
+            nms_threshold=config.RPN_NMS_THRESHOLD,
+            min_size=config.PROPOSAL_MIN_SIZE,
+            box_weights=config.RPN_BBOX_WEIGHTS,
+            batch_size_per_image=config.RPN_TRAIN_ANCHORS_PER_IMAGE,
+            positive_fraction=config.RPN_POSITIVE_RATIO,
+            positive_iou=config.RPN_POSITIVE_IOU,
+            negative_iou=config.RPN_NEGATIVE_IOU,
+            box_loss_beta=config.RPN_BOX_LOSS_BETA,
+            **kwargs,
+        )
+
+    def build(self, features_shape):
+        self.head.build(features_shape)
+
+    def proposals(self, logits, deltas, anchors, image_sizes, *, training_limits: bool = False):
+        """The proposal stage alone on head outputs: (proposals, scores, valid), see ``generate_proposals``."""
+        s = self.settings
+        phase = "train" if training_limits else "test"
+        return generate_proposals(
+            logits, deltas, anchors, image_sizes,
+            pre_nms_top_n=s[f"pre_nms_top_n_{phase}"], post_nms_top_n=s[f"post_nms_top_n_{phase}"],
+            nms_threshold=s["nms_threshold"], min_size=s["min_size"], box_coder=self.box_coder,
+        )
+
+    def losses_for(self, logits, deltas, anchors, gt_boxes, gt_class_ids) -> dict[str, tf.Tensor]:
+        """Sample anchors against the ground truth and return the two RPN losses (scalars)."""
+        s = self.settings
+        t = rpn_targets(
+            tf.concat(anchors, axis=0), gt_boxes, gt_class_ids,
+            num_samples=s["batch_size_per_image"], positive_fraction=s["positive_fraction"],
+            positive_iou=s["positive_iou"], negative_iou=s["negative_iou"], box_coder=self.box_coder,
+        )
+        sampled_logits = tf.gather(tf.concat(logits, axis=1), t.indices, batch_dims=1)
+        sampled_deltas = tf.gather(tf.concat(deltas, axis=1), t.indices, batch_dims=1)
+        return {
+            "rpn_class_loss": losses.rpn_class_loss(sampled_logits, t.labels, t.valid),
+            "rpn_box_loss": losses.box_regression_loss(
+                sampled_deltas, t.deltas, t.labels > 0, t.valid, s["box_loss_beta"]
+            ),
+        }
+
+    def call(self, features, anchors, image_sizes, targets=None):
+        logits, deltas = self.head(features)
+        proposals, _, valid = self.proposals(
+            logits, deltas, anchors, image_sizes, training_limits=targets is not None
+        )
+        if targets is None:
+            return proposals, valid, {}
+        gt_boxes = tf.cast(targets["gt_boxes"], tf.float32)
+        gt_class_ids = tf.cast(targets["gt_class_ids"], tf.int32)
+        return proposals, valid, self.losses_for(logits, deltas, anchors, gt_boxes, gt_class_ids)
+
+    def get_config(self):
+        # Plain lists: Keras wraps the attribute dict's lists into tracked containers.
+        plain = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in self.settings.items()}
+        return {**super().get_config(), **plain}

@@ -15,9 +15,10 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from mrcnn.layers.box_coder import BoxCoder
 from mrcnn.ops import boxes as box_ops
 from mrcnn.ops.keypoints import keypoints_to_heatmap_targets
-from mrcnn.ops.roi_align import roi_align
+from mrcnn.ops.roi_pooling import roi_align
 from mrcnn.ops.sampling import sample_balanced
 
 CROWD_IOU = 0.001
@@ -39,6 +40,12 @@ def _match(candidates: tf.Tensor, gt_boxes: tf.Tensor, gt_class_ids: tf.Tensor):
     return max_iou, best_gt, iou_obj, near_crowd
 
 
+def _encode(box_coder: BoxCoder | None, default_weights, boxes: tf.Tensor, reference: tf.Tensor) -> tf.Tensor:
+    if box_coder is None:
+        return box_ops.encode_boxes(boxes, reference, default_weights)
+    return box_coder.encode(boxes, reference)
+
+
 class RPNTargets(NamedTuple):
     indices: tf.Tensor  # [B, S] int32 sampled anchor indices
     labels: tf.Tensor  # [B, S] float32 1 positive / 0 negative
@@ -50,16 +57,18 @@ def rpn_targets(
     anchors: tf.Tensor,
     gt_boxes: tf.Tensor,
     gt_class_ids: tf.Tensor,
+    *,
     num_samples: int = 256,
     positive_fraction: float = 0.5,
     positive_iou: float = 0.7,
     negative_iou: float = 0.3,
-    weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0),
+    box_coder: BoxCoder | None = None,
 ) -> RPNTargets:
     """Label anchors and sample them (torchvision Matcher with low-quality matches).
 
     Args:
       anchors: [A, 4] all levels concatenated.
+      box_coder: encodes the regression targets (default weights (1, 1, 1, 1)).
     """
     batch = tf.shape(gt_boxes)[0]
     anchors_b = tf.broadcast_to(anchors[None], tf.stack([batch, tf.shape(anchors)[0], 4]))
@@ -73,7 +82,7 @@ def rpn_targets(
     indices, is_pos, valid = sample_balanced(positive, negative, num_samples, positive_fraction)
     matched = tf.gather(tf.gather(gt_boxes, best_gt, batch_dims=1), indices, batch_dims=1)
     sampled_anchors = tf.gather(anchors, indices)
-    deltas = box_ops.encode_boxes(matched, sampled_anchors, weights)
+    deltas = _encode(box_coder, (1.0, 1.0, 1.0, 1.0), matched, sampled_anchors)
     deltas = tf.where(is_pos[..., None], deltas, 0.0)
     return RPNTargets(indices, tf.cast(is_pos, tf.float32), valid, tf.stop_gradient(deltas))
 
@@ -95,11 +104,12 @@ def roi_targets(
     proposal_valid: tf.Tensor,
     gt_boxes: tf.Tensor,
     gt_class_ids: tf.Tensor,
-    gt_masks: tf.Tensor,
+    gt_masks: tf.Tensor | None,
+    *,
     num_samples: int = 512,
     positive_fraction: float = 0.25,
     positive_iou: float = 0.5,
-    weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0),
+    box_coder: BoxCoder | None = None,
     mask_shape: tuple[int, int] = (28, 28),
     mini_mask: bool = True,
     mask_threshold: float = 0.5,
@@ -114,6 +124,7 @@ def roi_targets(
       proposals: [B, P, 4]; proposal_valid: [B, P] bool.
       gt_masks: [B, G, mh, mw] uint8/float; mini masks (in their box's frame) when
         ``mini_mask`` else full masks in input-image pixels.
+      box_coder: encodes the regression targets (default weights (10, 10, 5, 5)).
       num_mask_rois: mask and keypoint targets are built for the first this many
         sampled slots only (positives come first; default all).
       gt_masks: may be None (no mask head): ``masks`` is then None.
@@ -134,7 +145,7 @@ def roi_targets(
     matched_boxes = tf.gather(gt_boxes, gt_index, batch_dims=1)
     matched_class = tf.gather(gt_class_ids, gt_index, batch_dims=1)
     class_ids = tf.where(is_pos, matched_class, 0)
-    deltas = tf.where(is_pos[..., None], box_ops.encode_boxes(matched_boxes, rois, weights), 0.0)
+    deltas = tf.where(is_pos[..., None], _encode(box_coder, (10.0, 10.0, 5.0, 5.0), matched_boxes, rois), 0.0)
     m = num_samples if num_mask_rois is None else num_mask_rois
     masks = None
     if gt_masks is not None:

@@ -1,5 +1,8 @@
 """RoIAlign with torchvision/Detectron2 semantics, and the FPN multi-level pooler.
 
+Public as ``mrcnn.ops.roi_align`` (the function), ``mrcnn.ops.multilevel_roi_align``, ...;
+the Keras stage that owns the pooler settings is :class:`mrcnn.layers.RoIPooler`.
+
 Conventions: features NHWC float32; boxes (y1, x1, y2, x2) in input-image pixels;
 ``spatial_scale`` maps them onto the feature map (1 / stride).
 
