@@ -340,6 +340,8 @@ def coco_metrics(
     verbose: bool = False,
     max_detections: int = 100,
     keypoint_sigmas: Sequence[float] | None = None,
+    image_ids: Sequence[int] | None = None,
+    category_ids: Sequence[int] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Score COCO-format detections against ``coco_gt``.
 
@@ -356,6 +358,10 @@ def coco_metrics(
             evaluation keeps pycocotools' 20.
         keypoint_sigmas: per-keypoint OKS sigmas (default COCO's 17; required
             for another number of keypoints).
+        image_ids, category_ids: COCO ids to evaluate (default: every image /
+            category of ``coco_gt``); a subset of an annotation file's images
+            (``mrcnn evaluate --limit``) or of its categories (a dataset that
+            loads only some classes) is scored on that subset only.
 
     Returns:
         {iou_type: {metric name: value}} for the 12 :data:`METRIC_NAMES`
@@ -374,7 +380,7 @@ def coco_metrics(
         raise ValueError("keypoint evaluation needs 'keypoints' in every result")
     if "segm" in iou_types and any("segmentation" not in r for r in results_list):
         raise ValueError("segm evaluation needs a 'segmentation' in every result (masks missing)")
-    gt_image_ids = set(coco_gt.getImgIds())
+    gt_image_ids = set(coco_gt.getImgIds()) if image_ids is None else {int(i) for i in image_ids}
     stray = {r["image_id"] for r in results_list} - gt_image_ids
     if stray:
         raise ValueError(f"results for image ids {sorted(stray)[:10]} that are not in the ground truth")
@@ -398,6 +404,8 @@ def coco_metrics(
                 )
             evaluator = COCOeval(coco_gt, coco_dt, iou_type)
             evaluator.params.imgIds = sorted(gt_image_ids)
+            if category_ids is not None:
+                evaluator.params.catIds = sorted(int(c) for c in category_ids)
             if iou_type == "keypoints":
                 # OKS with the dataset's sigmas; pycocotools' keypoint maxDets (20).
                 _keypoint_params(evaluator, coco_gt, keypoint_sigmas)
@@ -446,6 +454,16 @@ def _batches(items: Sequence[int], size: int) -> list[list[int]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
+def _annotation_file(dataset: Any) -> str | None:
+    """The dataset's own COCO annotation file, when it has one and the id maps to use it."""
+    path = getattr(dataset, "annotation_file", None)
+    if not path or not os.path.isfile(os.fspath(path)):
+        return None
+    if not (callable(getattr(dataset, "coco_image_id", None)) and callable(getattr(dataset, "coco_category_id", None))):
+        return None
+    return os.fspath(path)
+
+
 def evaluate_dataset(
     detect_fn: DetectFn,
     dataset: Any,
@@ -456,8 +474,16 @@ def evaluate_dataset(
     iou_types: Sequence[str] | None = None,
     verbose: bool = False,
     max_detections: int = 100,
+    ground_truth: str = "auto",
 ) -> dict[str, dict[str, Any]]:
-    """Run ``detect_fn`` over a dataset and compute COCO metrics.
+    """Run ``detect_fn`` over a dataset and compute COCO metrics, in bounded memory.
+
+    Each image's detections are converted to COCO results (masks RLE-encoded)
+    as soon as ``detect_fn`` returns them, and its full-size masks are dropped:
+    memory grows with the compact RLEs only (measured by
+    ``scripts/bench_eval_memory.py``: 200 images of 1000x1000 with 100
+    detections each), not with images x detections x pixels. Ground truth is
+    RLE-encoded per image as well (:func:`dataset_to_coco`).
 
     Args:
         detect_fn: list of uint8 [H, W, 3] images -> list of result dicts (see
@@ -465,14 +491,19 @@ def evaluate_dataset(
             called with exactly ``batch_size`` images: a short last batch is
             padded with copies of its last image, whose results are discarded
             (a model built for a fixed batch size cannot take fewer).
-        dataset: a prepared Dataset (ground truth from ``load_mask``).
+        dataset: a prepared Dataset (ground truth from ``load_mask``, or its
+            annotation file, see ``ground_truth``).
         image_ids: internal image ids to evaluate (default: all).
         batch_size: images per ``detect_fn`` call.
         progress: show a tqdm progress bar.
         json_out: write the detections there as a COCO results JSON. Ids are the
             dataset's source ids when it has ``coco_image_id`` /
             ``coco_category_id`` (so the file scores against the original
-            annotation file), else internal ids.
+            annotation file), else internal ids. While detection runs, results
+            are appended to ``json_out + ".partial"`` (one JSON object per
+            line, flushed per image), so a crash loses nothing already
+            computed; at the end ``json_out`` is written atomically and the
+            partial file removed.
         iou_types: any of "bbox", "segm", "keypoints"; None = what the results
             and the ground truth support: "bbox", "segm" when every result has
             masks, "keypoints" when every result has keypoints and the dataset
@@ -480,30 +511,71 @@ def evaluate_dataset(
             :func:`keypoint_sigmas_for`).
         verbose: let pycocotools print.
         max_detections: detections per image scored (see :func:`coco_metrics`).
+        ground_truth: "auto" (default): the dataset's own COCO annotation file
+            when it has one (``dataset.annotation_file`` with ``coco_image_id`` /
+            ``coco_category_id``, as :class:`mrcnn.data.coco.CocoDataset`), so
+            boxes are the annotation ``bbox`` and crowd regions the file's,
+            restricted to the evaluated images and the dataset's categories;
+            else ground truth built from ``load_mask``. "masks": always from
+            ``load_mask``. Or a path to a COCO annotation file.
 
     Returns:
         {"bbox": {metric: value}, "segm": {...}, "per_class": {"bbox": {name: AP}, "segm": {...}}}
     """
+    from mrcnn.fileio import atomic_write
+
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     ids = [int(i) for i in (dataset.image_ids if image_ids is None else image_ids)]
-    coco_gt = dataset_to_coco(dataset, ids, verbose=verbose)
     coco_ids = [_coco_image_id(dataset, i) for i in ids]
+    gt_file = None
+    if ground_truth == "auto":
+        gt_file = _annotation_file(dataset)
+    elif ground_truth != "masks":
+        gt_file = os.fspath(ground_truth)
+    to_cat = getattr(dataset, "coco_category_id", None)
+    to_cat = to_cat if callable(to_cat) else None
+    if gt_file is not None:
+        coco_gt = load_coco(gt_file, verbose=verbose)
+        missing = sorted(set(coco_ids) - set(coco_gt.getImgIds()))
+        if missing:
+            raise ValueError(f"{gt_file}: image ids {missing[:10]} of the dataset are not in the file")
+        num_classes = len(getattr(dataset, "class_names", []) or [])
+        category_ids = [to_cat(c) if to_cat else c for c in range(1, num_classes)] or None
+    else:
+        coco_gt = dataset_to_coco(dataset, ids, verbose=verbose)
+        category_ids = None
+    # Scored with the ground truth's category ids; written out with the source ids.
+    score_cat = to_cat if gt_file is not None else None
 
-    all_results: list[dict[str, np.ndarray]] = []
+    detections: list[dict[str, Any]] = []
+    all_masks = all_keypoints = True
+    partial = None if json_out is None else os.fspath(json_out) + ".partial"
+    if partial is not None and os.path.exists(partial):
+        os.remove(partial)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(ids), desc="evaluate", unit="img")
     try:
-        for batch in _batches(ids, batch_size):
+        for start in range(0, len(ids), batch_size):
+            batch = ids[start : start + batch_size]
             images = [dataset.load_image(i) for i in batch]
             padded = images + [images[-1]] * (batch_size - len(images))
             results = list(detect_fn(padded))
             if len(results) != len(padded):
                 raise ValueError(f"detect_fn returned {len(results)} results for {len(padded)} images")
-            all_results.extend(results[: len(batch)])
+            del images, padded
+            for k, result in enumerate(results[: len(batch)]):
+                all_masks &= "masks" in result
+                all_keypoints &= "keypoints" in result
+                # The full-size masks die here; only their RLEs are kept.
+                dets = detections_to_coco([result], [coco_ids[start + k]], score_cat)
+                detections.extend(dets)
+                if partial is not None:
+                    _append_many(partial, dets, to_cat if score_cat is None else None)
+            del results
             if bar is not None:
                 bar.update(len(batch))
     finally:
@@ -513,30 +585,50 @@ def evaluate_dataset(
     has_kp_gt = any("keypoints" in a for a in coco_gt.dataset.get("annotations", []))
     if iou_types is None:
         iou_types = ["bbox"]
-        if all("masks" in r for r in all_results):
+        if all_masks:
             iou_types.append("segm")
-        if has_kp_gt and all("keypoints" in r for r in all_results):
+        if has_kp_gt and all_keypoints:
             iou_types.append("keypoints")
     iou_types = tuple(iou_types)
-    if "segm" not in iou_types:
-        all_results = [{k: v for k, v in r.items() if k != "masks"} for r in all_results]
-    if "keypoints" not in iou_types:
-        all_results = [{k: v for k, v in r.items() if k != "keypoints"} for r in all_results]
+    if "segm" not in iou_types or "keypoints" not in iou_types:
+        drop = {k for k, t in (("segmentation", "segm"), ("keypoints", "keypoints")) if t not in iou_types}
+        scored = [{k: v for k, v in d.items() if k not in drop} for d in detections]
+    else:
+        scored = detections
     sigmas = None
     if "keypoints" in iou_types and has_kp_gt:
-        k = next(len(a["keypoints"]) // 3 for a in coco_gt.dataset["annotations"] if "keypoints" in a)
-        sigmas = keypoint_sigmas_for(dataset, k)
-    detections = detections_to_coco(all_results, coco_ids)
+        kp = next(len(a["keypoints"]) // 3 for a in coco_gt.dataset["annotations"] if "keypoints" in a)
+        sigmas = keypoint_sigmas_for(dataset, kp)
     metrics = coco_metrics(
-        coco_gt, detections, iou_types, class_names=getattr(dataset, "class_names", None),
+        coco_gt, scored, iou_types,
+        class_names=None if gt_file is not None else getattr(dataset, "class_names", None),
         verbose=verbose, max_detections=max_detections, keypoint_sigmas=sigmas,
+        image_ids=coco_ids if gt_file is not None else None, category_ids=category_ids,
     )
     if json_out is not None:
-        to_cat = getattr(dataset, "coco_category_id", None)
-        exported = detections_to_coco(all_results, coco_ids, to_cat) if callable(to_cat) else detections
-        with open(json_out, "w", encoding="utf-8") as f:
+        exported = scored
+        if to_cat is not None and score_cat is None:
+            exported = [{**d, "category_id": int(to_cat(int(d["category_id"])))} for d in scored]
+        with atomic_write(json_out, "w") as f:
             json.dump(exported, f)
+        if partial is not None and os.path.exists(partial):
+            os.remove(partial)
     return metrics
+
+
+def _append_many(path: str, dets: list[dict[str, Any]], to_cat: Callable[[int], int] | None) -> None:
+    """Append detections as JSON lines (category ids mapped by ``to_cat``), one fsync per call."""
+    if not dets:
+        return
+    lines = []
+    for det in dets:
+        if to_cat is not None:
+            det = {**det, "category_id": int(to_cat(int(det["category_id"])))}
+        lines.append(json.dumps(det))
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def format_metrics(metrics: Mapping[str, Any], per_class: bool = True) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -328,7 +329,7 @@ def test_tiny_coco_gt_scores_one_and_json_matches_original(tiny, tmp_path: Path)
     out = tmp_path / "dets.json"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        metrics = evaluate_dataset(detect, tiny, progress=False, json_out=out)
+        metrics = evaluate_dataset(detect, tiny, progress=False, json_out=out, ground_truth="masks")
     for iou_type in ("bbox", "segm"):
         assert metrics[iou_type]["AP"] == pytest.approx(1.0)
         assert metrics[iou_type]["AP50"] == pytest.approx(1.0)
@@ -340,6 +341,33 @@ def test_tiny_coco_gt_scores_one_and_json_matches_original(tiny, tmp_path: Path)
     assert {d["category_id"] for d in dets} <= set(original.getCatIds())
     direct = coco_metrics(original, dets, iou_types=("segm",))
     assert direct["segm"]["AP"] == pytest.approx(1.0)
+
+
+@needs_tiny_coco
+def test_tiny_coco_scores_against_its_own_annotation_file(tiny, tmp_path: Path) -> None:
+    """ground_truth="auto": a CocoDataset is scored against its annotation file (its float
+    bboxes and crowd regions), the same numbers as scoring the written JSON with pycocotools."""
+    ids = list(tiny.image_ids)[:20]
+    order = iter(ids)
+
+    def detect(images):
+        return [gt_as_detections(tiny, next(order)) for _ in images]
+
+    out = tmp_path / "dets.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        metrics = evaluate_dataset(detect, tiny, image_ids=ids, progress=False, json_out=out)
+    original = load_coco(TINY_COCO / "annotations" / "instances_train2017.json")
+    dets = json.loads(out.read_text())
+    direct = coco_metrics(original, dets, image_ids=[tiny.coco_image_id(i) for i in ids],
+                          category_ids=[tiny.coco_category_id(c) for c in range(1, len(tiny.class_names))])
+    for iou_type in ("bbox", "segm"):
+        for name, value in metrics[iou_type].items():
+            assert value == pytest.approx(direct[iou_type][name], nan_ok=True), (iou_type, name)
+    # Mask-derived boxes are not COCO's annotation boxes: box AP is below 1, mask AP is 1.
+    assert metrics["segm"]["AP"] == pytest.approx(1.0)
+    assert 0.5 < metrics["bbox"]["AP"] < 0.999
+    assert not os.path.exists(str(out) + ".partial")
 
 
 @needs_tiny_coco

@@ -84,3 +84,31 @@ def test_warmup_step_schedule_values():
     assert float(s(1500)) == pytest.approx(0.002)
     assert float(s(2500)) == pytest.approx(0.0002)
     assert WarmupStepDecay.from_config(s.get_config()).steps == (1000, 2000)
+
+
+class _InjectMetric(keras.callbacks.Callback):
+    """Stands in for CocoEvaluationCallback: puts a per-epoch value into the logs."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = values
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_segm_AP"] = self.values[epoch]
+
+
+def test_checkpoints_keep_the_last_k_and_the_best(tmp_path, tiny_config, shapes):
+    from mrcnn.callbacks import EpochCheckpoint
+
+    config = tiny_config(IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64)
+    model = MaskRCNN(config)
+    model.compile()
+    folder = tmp_path / "ckpt"
+    model.fit(build_dataset(shapes, config, training=True), epochs=5, steps_per_epoch=1, verbose=0,
+              callbacks=[_InjectMetric([0.1, 0.5, 0.2, 0.3, 0.25]),
+                         EpochCheckpoint(folder, keep=2, monitor="val_segm_AP", mode="max")])
+    assert sorted(os.listdir(folder)) == [
+        "best.json", "epoch_002.weights.h5", "epoch_004.weights.h5", "epoch_005.weights.h5"]
+    import json
+
+    assert json.load(open(folder / "best.json"))["epoch"] == 2

@@ -63,17 +63,131 @@ from mrcnn.config import Config
 # Counters since process start (or the last reset_counters()); read by tests and
 # handy for dataset diagnostics. Guarded by a lock: tf.data calls the loader from
 # several threads at once.
-counters: dict[str, int] = {"empty_masks_dropped": 0, "instances_truncated": 0}
+counters: dict[str, int] = {"empty_masks_dropped": 0, "instances_truncated": 0, "bad_samples_skipped": 0}
+# Internal ids of the samples skipped under ON_BAD_SAMPLE="skip", in the order met.
+skipped_ids: list[int] = []
 _warned: set[str] = set()
 _lock = threading.Lock()
+# The first bad sample met under ON_BAD_SAMPLE="raise" (BadSampleError), so that a
+# caller of model.fit can report it without the TF traceback around it.
+last_bad_sample: BadSampleError | None = None
+
+
+class BadSampleError(ValueError):
+    """A sample that cannot be loaded or fails validation; names its image id and path.
+
+    Attributes: ``image_id`` (internal id), ``path`` (``image_info[id]["path"]`` or
+    None) and ``reason`` (the underlying error's text).
+    """
+
+    def __init__(self, image_id: int, path: str | None, reason: str) -> None:
+        self.image_id = int(image_id)
+        self.path = path
+        self.reason = reason
+        where = f"image id {self.image_id}" + (f" (path {path!r})" if path else "")
+        super().__init__(f"bad sample: {where}: {reason}")
 
 
 def reset_counters() -> None:
     """Zero the counters and re-arm the once-per-process warnings (for tests)."""
+    global last_bad_sample
     with _lock:
         for key in counters:
             counters[key] = 0
         _warned.clear()
+        skipped_ids.clear()
+        _known_bad.clear()
+        last_bad_sample = None
+
+
+def counters_snapshot() -> tuple[dict[str, int], list[int]]:
+    """(a copy of ``counters``, a copy of ``skipped_ids``), read under the lock."""
+    with _lock:
+        return dict(counters), list(skipped_ids)
+
+
+def _image_path(dataset: Any, image_id: int) -> str | None:
+    info = getattr(dataset, "image_info", None)
+    try:
+        path = info[image_id].get("path") if info is not None else None
+    except (IndexError, KeyError, TypeError, AttributeError):
+        path = None
+    return str(path) if path else None
+
+
+# What a broken sample raises: our own ValueErrors, I/O errors, PIL's
+# UnidentifiedImageError (an OSError) and DecompressionBombError, truncated-file
+# errors from imageio/skimage (OSError/SyntaxError), wrong shapes (IndexError).
+_SAMPLE_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, SyntaxError, IndexError, EOFError)
+try:  # PIL's DecompressionBombError derives from Exception only
+    from PIL import Image as _PILImage
+
+    _SAMPLE_ERRORS = (*_SAMPLE_ERRORS, _PILImage.DecompressionBombError)
+except ImportError:  # pragma: no cover - Pillow is a dependency of scikit-image
+    pass
+
+
+def load_instance(dataset: Any, image_id: int, config: Config) -> dict[str, np.ndarray]:
+    """:func:`load_sample` under ``config.ON_BAD_SAMPLE`` (what the tf.data pipeline calls).
+
+    * ``"raise"`` (default): a bad sample raises :class:`BadSampleError` naming its
+      image id and path (also kept in ``last_bad_sample`` so that
+      :func:`mrcnn.runner.run_training` reports it instead of a TF traceback).
+    * ``"skip"``: the sample is replaced by the next good image in
+      ``dataset.image_ids`` order (deterministic, so a resumed run replaces it the
+      same way), counted in ``counters["bad_samples_skipped"]`` and its id added
+      to ``skipped_ids`` (logged at each epoch end by
+      :class:`mrcnn.callbacks.DataHealthLogger`). Each bad id is counted once
+      and then remembered, so it is not re-read every epoch.
+    """
+    global last_bad_sample
+    image_id = int(image_id)
+    policy = getattr(config, "ON_BAD_SAMPLE", "raise")
+    try:
+        if image_id in _known_bad:
+            raise _known_bad[image_id]
+        return load_sample(dataset, image_id, config)
+    except _SAMPLE_ERRORS as exc:
+        error = exc if isinstance(exc, BadSampleError) else BadSampleError(
+            image_id, _image_path(dataset, image_id), f"{type(exc).__name__}: {exc}")
+        if policy != "skip":
+            with _lock:
+                if last_bad_sample is None:
+                    last_bad_sample = error
+            raise error from (None if exc is error else exc)
+        with _lock:
+            if image_id not in _known_bad:
+                _known_bad[image_id] = error
+                counters["bad_samples_skipped"] += 1
+                skipped_ids.append(image_id)
+                first = "bad_samples_skipped" not in _warned
+                _warned.add("bad_samples_skipped")
+            else:
+                first = False
+        if first:
+            warnings.warn(f"{error}; skipped (ON_BAD_SAMPLE='skip'). Further skips are listed at "
+                          "each epoch end.", UserWarning, stacklevel=2)
+    ids = [int(i) for i in np.asarray(dataset.image_ids)]
+    start = ids.index(image_id) if image_id in ids else -1
+    for k in range(1, len(ids) + 1):
+        candidate = ids[(start + k) % len(ids)]
+        if candidate in _known_bad or candidate == image_id:
+            continue
+        try:
+            return load_sample(dataset, candidate, config)
+        except _SAMPLE_ERRORS as exc:
+            err = BadSampleError(candidate, _image_path(dataset, candidate), f"{type(exc).__name__}: {exc}")
+            with _lock:
+                if candidate not in _known_bad:
+                    _known_bad[candidate] = err
+                    counters["bad_samples_skipped"] += 1
+                    skipped_ids.append(candidate)
+    raise BadSampleError(image_id, _image_path(dataset, image_id),
+                         "every sample of the dataset is bad (ON_BAD_SAMPLE='skip' has nothing to use)")
+
+
+# image id -> its BadSampleError, for ON_BAD_SAMPLE="skip" (per process).
+_known_bad: dict[int, BadSampleError] = {}
 
 
 def _count_and_warn_once(key: str, amount: int, message: str) -> None:
@@ -354,8 +468,8 @@ def expand_mini_masks(
     return out
 
 
-def load_instance(dataset: Any, image_id: int, config: Config) -> dict[str, np.ndarray]:
-    """Load, validate and encode one image's ground truth.
+def load_sample(dataset: Any, image_id: int, config: Config) -> dict[str, np.ndarray]:
+    """Load, validate and encode one image's ground truth (no bad-sample policy).
 
     Args:
         dataset: a prepared :class:`~mrcnn.data.dataset.Dataset`.
