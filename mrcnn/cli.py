@@ -8,16 +8,17 @@
     mrcnn build-ops [--force]
 
 CFG is ``module:ConfigClass`` (e.g. ``mrcnn.data.synthetic:ShapesDemoConfig``) or
-a ``config.json`` written by training. DS is ``shapes`` (synthetic), ``coco``
-(with ``--annotations``/``--images``) or ``module:function`` where
-``function(subset)`` returns a prepared ``mrcnn.Dataset`` for "train"/"val".
+a ``config.json`` written by training. DS is ``shapes`` (synthetic; sizes from
+``--train-images N``/``--val-images N``), ``coco`` (``--annotations FILE --images DIR``,
+per subset ``--train-annotations``/``--train-image-dir`` and the ``--val-`` forms) or
+``module:function`` where ``function(subset)`` returns a prepared ``mrcnn.Dataset``
+for "train"/"val".
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 from typing import Any
@@ -28,6 +29,26 @@ from mrcnn.config import Config
 
 class CLIError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
+
+
+def json_ready(obj: Any) -> Any:
+    """``obj`` with NumPy scalars/arrays made plain and NaN/Inf replaced by None, so that
+    ``json.dump(..., allow_nan=False)`` writes strict JSON (``null`` for undefined metrics)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_ready(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def load_config(spec: str) -> Config:
@@ -59,22 +80,35 @@ def load_dataset(args: argparse.Namespace, subset: str):
         from mrcnn.data.synthetic import ShapesDataset
 
         ds = ShapesDataset()
-        count = args.train_images if subset == "train" else args.val_images
+        count = args.shapes_train_count if subset == "train" else args.shapes_val_count
         ds.load_shapes(count, seed=1 if subset == "train" else 2)
         return ds
     if spec == "coco":
         from mrcnn.data.coco import CocoDataset
 
+        # Per-subset flags (train only has both) win over the shared --annotations/--images.
         ann = getattr(args, f"{subset}_annotations", None) or args.annotations
-        images = getattr(args, f"{subset}_images", None) or args.images
+        images = getattr(args, f"{subset}_image_dir", None) or args.images
         if not ann or not images:
             raise CLIError("--dataset coco needs --annotations FILE and --images DIR")
-        for path in (ann, images):
-            if not os.path.exists(path):
-                raise CLIError(f"not found: {path}")
+        if not os.path.isfile(ann):
+            raise CLIError(f"COCO annotations file not found: {ann}")
+        if not os.path.isdir(images):
+            raise CLIError(f"COCO image folder not found: {images}")
         return CocoDataset(ann, images)
     factory = _import_object(spec, "--dataset")
-    return factory(subset)
+    try:
+        dataset = factory(subset)
+    except CLIError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's factory: say which one failed
+        raise CLIError(f"--dataset {spec}: {spec}({subset!r}) raised {type(exc).__name__}: {exc}") from exc
+    from mrcnn.data.dataset import Dataset
+
+    if not isinstance(dataset, Dataset):
+        raise CLIError(f"--dataset {spec}: {spec}({subset!r}) returned {type(dataset).__name__}, "
+                       "not a prepared mrcnn.Dataset")
+    return dataset
 
 
 def _build_model(config: Config, weights: str | None):
@@ -89,37 +123,46 @@ def _build_model(config: Config, weights: str | None):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import keras
-
-    from mrcnn.callbacks import CocoEvaluationCallback, TimeBudget
-    from mrcnn.data.pipeline import build_dataset
-    from mrcnn.training import default_callbacks
+    # Resumable, locked, atomic: see mrcnn.runner.run_training and docs/reliability.md.
+    from mrcnn.callbacks import NonFiniteLossError
+    from mrcnn.data.check import DatasetCheckError
+    from mrcnn.data.loader import BadSampleError
+    from mrcnn.runlock import RunLockedError
+    from mrcnn.runner import ResumeError, run_training
 
     config = load_config(args.config)
+    if args.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    from mrcnn import distribute
+
+    try:  # before anything runs TensorFlow: multi-worker sets up the cluster
+        strategy = distribute.make_strategy(args.strategy)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    if distribute.worker_info(strategy).num_workers > 1 and args.max_minutes:
+        raise CLIError("--max-minutes with several workers: each would stop at its own step; use --epochs")
+    config = distribute.scale_config(config, strategy)  # GPU_COUNT = replicas: BATCH_SIZE is the global batch
+    print(distribute.describe(config, strategy), flush=True)
     train, val = load_dataset(args, "train"), load_dataset(args, "val")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "config.json"), "w") as f:
-        f.write(config.to_json())
-    model = _build_model(config, args.weights)
-    model.compile()
-    callbacks: list[keras.callbacks.Callback] = default_callbacks(args.out)
-    if args.eval_every:
-        callbacks.insert(0, CocoEvaluationCallback(val, every_n_epochs=args.eval_every,
-                                                   log_dir=os.path.join(args.out, "logs")))
-    if args.max_minutes:
-        callbacks.append(TimeBudget(args.max_minutes))
-    model.fit(
-        build_dataset(train, config, training=True),
-        validation_data=build_dataset(val, config, training=False, repeat=True) if args.val_steps else None,
-        validation_steps=args.val_steps or None,
-        epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch or config.STEPS_PER_EPOCH,
-        callbacks=callbacks,
-        verbose=2,
-    )
-    final = os.path.join(args.out, "final.weights.h5")
-    model.save_weights(final)
-    print(f"weights: {final}")
+    resume = "restart" if args.restart else ("require" if args.resume else "auto")
+    try:
+        result = run_training(
+            lambda: _build_model(config, args.weights), train, config, args.out, args.epochs,
+            args.steps_per_epoch or config.STEPS_PER_EPOCH, val_dataset=val, val_steps=args.val_steps,
+            eval_every=args.eval_every, max_minutes=args.max_minutes, seed=args.seed, resume=resume,
+            check=None if args.check == "none" else args.check, write_config=True, strategy=strategy,
+        )
+    except (RunLockedError, ResumeError, BadSampleError, DatasetCheckError) as exc:
+        raise CLIError(str(exc)) from None
+    except NonFiniteLossError as exc:
+        print(f"mrcnn train: error: {exc}", file=sys.stderr)
+        return 3
+    if result.signum is not None:
+        return 128 + int(result.signum)
+    if result.final_weights:
+        print(f"weights: {result.final_weights}")
     return 0
 
 
@@ -134,35 +177,116 @@ def _read_image(path: str):
         raise CLIError(f"cannot read image {path}: {exc}") from exc
 
 
+def output_names(paths: list[str]) -> list[str]:
+    """One PNG file name per input image: its stem, then ``stem-2.png``, ``stem-3.png``, ...
+    for later inputs with the same stem (compared case-insensitively, for macOS/Windows)."""
+    used: set[str] = set()
+    names = []
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0] or "image"
+        name, k = f"{stem}.png", 2
+        while name.lower() in used:
+            name, k = f"{stem}-{k}.png", k + 1
+        used.add(name.lower())
+        names.append(name)
+    return names
+
+
+def mask_to_rle(mask) -> dict[str, Any]:
+    """bool [H, W] -> COCO RLE ``{"size": [H, W], "counts": str}`` (pycocotools' compressed
+    format, what ``pycocotools.mask.decode`` and COCO results files take)."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": rle["counts"].decode("ascii")}
+
+
+def mask_to_polygons(mask, tolerance: float = 1.0) -> list[list[float]]:
+    """bool [H, W] -> outlines as COCO polygons ``[x1, y1, x2, y2, ...]`` (pixel corners:
+    the contour of the mask's pixel squares, simplified to within ``tolerance`` pixels)."""
+    import numpy as np
+    from skimage import measure
+
+    padded = np.pad(mask.astype(np.uint8), 1)  # closes contours that touch the border
+    polygons = []
+    for contour in measure.find_contours(padded, 0.5):
+        contour = measure.approximate_polygon(contour, tolerance) - 1.0  # undo the pad
+        if len(contour) < 3:
+            continue
+        # find_contours gives (row, col) of pixel centres; +0.5 puts them on pixel edges.
+        xy = np.stack([contour[:, 1] + 0.5, contour[:, 0] + 0.5], axis=1)
+        polygons.append([round(float(v), 2) for v in xy.ravel()])
+    return polygons
+
+
+def detection_records(result: dict[str, Any], keep, class_names: list[str],
+                      polygons: bool = False) -> list[dict[str, Any]]:
+    """JSON-ready detections of one image from a ``model.detect`` result.
+
+    Each record: ``box_yxyx`` (y1, x1, y2, x2 pixels), ``bbox`` (COCO x, y, w, h),
+    ``class_id``, ``class_name``, ``score``; with a mask head ``mask_area`` and
+    ``segmentation`` (COCO RLE) and, with ``polygons``, ``polygons``; with a keypoint
+    head ``keypoints`` [[x, y, score], ...].
+    """
+    import numpy as np
+
+    records = []
+    for i in np.flatnonzero(keep):
+        y1, x1, y2, x2 = (float(v) for v in result["rois"][i])
+        c = int(result["class_ids"][i])
+        record: dict[str, Any] = {
+            "box_yxyx": [round(v, 2) for v in (y1, x1, y2, x2)],
+            "bbox": [round(v, 2) for v in (x1, y1, x2 - x1, y2 - y1)],
+            "class_id": c,
+            "class_name": class_names[c] if 0 <= c < len(class_names) else str(c),
+            "score": round(float(result["scores"][i]), 4),
+        }
+        if "masks" in result:
+            mask = result["masks"][..., i]
+            record["mask_area"] = int(mask.sum())
+            record["segmentation"] = mask_to_rle(mask)
+            if polygons:
+                record["polygons"] = mask_to_polygons(mask)
+        if "keypoints" in result:
+            record["keypoints"] = [[round(float(x), 2), round(float(y), 2), round(float(sc), 4)]
+                                   for x, y, sc in result["keypoints"][i]]
+        records.append(record)
+    return records
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from mrcnn.fileio import write_json
     from mrcnn.visualize import draw_instances, save_image
 
     config = load_config(args.config)
+    for path in args.images:  # fail before building the model
+        if not os.path.isfile(path):
+            raise CLIError(f"image not found: {path}")
     model = _build_model(config, args.weights)
     names = list(config.CLASS_NAMES or [str(i) for i in range(config.NUM_CLASSES)])
     os.makedirs(args.out, exist_ok=True)
     records = []
-    for path in tqdm(args.images, desc="detect", unit="img"):
+    for path, out_name in tqdm(list(zip(args.images, output_names(args.images))), desc="detect", unit="img"):
         image = _read_image(path)
         r = model.detect([image])[0]
         keep = r["scores"] >= args.min_score
-        drawn = draw_instances(image, r["rois"][keep], r["masks"][..., keep], r["class_ids"][keep],
-                               names, r["scores"][keep])
-        stem = os.path.splitext(os.path.basename(path))[0]
-        save_image(os.path.join(args.out, f"{stem}.png"), drawn)
+        drawn = draw_instances(
+            image, r["rois"][keep], r["masks"][..., keep] if "masks" in r else None, r["class_ids"][keep],
+            names, r["scores"][keep], keypoints=r["keypoints"][keep] if "keypoints" in r else None,
+            skeleton=config.KEYPOINT_SKELETON,
+        )
+        save_image(os.path.join(args.out, out_name), drawn)
         records.append({
             "image": path,
-            "detections": [
-                {"box_yxyx": [round(float(v), 2) for v in box], "class_id": int(c),
-                 "class_name": names[int(c)], "score": round(float(s), 4),
-                 "mask_area": int(r["masks"][..., i].sum())}
-                for i, (box, c, s) in enumerate(zip(r["rois"], r["class_ids"], r["scores"])) if keep[i]
-            ],
+            "output": out_name,
+            "height": int(image.shape[0]),
+            "width": int(image.shape[1]),
+            "detections": detection_records(r, keep, names, polygons=args.polygons),
         })
-    with open(os.path.join(args.out, "detections.json"), "w") as f:
-        json.dump(records, f, indent=2)
+    write_json(os.path.join(args.out, "detections.json"), json_ready(records))
     print(f"wrote {len(records)} images and detections.json to {args.out}")
     return 0
 
@@ -178,8 +302,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                json_out=args.results_out)
     print(format_metrics(metrics))
     if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump({"bbox": metrics["bbox"], "segm": metrics["segm"]}, f, indent=2)
+        from mrcnn.fileio import write_json
+
+        # Only the IoU types the model has (no "segm" without a mask head); strict JSON.
+        summary = {k: metrics[k] for k in ("bbox", "segm", "keypoints") if k in metrics}
+        write_json(args.json_out, json_ready(summary))
     return 0
 
 
@@ -188,35 +315,52 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     try:
         export.run(args)
-    except (ValueError, FileNotFoundError) as exc:
-        raise CLIError(str(exc)) from exc
+    except CLIError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear line
+        # Bad config/weights/output folder (ValueError, OSError), a full disk, a missing
+        # optional converter (ImportError), an op the target format lacks, a TF error while
+        # tracing or saving (tf.errors.OpError): the first line of the message, no traceback.
+        lines = str(exc).strip().splitlines()
+        detail = lines[0] if lines else "(no message)"
+        prefix = "" if type(exc) is ValueError else f"{type(exc).__name__}: "
+        raise CLIError(f"{prefix}{detail}") from exc
     return 0
 
 
 def cmd_build_ops(args: argparse.Namespace) -> int:
     from mrcnn.ops import custom_roi_align
 
-    path = custom_roi_align.build(force=args.force, verbose=True)
+    try:
+        path = custom_roi_align.build(force=args.force, verbose=True)
+    except custom_roi_align.BuildError as exc:
+        raise CLIError(str(exc)) from exc
     print(f"custom RoIAlign op library: {path}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mrcnn", description="Mask R-CNN for Keras 3 / TensorFlow")
+    parser.add_argument("--version", action="version", version=version_string())
     sub = parser.add_subparsers(dest="command", required=True)
 
     def dataset_args(p):
         p.add_argument("--dataset", required=True, help="shapes | coco | module:function")
         p.add_argument("--annotations", help="COCO instances JSON (--dataset coco)")
         p.add_argument("--images", help="COCO image folder (--dataset coco)")
-        p.add_argument("--train-images", type=int, default=2000, help="shapes: training images")
-        p.add_argument("--val-images", type=int, default=100, help="shapes: validation images")
+        # The shapes counts have their own dest: "train_images" would read like the COCO folder.
+        p.add_argument("--train-images", dest="shapes_train_count", type=int, default=2000,
+                       help="shapes: number of training images")
+        p.add_argument("--val-images", dest="shapes_val_count", type=int, default=100,
+                       help="shapes: number of validation images")
+        p.add_argument("--val-annotations", help="COCO: validation annotations (default --annotations)")
+        p.add_argument("--val-image-dir", help="COCO: validation image folder (default --images)")
 
     p = sub.add_parser("train", help="train with model.fit")
     p.add_argument("--config", required=True)
     dataset_args(p)
-    p.add_argument("--val-annotations")
-    p.add_argument("--train-annotations")
+    p.add_argument("--train-annotations", help="COCO: training annotations (default --annotations)")
+    p.add_argument("--train-image-dir", help="COCO: training image folder (default --images)")
     p.add_argument("--out", required=True, help="checkpoints, logs and backups go here")
     p.add_argument("--weights", help="initial weights (.weights.h5)")
     p.add_argument("--epochs", type=int, default=10)
@@ -224,6 +368,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-steps", type=int, default=0, help="validation-loss steps per epoch")
     p.add_argument("--eval-every", type=int, default=0, help="COCO-evaluate every N epochs")
     p.add_argument("--max-minutes", type=float, default=0, help="stop cleanly after this long")
+    p.add_argument("--resume", action="store_true", help="resume the run in --out (error if there is none)")
+    p.add_argument("--restart", action="store_true",
+                   help="start fresh; the previous run's files move to OUT/previous-<time>/")
+    p.add_argument("--seed", type=int, default=None, help="data/initialisation seed of a fresh run")
+    p.add_argument("--deterministic", action="store_true", help="enable TF op determinism")
+    p.add_argument("--strategy", choices=("auto", "one-device", "mirrored", "multi-worker"), default="auto",
+                   help="tf.distribute strategy: auto = all GPUs when several; multi-worker reads TF_CONFIG "
+                        "(docs/distributed.md)")
+    p.add_argument("--check", choices=("none", "sample", "all"), default="sample",
+                   help="pre-flight data check: a random sample of 200 images (default), all, or none")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("detect", help="detect instances in image files")
@@ -231,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True)
     p.add_argument("--out", required=True, help="folder for PNGs and detections.json")
     p.add_argument("--min-score", type=float, default=0.5, help="draw/report detections above this")
+    p.add_argument("--polygons", action="store_true",
+                   help="also write each mask's outline as COCO polygons in detections.json")
     p.add_argument("images", nargs="+")
     p.set_defaults(func=cmd_detect)
 
@@ -261,8 +417,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version_string() -> str:
+    """``mrcnn X (TensorFlow Y, Keras Z)`` from the installed distributions (no TF import)."""
+    from importlib import metadata
+
+    import mrcnn
+
+    def dist(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return f"mrcnn {mrcnn.__version__} (TensorFlow {dist('tensorflow')}, Keras {dist('keras')})"
+
+
+def _quiet_python_logging() -> None:
+    # absl's Python logger (used by TF/Keras for e.g. "Compiled the loaded model, but the
+    # compiled metrics have yet to be built") prints WARNING lines a CLI user cannot act on.
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _quiet_python_logging()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
+
+import mrcnn  # noqa: F401 - first: its import hooks quiet TensorFlow's start-up (mrcnn._env)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,10 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-images", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # TF/Keras' absl warnings: not actionable here
 
     import keras
 
     from mrcnn.callbacks import TimeBudget
+    from mrcnn.cli import json_ready
     from mrcnn.data.pipeline import build_dataset
     from mrcnn.data.synthetic import ShapesDataset, ShapesDemoConfig
     from mrcnn.evaluate import evaluate_dataset, format_metrics
@@ -60,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         steps_per_epoch=config.STEPS_PER_EPOCH,
         callbacks=[budget, keras.callbacks.TensorBoard(os.path.join(args.out, "logs"), write_graph=False)],
         verbose=2,
+        shuffle=False,  # build_dataset shuffles; Keras warns about shuffle=True with tf.data
     )
     train_minutes = (time.time() - start) / 60
     weights_path = os.path.join(args.out, "weights.weights.h5")
@@ -74,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                "train_minutes": round(train_minutes, 2),
                "train_steps": int(model.optimizer.iterations.numpy())}
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump(summary, f, indent=2, allow_nan=True)
+        # Strict JSON: undefined metrics (NaN) are written as null.
+        json.dump(json_ready(summary), f, indent=2, allow_nan=False)
 
     images = [val.load_image(i) for i in range(6)]
     panels = []
