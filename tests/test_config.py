@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -171,3 +172,111 @@ def test_nucleus_config_round_trip(tmp_path):
     path.write_text(c.to_json())
     back = load_config(str(path))
     assert type(back) is NucleusConfig and back.to_dict() == c.to_dict()
+
+
+_ROUND_TRIP_MODULE = '''
+from mrcnn import Config
+
+
+class RoundTripConfig(Config):
+    """A tiny network plus fields of its own (like the samples' TRAIN_CROP_SIZE / EPOCHS)."""
+
+    NAME = "round_trip"
+    NUM_CLASSES = 3
+    BACKBONE = "resnet18"
+    BACKBONE_NORM = "gn"
+    BACKBONE_BASE_WIDTH = 16
+    GROUP_NORM_GROUPS = 8
+    FPN_CHANNELS = 32
+    FPN_FC_LAYERS_SIZE = 64
+    MASK_HEAD_CONV_CHANNELS = 32
+    MASK_HEAD_NUM_CONVS = 2
+    RPN_ANCHOR_SCALES = (16, 32, 64, 128, 256)
+    IMAGE_MIN_DIM = 128
+    IMAGE_MAX_DIM = 128
+    PRE_NMS_LIMIT_INFERENCE = 300
+    POST_NMS_ROIS_INFERENCE = 100
+    DETECTION_MAX_INSTANCES = 20
+    EPOCHS: int = 90
+    CROP_SIDE: int = 96
+
+    @property
+    def TOTAL_STEPS(self):  # noqa: N802
+        return self.STEPS_PER_EPOCH * self.EPOCHS
+
+    def validate(self):
+        super().validate()
+        if self.CROP_SIDE < 32:
+            raise ValueError(f"Config.CROP_SIDE={self.CROP_SIDE!r}: must be >= 32")
+'''
+
+_LOAD_IN_FRESH_PROCESS = '''
+import sys
+import numpy as np
+import mrcnn  # the only mrcnn import: it must make the saved models loadable
+import keras
+
+image = np.load(sys.argv[1])
+out = {}
+for tag, path in (("sub", sys.argv[2]), ("nucleus", sys.argv[3])):
+    model = keras.models.load_model(path)
+    config = model.config
+    out[tag + "_class"] = np.array(type(config).__module__ + ":" + type(config).__qualname__)
+    out[tag + "_fields"] = np.array(config.to_json())
+    for key, value in model.detect([image])[0].items():
+        out[tag + "_" + key] = value
+np.savez(sys.argv[4], **out)
+'''
+
+
+@pytest.mark.slow
+def test_keras_file_round_trip_after_import_mrcnn_only(tmp_path, monkeypatch):
+    """model.save("x.keras"), then in a fresh process that imports only mrcnn (and keras),
+    keras.models.load_model gives the same config class, fields and detections; for a
+    subclass with its own fields and for the nucleus sample's config."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from mrcnn.model import MaskRCNN
+    from samples.nucleus.nucleus import NucleusConfig
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "rt_config.py").write_text(_ROUND_TRIP_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from rt_config import RoundTripConfig
+
+    image = np.random.default_rng(0).integers(0, 255, (100, 120, 3), dtype=np.uint8)
+    image[20:60, 30:80] = (250, 20, 20)
+    np.save(tmp_path / "image.npy", image)
+    configs = {
+        "sub": RoundTripConfig(EPOCHS=7, CROP_SIDE=64, DETECTION_MIN_CONFIDENCE=0.0),
+        "nucleus": NucleusConfig(IMAGE_MIN_DIM=128, IMAGE_MAX_DIM=128, DETECTION_MAX_INSTANCES=20,
+                                 PRE_NMS_LIMIT_INFERENCE=300, POST_NMS_ROIS_INFERENCE=100,
+                                 DETECTION_MIN_CONFIDENCE=0.0),
+    }
+    expected = {}
+    for tag, config in configs.items():
+        model = MaskRCNN(config)
+        model.save(str(tmp_path / f"{tag}.keras"))
+        expected[tag] = model.detect([image])[0]
+        assert len(expected[tag]["scores"]) > 0  # random weights, min confidence 0: detections exist
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(root)]))
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOAD_IN_FRESH_PROCESS, str(tmp_path / "image.npy"),
+         str(tmp_path / "sub.keras"), str(tmp_path / "nucleus.keras"), str(tmp_path / "out.npz")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    assert str(got["sub_class"]) == "rt_config:RoundTripConfig"
+    assert str(got["nucleus_class"]) == "samples.nucleus.nucleus:NucleusConfig"
+    for tag, config in configs.items():
+        assert json.loads(str(got[f"{tag}_fields"])) == json.loads(config.to_json())
+        for key, value in expected[tag].items():
+            np.testing.assert_allclose(got[f"{tag}_{key}"], value, atol=1e-4, err_msg=f"{tag} {key}")
+    fields = json.loads(str(got["sub_fields"]))
+    assert (fields["EPOCHS"], fields["CROP_SIDE"], fields["TOTAL_STEPS"]) == (7, 64, 7000)
