@@ -1,4 +1,4 @@
-"""Nucleus sample: split, masks, random crops, bad files, and the command line end to end."""
+"""Nucleus sample: split, masks, training crops, bad files, and the command line end to end."""
 
 from __future__ import annotations
 
@@ -49,19 +49,30 @@ def write_fake_dataset(root: Path, sizes: dict[str, tuple[int, int]], bad_mask: 
 
 
 # ----- no real data needed --------------------------------------------------------------------
-def test_config_and_training_config():
+def test_config_uses_the_library_augmentation_and_optimizer():
     c = N.NucleusConfig()
     assert c.NUM_CLASSES == 2 and c.CLASS_NAMES == ("BG", "nucleus")
     assert min(c.RPN_ANCHOR_SCALES) <= 8 and c.MAX_GT_INSTANCES >= 375 and c.DETECTION_MAX_INSTANCES >= 375
     assert c.BACKBONE_NORM == "gn"
-    t = c.training_config()
-    assert type(t) is N.NucleusConfig
-    assert (t.IMAGE_MIN_DIM, t.IMAGE_MAX_DIM, t.IMAGE_RESIZE_MODE) == (256, 256, "square")
-    # Everything that shapes the network is shared.
-    for field in ("BACKBONE", "BACKBONE_BASE_WIDTH", "FPN_CHANNELS", "RPN_ANCHOR_SCALES", "NUM_CLASSES"):
-        assert getattr(t, field) == getattr(c, field)
+    # One config for training and inference: the pipeline crops 256 windows at the 512 scale.
+    assert (c.IMAGE_MIN_DIM, c.IMAGE_MAX_DIM, c.IMAGE_RESIZE_MODE) == (512, 512, "pad32")
+    assert c.TRAIN_CROP_SIZE == 256 and tuple(c.TRAIN_SCALE_JITTER) == (0.8, 1.25)
+    assert c.OPTIMIZER == "adamw" and c.effective_lr() == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="TRAIN_SCALE_JITTER"):
         N.NucleusConfig(TRAIN_SCALE_JITTER=(2.0, 1.0))
+    # A saved config.json comes back as a NucleusConfig with its values.
+    again = N.make_config(N.NucleusConfig, {"FPN_CHANNELS": 32})
+    assert type(again) is N.NucleusConfig and again.FPN_CHANNELS == 32 and again.TRAIN_CROP_SIZE == 256
+
+
+def test_samples_do_not_import_each_other():
+    root = Path(N.__file__).resolve().parents[1]
+    for path in root.glob("*/*.py"):
+        text = path.read_text()
+        others = {p.name for p in root.iterdir() if p.is_dir() and p.name != path.parent.name}
+        for other in others:
+            assert f"samples.{other}" not in text and f"from {other}" not in text, (path, other)
+    assert len((root / "nucleus" / "nucleus.py").read_text().splitlines()) < 400
 
 
 def test_split_rule_is_a_pure_function_of_the_id():
@@ -135,27 +146,23 @@ def test_real_masks_and_crops():
         assert class_ids.shape == (n_files,) and set(class_ids.tolist()) == {1}
         assert masks.sum(axis=(0, 1)).min() > 0
 
-    # Random crops: the image and the masks of the same window, at the intended scale.
-    full = [ds.load_mask(i)[0] for i in ds.image_ids]
-    ds.enable_random_crops(64, 128, (0.8, 1.25), seed=3)
-    for _ in range(3):
-        for image_id in ds.image_ids:
-            crop = ds.load_image(image_id)
-            masks, class_ids = ds.load_mask(image_id)
-            y0, x0, ch, cw = ds._windows()[int(image_id)]
-            assert crop.shape == (ch, cw, 3) and masks.shape[:2] == (ch, cw)
-            h, w = full[image_id].shape[:2]
-            scale = 64 / max(ch, cw)
-            assert 0.75 * 128 / max(h, w) <= scale <= 1.3 * 128 / max(h, w)
-            expected = full[image_id][y0 : y0 + ch, x0 : x0 + cw]
-            expected = expected[:, :, expected.any(axis=(0, 1))]
-            np.testing.assert_array_equal(masks, expected)
-            assert class_ids.shape == (masks.shape[2],)
+    # Training batches: random 64 windows of the image at the 128 scale x jitter, through the
+    # library's augmentation stage (tests/test_augment.py checks its geometry).
+    from mrcnn.data.pipeline import build_dataset
+
+    config = N.make_config(N.NucleusConfig, TINY)
+    batch = next(iter(build_dataset(ds, config, training=True, seed=3)))
+    assert batch["images"].shape == (2, 64, 64, 3)
+    sizes = batch["image_sizes"].numpy()
+    assert sizes.max() <= 64 and sizes.min() > 0
+    boxes, ids = batch["gt_boxes"].numpy(), batch["gt_class_ids"].numpy()
+    assert (ids > 0).sum() > 0 and set(np.unique(ids)) <= {0, 1}
+    assert boxes.min() >= 0 and boxes.max() <= 64
 
 
 @needs_data
 def test_cli_evaluate_random_weights(tmp_path, capsys):
-    model = N.build_model(N.make_config(TINY))
+    model = N.build_model(N.make_config(N.NucleusConfig, TINY))
     weights = tmp_path / "random.weights.h5"
     model.save_weights(str(weights))
     out = tmp_path / "metrics.json"
@@ -176,17 +183,16 @@ def test_cli_train_stops_at_budget_then_evaluates(tmp_path):
     out = tmp_path / "run"
     budget = 0.25  # minutes; the stop logic is the same as for 30
     N.main(["train", "--dataset", str(DATA), "--out", str(out), "--max-minutes", str(budget),
-            "--epochs", "100000", "--val-images", "2", "--eval-every-minutes", "0.1", "--log-every", "0",
-            *tiny_args()])
+            "--epochs", "100000", "--val-images", "2", "--eval-every-epochs", "1", *tiny_args()])
     assert (out / "final.weights.h5").is_file()
     assert (out / "config.json").is_file() and (out / "logs").is_dir()
-    assert list((out / "checkpoints").glob("epoch_*.weights.h5"))
     curve = json.loads((out / "ap_curve.json").read_text())
-    assert len(curve["val_images"]) == 2
+    assert len(curve["images"]) == 2
     points = curve["points"]
-    assert points and all({"minutes", "step", "AP50"} <= set(p) for p in points)
+    assert points and all({"minutes", "step", "segm_AP50", "bbox_AP50"} <= set(p) for p in points)
     assert points[-1]["minutes"] >= budget  # stopped by the budget, not by the epochs
-    assert points[-1]["minutes"] < budget + 1.0
+    # Within a few steps of the budget; the first step also traces the graph (a minute on a busy CPU).
+    assert points[-1]["minutes"] < budget + 3.0
     steps = [p["step"] for p in points]
     assert steps == sorted(steps)
     saved = json.loads((out / "config.json").read_text())

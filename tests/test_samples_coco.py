@@ -284,15 +284,20 @@ def test_download_checks_hash(tmp_path, monkeypatch):
 
 # ----- COCO sample ----------------------------------------------------------------------------------
 def test_coco_config_is_the_1x_schedule():
+    from mrcnn.training import make_schedule
+
     c = CocoConfig()
-    assert c.BATCH_SIZE == 16 and c.LEARNING_RATE == 0.02
-    assert tuple(c.LR_STEPS) == (60000, 80000) and c.TOTAL_STEPS == 90000
-    assert (c.IMAGE_MIN_DIM, c.IMAGE_MAX_DIM, c.IMAGE_RESIZE_MODE) == (800, 1333, "pad32")
+    assert c.BATCH_SIZE == 16 and c.LEARNING_RATE == 0.02 and c.effective_lr() == pytest.approx(0.02)
+    assert make_schedule(c).steps == (60000, 80000) and c.TOTAL_STEPS == 90000
+    assert (c.IMAGE_MAX_DIM, c.IMAGE_RESIZE_MODE) == (1333, "pad32")
+    assert tuple(c.IMAGE_MIN_DIM) == (640, 672, 704, 736, 768, 800)  # Detectron2 MIN_SIZE_TRAIN
     assert c.BACKBONE_NORM == "frozen_bn" and c.FREEZE_BACKBONE_STAGES == 2 and c.NUM_CLASSES == 81
+    assert c.OPTIMIZER == "sgd" and c.WEIGHT_DECAY == 1e-4 and c.WEIGHT_DECAY_NORM == 0
     small = c.for_batch_size(2, 1)
-    assert small.BATCH_SIZE == 2 and small.LEARNING_RATE == pytest.approx(0.0025)
-    assert tuple(small.LR_STEPS) == (480000, 640000) and small.TOTAL_STEPS == 720000
-    assert small.WARMUP_STEPS == 8000
+    assert small.BATCH_SIZE == 2 and small.effective_lr() == pytest.approx(0.0025)
+    assert make_schedule(small).steps == (480000, 640000) and small.TOTAL_STEPS == 720000
+    assert small.WARMUP_STEPS == 8000 and small.STEPS_PER_EPOCH == 8000
+    assert float(make_schedule(small)(500000)) == pytest.approx(0.00025)
 
 
 def test_coco_train_without_weights_or_network_says_what_to_do(tmp_path, monkeypatch, capsys):

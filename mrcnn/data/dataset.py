@@ -27,9 +27,35 @@ a positive (see ``docs/design.md``).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
+
+
+def read_rgb_file(path: str | os.PathLike, ref: str | None = None) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` RGB from an image file with PIL, converted as training does.
+
+    Palette/CMYK/YCbCr images are converted to RGB(A) first; gray + alpha keeps
+    the gray; then :func:`mrcnn.data.loader.sanitize_image` (gray replicated,
+    alpha dropped, 16-bit scaled). Raises OSError naming ``ref`` and the file
+    when it cannot be read.
+    """
+    from PIL import Image
+
+    from mrcnn.data.loader import sanitize_image
+
+    ref = ref or f"image {os.fspath(path)!r}"
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+            array = np.asarray(im)
+    except (OSError, SyntaxError) as exc:
+        raise OSError(f"{ref}: cannot read {os.fspath(path)!r}: {exc}") from exc
+    if array.ndim == 3 and array.shape[2] == 2:  # gray + alpha
+        array = array[:, :, 0]
+    return sanitize_image(array, ref)
 
 
 class Dataset:
