@@ -1,4 +1,4 @@
-"""The custom RoIAlign op (custom_ops/roi_align) against the NumPy reference and the
+"""The custom RoIAlign op (mrcnn/ops/kernels) against the NumPy reference and the
 stock-ops path. Skipped, with the reason, when the op cannot be built here."""
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Implementations behind :func:`roi_align`:
   ``s x s`` samples are taken with one ``tf.image.crop_and_resize`` call on a map
   replicate-padded by one pixel (which reproduces the kernels' border rule), then
   average-pooled. Needs a fixed ``sampling_ratio > 0``.
-- ``"custom"``: the C++/CUDA op from ``custom_ops/`` (all sampling ratios).
+- ``"custom"``: the C++/CUDA op built from ``mrcnn/ops/kernels/`` (all sampling ratios).
 - ``"auto"``: ``"custom"`` where it is built, else ``"portable"``.
 """
 
