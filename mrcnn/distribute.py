@@ -105,6 +105,16 @@ def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
+# What a collective raises when a peer worker died or stopped answering.
+PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+                 tf.errors.CancelledError)
+
+
+def is_peer_failure(exc: BaseException, strategy: tf.distribute.Strategy) -> bool:
+    """Whether ``exc`` says that another worker of ``strategy``'s cluster is gone."""
+    return isinstance(exc, PEER_FAILURES) and is_multi_worker(strategy) and worker_info(strategy).num_workers > 1
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerInfo:
     """Where this process sits in the cluster.
@@ -158,7 +168,8 @@ def describe(config: Config, strategy: tf.distribute.Strategy) -> str:
     lr = config.effective_lr() if hasattr(config, "effective_lr") else float(config.LEARNING_RATE)
     rule = (f" = LEARNING_RATE {config.LEARNING_RATE:g} x {config.BATCH_SIZE} / {ref}" if ref is not None
             else " (LR_REFERENCE_BATCH None: not scaled)")
-    return (f"[mrcnn] {type(strategy).__name__}: {where}{strategy.num_replicas_in_sync} replica(s) x "
+    name = "MultiWorkerMirroredStrategy" if is_multi_worker(strategy) else type(strategy).__name__
+    return (f"[mrcnn] {name}: {where}{strategy.num_replicas_in_sync} replica(s) x "
             f"{config.IMAGES_PER_GPU} image(s) = global batch {config.BATCH_SIZE}; effective learning rate "
             f"{lr:g}{rule}")
 
