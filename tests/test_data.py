@@ -405,3 +405,43 @@ def test_prepare_image_batch():
     np.testing.assert_allclose(scales, [[2, 2], [2, 2]])
     assert np.allclose(images[0, :40, :60], 50) and np.all(images[0, 40:] == 0)
     assert np.allclose(images[1, :80, :40], 128)
+
+
+# ----- boxes supplied by the dataset ----------------------------------------------------------
+class BoxDataset(ArrayDataset):
+    def __init__(self, items, boxes, as_third=False):
+        super().__init__(items)
+        self.boxes, self.as_third = boxes, as_third
+
+    def load_mask(self, image_id):
+        masks, ids = super().load_mask(image_id)
+        return (masks, ids, self.boxes) if self.as_third else (masks, ids)
+
+    def load_boxes(self, image_id):
+        return None if self.as_third else self.boxes
+
+
+@pytest.mark.parametrize("as_third", [False, True])
+def test_dataset_boxes_used_aligned_through_drops_and_clipped(as_third):
+    image = np.zeros((20, 30, 3), np.uint8)
+    masks = np.stack([rect_mask(20, 30, 2, 3, 8, 9), np.zeros((20, 30), bool), rect_mask(20, 30, 10, 5, 18, 25),
+                      rect_mask(20, 30, 0, 0, 4, 4)], axis=-1)
+    boxes = np.array([[1.5, 2.5, 8.5, 9.5], [0, 0, 5, 5], [np.nan, 0, 0, 0], [-3, -2, 4, 40]], np.float32)
+    ds = BoxDataset([(image, masks, np.array([1, 2, 1, 2]))], boxes, as_third)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the empty mask is dropped (and warned about)
+        record = loader.load_instance(ds, 0, small_config(MINI_MASK_SHAPE=(6, 6)))
+    assert record["class_ids"].tolist() == [1, 1, 2]  # the empty second instance dropped with its box
+    np.testing.assert_allclose(record["boxes"], [[1.5, 2.5, 8.5, 9.5], [10, 5, 18, 25], [0, 0, 4, 30]])
+    # The mini mask is cut in the fractional box [1.5, 8.5) x [2.5, 9.5) (cells 7/6 px): the
+    # border cells are 4/7 covered along one axis, the corner cells (4/7)^2 < 1/2.
+    expected = np.ones((6, 6), np.uint8)
+    expected[[0, 0, -1, -1], [0, -1, 0, -1]] = 0
+    np.testing.assert_array_equal(record["masks"][0], expected)
+
+
+def test_dataset_boxes_wrong_shape_names_the_image():
+    image = np.zeros((20, 30, 3), np.uint8)
+    ds = BoxDataset([(image, rect_mask(20, 30, 2, 3, 8, 9)[..., None], np.array([1]))], np.zeros((2, 4)))
+    with pytest.raises(ValueError, match=r"img0\.png.*\[1, 4\]"):
+        loader.load_sample(ds, 0, small_config())

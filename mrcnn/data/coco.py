@@ -340,6 +340,30 @@ class CocoDataset(Dataset):
             return np.zeros((height, width, 0), dtype=bool), np.zeros((0,), dtype=np.int32)
         return np.stack(masks, axis=-1), np.asarray(class_ids, dtype=np.int32)
 
+    def load_boxes(self, image_id: int) -> np.ndarray:
+        """float32 [N, 4] (y1, x1, y2, x2): the annotations' ``bbox`` of load_mask's instances.
+
+        COCO's ``bbox`` is ``[x, y, w, h]`` in continuous pixel coordinates (the
+        frame of the polygons), so the box is ``(y, x, y + h, x + w)``. An
+        annotation without a valid ``bbox`` gives a NaN row (the loader then
+        uses its mask's box). The rows follow the last ``load_mask(image_id)``.
+        """
+        kept = self._kept_annotations.get(image_id)
+        if kept is None:
+            self.load_mask(image_id)
+            kept = self._kept_annotations[image_id]
+        anns = self.image_info[image_id]["annotations"]
+        boxes = np.full((len(kept), 4), np.nan, np.float32)
+        for row, index in enumerate(kept):
+            bbox = anns[index].get("bbox")
+            if isinstance(bbox, (list, tuple)) and len(bbox) == 4:
+                try:
+                    x, y, w, h = (float(v) for v in bbox)
+                except (TypeError, ValueError):
+                    continue
+                boxes[row] = (y, x, y + h, x + w)
+        return boxes
+
     # ----- helpers ------------------------------------------------------------------
     def _where(self, info: dict[str, Any], ann: dict[str, Any]) -> str:
         return (

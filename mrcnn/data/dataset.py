@@ -13,6 +13,9 @@ A subclass registers its classes and images, then implements two loaders::
         def load_mask(self, image_id) -> tuple[np.ndarray, np.ndarray]:
             ...  # bool [H, W, N] instance masks, int32 [N] class ids (>= 1)
 
+        def load_boxes(self, image_id) -> np.ndarray:  # optional; default: the masks' boxes
+            ...  # float32 [N, 4] (y1, x1, y2, x2), one row per instance of load_mask
+
         def load_keypoints(self, image_id) -> np.ndarray:  # optional (Keypoint R-CNN)
             ...  # float32 [N, K, 3] (x, y, v), one row per instance of load_mask
 
@@ -140,6 +143,17 @@ class Dataset:
     def load_mask(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
         """(bool [H, W, N] masks, int32 [N] class ids). The base class has no instances."""
         return np.zeros((0, 0, 0), dtype=bool), np.zeros((0,), dtype=np.int32)
+
+    def load_boxes(self, image_id: int) -> np.ndarray | None:
+        """float32 [N, 4] boxes (y1, x1, y2, x2) of load_mask's N instances, or None.
+
+        Pixel-edge convention in the image's pixels (a box covers [y1, y2) x [x1, x2);
+        COCO's ``[x, y, w, h]`` is ``(y, x, y + h, x + w)``). None (the default): the
+        tight boxes of the masks are used. A row that is not finite or has no area
+        falls back to its mask's box. ``load_mask`` may also return the boxes as a
+        third element instead.
+        """
+        return None
 
     def load_keypoints(self, image_id: int) -> np.ndarray | None:
         """float32 [N, K, 3] keypoints (x, y, v) of load_mask's N instances, in order.

@@ -30,6 +30,9 @@ Decisions (see each function for details)
   learns least from. Counted in ``counters["instances_truncated"]``, warned once.
 * Boxes use the pixel-edge convention (y1, x1, y2, x2) with y2 = last row + 1,
   in original image pixels.
+  A dataset may supply its own boxes (``load_boxes`` or a third element of
+  ``load_mask``, e.g. COCO's annotation ``bbox``); they are used where valid, and
+  the mini masks are cut in those boxes (fractional edges resampled by area).
 * Mini masks (``config.MINI_MASK_SHAPE`` set) are resampled **area-accurately**:
   mini-mask cell (i, j) is set iff at least half of its area, measured in
   original pixels, is covered by the mask. Cell (i, j) of an ``mh x mw`` mini
@@ -418,7 +421,9 @@ def minimize_masks(
 
     Args:
         masks: bool ``[H, W, N]`` full-image masks.
-        boxes: ``[N, 4]`` integer-valued pixel-edge boxes (from boxes_from_masks).
+        boxes: ``[N, 4]`` pixel-edge boxes: integer-valued from boxes_from_masks,
+            or fractional when the dataset supplies its own (COCO's ``bbox``);
+            the parts of a box outside the image count as not covered.
         mini_shape: (mh, mw).
 
     Returns:
@@ -427,18 +432,52 @@ def minimize_masks(
         cell geometry.
     """
     mh, mw = int(mini_shape[0]), int(mini_shape[1])
-    n = masks.shape[2]
+    height, width, n = masks.shape
     out = np.zeros((n, mh, mw), np.uint8)
     for i in range(n):
-        y1, x1, y2, x2 = (int(round(float(v))) for v in boxes[i])
+        y1, x1, y2, x2 = (float(v) for v in boxes[i])
         if y2 <= y1 or x2 <= x1:
             continue
-        crop = masks[y1:y2, x1:x2, i].astype(np.float64)
-        bh, bw = y2 - y1, x2 - x1
-        wy = _overlap_weights(np.linspace(0.0, bh, mh + 1), np.arange(bh + 1, dtype=np.float64))
-        wx = _overlap_weights(np.linspace(0.0, bw, mw + 1), np.arange(bw + 1, dtype=np.float64))
+        r0, r1 = max(int(np.floor(y1)), 0), min(int(np.ceil(y2)), height)
+        c0, c1 = max(int(np.floor(x1)), 0), min(int(np.ceil(x2)), width)
+        if r1 <= r0 or c1 <= c0:
+            continue
+        crop = masks[r0:r1, c0:c1, i].astype(np.float64)
+        wy = _overlap_weights(np.linspace(y1, y2, mh + 1), np.arange(r0, r1 + 1, dtype=np.float64))
+        wx = _overlap_weights(np.linspace(x1, x2, mw + 1), np.arange(c0, c1 + 1, dtype=np.float64))
         out[i] = (wy @ crop @ wx.T) >= _HALF
     return out
+
+
+def dataset_boxes(dataset: Any, image_id: int, loaded: Any, n: int, image_hw: tuple[int, int],
+                  ref: str = "image") -> np.ndarray | None:
+    """The dataset's own boxes for ``load_mask``'s N instances, or None (use the masks').
+
+    From a third element of ``load_mask``'s result, else ``dataset.load_boxes(image_id)``
+    (None = no boxes). float32 ``[N, 4]`` (y1, x1, y2, x2) pixel-edge, original
+    pixels, clipped to the image; a row that is not finite or has no area after
+    clipping is NaN (its mask-derived box is used). Raises ValueError naming
+    ``ref`` for a shape other than [N, 4].
+    """
+    if isinstance(loaded, (tuple, list)) and len(loaded) == 3:
+        boxes = loaded[2]
+    else:
+        load = getattr(dataset, "load_boxes", None)
+        boxes = load(image_id) if callable(load) else None
+    if boxes is None:
+        return None
+    boxes = np.asarray(boxes, np.float64)
+    if n == 0 and boxes.size == 0:
+        return np.zeros((0, 4), np.float32)
+    if boxes.shape != (n, 4):
+        raise ValueError(f"{ref}: boxes must be [N, 4] = [{n}, 4] (y1, x1, y2, x2), one per mask of "
+                         f"load_mask, got shape {boxes.shape}")
+    height, width = image_hw
+    with np.errstate(invalid="ignore"):
+        boxes = np.clip(boxes, 0.0, [height, width, height, width])
+        bad = ~np.all(np.isfinite(boxes), axis=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    boxes[bad] = np.nan
+    return boxes.astype(np.float32)
 
 
 def expand_mini_masks(
@@ -479,7 +518,9 @@ def load_sample(dataset: Any, image_id: int, config: Config) -> dict[str, np.nda
     Returns:
         dict with
           "image": uint8 ``[H, W, 3]`` RGB (see :func:`sanitize_image`);
-          "boxes": float32 ``[N, 4]`` (y1, x1, y2, x2) pixel-edge, original pixels;
+          "boxes": float32 ``[N, 4]`` (y1, x1, y2, x2) pixel-edge, original pixels:
+            the dataset's own boxes when it supplies them (:func:`dataset_boxes`),
+            else the masks' tight boxes;
           "class_ids": int32 ``[N]``, > 0 normal, < 0 crowd (never 0);
           "masks": uint8 ``[N, mh, mw]`` 0/1 mini masks in box frame when
             ``config.MINI_MASK_SHAPE`` is set, else uint8 ``[N, H, W]`` full masks;
@@ -497,9 +538,10 @@ def load_sample(dataset: Any, image_id: int, config: Config) -> dict[str, np.nda
     image = sanitize_image(dataset.load_image(image_id), ref)
     height, width = image.shape[:2]
     loaded = dataset.load_mask(image_id)
-    if not isinstance(loaded, (tuple, list)) or len(loaded) != 2:
-        raise ValueError(f"{ref}: load_mask must return (masks, class_ids)")
+    if not isinstance(loaded, (tuple, list)) or len(loaded) not in (2, 3):
+        raise ValueError(f"{ref}: load_mask must return (masks, class_ids) or (masks, class_ids, boxes)")
     masks, class_ids = sanitize_masks(loaded[0], loaded[1], (height, width), config.NUM_CLASSES, ref)
+    given_boxes = dataset_boxes(dataset, image_id, loaded, class_ids.shape[0], (height, width), ref)
     num_keypoints = int(getattr(config, "NUM_KEYPOINTS", 0) or 0)
     keypoints = None
     if num_keypoints:
@@ -522,6 +564,8 @@ def load_sample(dataset: Any, image_id: int, config: Config) -> dict[str, np.nda
         masks, class_ids, areas = masks[:, :, keep], class_ids[keep], areas[keep]
         if keypoints is not None:
             keypoints = keypoints[keep]
+        if given_boxes is not None:
+            given_boxes = given_boxes[keep]
 
     limit = config.MAX_GT_INSTANCES
     if class_ids.shape[0] > limit:
@@ -538,8 +582,13 @@ def load_sample(dataset: Any, image_id: int, config: Config) -> dict[str, np.nda
         masks, class_ids = masks[:, :, keep], class_ids[keep]
         if keypoints is not None:
             keypoints = keypoints[keep]
+        if given_boxes is not None:
+            given_boxes = given_boxes[keep]
 
     boxes = boxes_from_masks(masks)
+    if given_boxes is not None:
+        # The dataset's boxes (COCO's annotation bbox) where valid; the masks' elsewhere.
+        boxes = np.where(np.isnan(given_boxes), boxes, given_boxes).astype(np.float32)
     if config.MINI_MASK_SHAPE is not None:
         out_masks = minimize_masks(masks, boxes, config.MINI_MASK_SHAPE)
     else:
