@@ -33,7 +33,10 @@ from mrcnn.layers.backbone import ResNet
 from mrcnn.layers.fpn import FPN
 from mrcnn.layers.roi_heads import RoIHeads
 from mrcnn.layers.rpn import RPN
+from mrcnn.ops.mask_formats import box_masks_to_rle, paste_masks_in_boxes
 from mrcnn.ops.masks import paste_masks
+
+MASK_FORMATS = ("full", "box", "rle")
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
@@ -214,26 +217,52 @@ class MaskRCNN(keras.Model):
             )
         return self._predict_fn
 
-    def detect(self, images, batch_size: int | None = None, verbose: int = 0) -> list[dict]:
+    def detect(
+        self,
+        images,
+        batch_size: int | None = None,
+        verbose: int = 0,
+        mask_format: str = "full",
+        tile_size: int | None = None,
+        tile_overlap: int = 128,
+    ) -> list[dict]:
         """Detect instances in images of any size.
 
         Args:
           images: a list of images [H, W, 3] uint8 RGB (grayscale [H, W] and RGBA
             [H, W, 4] are converted), or one such image, or a batch [B, H, W, 3].
-          batch_size: images per forward pass (default ``config.BATCH_SIZE``).
+          batch_size: images (or tiles) per forward pass, padded together to the
+            largest (default ``config.BATCH_SIZE``).
+          mask_format: "full" (bool [H, W, N]), "box" (a list of N bool crops, each
+            covering its box plus a one-pixel fringe, with "mask_offsets" int32
+            [N, 2] (y0, x0) of each crop in the image) or "rle" (a list of N COCO
+            compressed RLE dicts). "box"/"rle" never allocate H x W x N.
+          tile_size, tile_overlap: when ``tile_size`` is set, each image is run as
+            overlapping tiles and the detections merged across seams
+            (:func:`mrcnn.tiling.detect_tiled`; for images much larger than the
+            network input: slides, aerial photos).
         Returns:
           One dict per image: "rois" float32 [N, 4] (y1, x1, y2, x2) in the original
-          image's pixels, "class_ids" int32 [N], "scores" float32 [N], "masks" bool
-          [H, W, N] (full-size, thresholded at DETECTION_MASK_THRESHOLD; absent when
-          MASK_HEAD is False), and with NUM_KEYPOINTS = K > 0 "keypoints" float32
+          image's pixels, "class_ids" int32 [N], "scores" float32 [N], "masks" in
+          ``mask_format`` (thresholded at DETECTION_MASK_THRESHOLD; absent when
+          MASK_HEAD is False; detections scoring below DETECTION_MASK_MIN_SCORE
+          get an empty mask), and with NUM_KEYPOINTS = K > 0 "keypoints" float32
           [N, K, 3] (x, y, score) in the original image's pixels, COCO's
           pixel-index convention (integer x = centre of column x; see
           docs/keypoints.md); sorted by descending score.
         """
         from mrcnn.data.pipeline import prepare_image_batch
 
+        if mask_format not in MASK_FORMATS:
+            raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
         images = _as_image_list(images)
         batch_size = batch_size or self.config.BATCH_SIZE
+        if tile_size is not None:
+            from mrcnn.tiling import detect_tiled
+
+            return [detect_tiled(self, image, tile_size=tile_size, tile_overlap=tile_overlap,
+                                 batch_size=batch_size, mask_format=mask_format, verbose=verbose)
+                    for image in images]
         fn = self._inference_function()
         results = []
         for start in range(0, len(images), batch_size):
@@ -242,10 +271,11 @@ class MaskRCNN(keras.Model):
             out = {k: np.asarray(v) for k, v in fn(tf.convert_to_tensor(batch, tf.float32),
                                                    tf.convert_to_tensor(sizes, tf.int32)).items()}
             for i, image in enumerate(chunk):
-                results.append(self._unmold(out, i, image.shape[:2], np.asarray(scales)[i]))
+                results.append(self._unmold(out, i, image.shape[:2], np.asarray(scales)[i], mask_format))
         return results
 
-    def _unmold(self, out: dict, i: int, image_shape: tuple[int, int], scale: np.ndarray) -> dict:
+    def _unmold(self, out: dict, i: int, image_shape: tuple[int, int], scale: np.ndarray,
+                mask_format: str = "full") -> dict:
         n = int(out["num_detections"][i])
         boxes = out["boxes"][i, :n] / np.array([scale[0], scale[1], scale[0], scale[1]], np.float32)
         height, width = image_shape
@@ -256,9 +286,23 @@ class MaskRCNN(keras.Model):
             "scores": out["scores"][i, :n].astype(np.float32),
         }
         if "masks" in out:
-            result["masks"] = paste_masks(
-                out["masks"][i, :n], boxes, image_shape, self.config.DETECTION_MASK_THRESHOLD
-            )
+            threshold = self.config.DETECTION_MASK_THRESHOLD
+            # Below DETECTION_MASK_MIN_SCORE (sorted last) a detection has no mask: no paste.
+            m = int(np.count_nonzero(result["scores"] >= self.config.DETECTION_MASK_MIN_SCORE))
+            masks = out["masks"][i, :m]
+            if mask_format == "full":
+                full = paste_masks(masks, boxes[:m], image_shape, threshold)
+                if m < n:
+                    full = np.concatenate([full, np.zeros((*image_shape, n - m), bool)], axis=-1)
+                result["masks"] = full
+            else:
+                crops, offsets = paste_masks_in_boxes(masks, boxes[:m], image_shape, threshold)
+                crops += [np.zeros((0, 0), bool)] * (n - m)
+                offsets = np.concatenate([offsets, np.zeros((n - m, 2), np.int32)])
+                if mask_format == "box":
+                    result["masks"], result["mask_offsets"] = crops, offsets
+                else:
+                    result["masks"] = box_masks_to_rle(crops, offsets, image_shape)
         if "keypoints" in out:
             kps = out["keypoints"][i, :n].astype(np.float32).copy()
             # Network-input continuous pixels -> original image, pixel-index convention.
@@ -285,7 +329,16 @@ def _warn_if_portable_gradients(implementation: str) -> None:
 
 
 def _as_image_list(images) -> list[np.ndarray]:
-    """Normalise detect()'s input to a list of uint8 [H, W, 3] arrays, or raise ValueError."""
+    """detect()'s input as a list of uint8 [H, W, 3] RGB arrays, converted as training converts.
+
+    Each image goes through :func:`mrcnn.data.loader.sanitize_image`, the function the
+    training loader uses (uint16 scaled by 255/65535, [0, 1] floats x 255, gray and
+    RGBA converted; NaN/inf, negative or > 255 floats rejected), with the image's
+    index in the error message. Imported lazily: ``mrcnn.data`` sits above the model
+    in the import order, and the sanitiser is plain NumPy with no model dependency.
+    """
+    from mrcnn.data.loader import sanitize_image
+
     expected = "detect() expects a list of images shaped [H, W, 3] (RGB), one image, or a batch [B, H, W, 3]"
     if isinstance(images, np.ndarray) or hasattr(images, "shape"):
         array = np.asarray(images)
@@ -297,19 +350,4 @@ def _as_image_list(images) -> list[np.ndarray]:
             raise ValueError(f"{expected}; got an array of shape {array.shape}")
     if not isinstance(images, (list, tuple)) or not images:
         raise ValueError(f"{expected}; got {type(images).__name__}")
-    out = []
-    for i, image in enumerate(images):
-        image = np.asarray(image)
-        if image.ndim == 3 and image.shape[-1] == 1:
-            image = image[..., 0]
-        if image.ndim == 2:
-            image = np.stack([image] * 3, axis=-1)
-        if image.ndim != 3 or image.shape[-1] not in (3, 4) or min(image.shape[:2]) < 1:
-            raise ValueError(f"{expected}; image {i} has shape {image.shape}")
-        image = image[..., :3]
-        if image.dtype != np.uint8:
-            if np.issubdtype(image.dtype, np.floating) and image.size and image.max() <= 1.0:
-                image = image * 255.0
-            image = np.clip(image, 0, 255).astype(np.uint8)
-        out.append(image)
-    return out
+    return [sanitize_image(image, f"detect() image {i}") for i, image in enumerate(images)]

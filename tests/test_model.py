@@ -72,6 +72,55 @@ def test_detect_rejects_wrong_rank(tiny_config, bad):
         model.detect(bad)
 
 
+@pytest.fixture(scope="module")
+def detect_model():
+    from conftest import TinyConfig
+
+    return MaskRCNN(TinyConfig(DETECTION_MIN_CONFIDENCE=0.0))
+
+
+def _same_detections(a: dict, b: dict) -> None:
+    assert len(a["scores"]) > 0
+    for key in ("rois", "scores", "class_ids", "masks"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_detect_scales_uint16_as_training_does(detect_model):
+    # 16-bit data is scaled by 255/65535 (training's sanitize_image), not clipped to 255:
+    # x * 257 is exactly x again, so the detections equal those of the 8-bit image.
+    image = np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    wide = image.astype(np.uint16) * 257
+    assert (wide > 255).mean() > 0.9  # clipping would have made it almost white
+    _same_detections(detect_model.detect([wide])[0], detect_model.detect([image])[0])
+    # A float [0, 1] image is x 255, rounded.
+    _same_detections(detect_model.detect([image.astype(np.float32) / 255.0])[0],
+                     detect_model.detect([image])[0])
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.nan, r"detect\(\) image 2: float image contains NaN"),
+    (-3.0, r"detect\(\) image 2: float image values must lie in \[0, 1\] or \[0, 255\], got \[-3.0"),
+    (300.0, r"detect\(\) image 2: .*got \[0.0, 300.0\]"),
+])
+def test_detect_rejects_bad_float_images_naming_the_index(detect_model, bad, match):
+    good = np.zeros((40, 50, 3), np.float32)
+    broken = good.copy()
+    broken[3, 4, 1] = bad
+    with pytest.raises(ValueError, match=match):
+        detect_model.detect([good, good, broken])
+
+
+def test_detect_converts_grayscale_and_rgba_as_training_does(detect_model):
+    rng = np.random.default_rng(2)
+    gray = rng.integers(0, 256, (70, 100), dtype=np.uint8)
+    as_rgb = np.stack([gray] * 3, axis=-1)
+    want = detect_model.detect([as_rgb])[0]
+    _same_detections(detect_model.detect([gray])[0], want)
+    _same_detections(detect_model.detect([gray[..., None]])[0], want)
+    rgba = np.concatenate([as_rgb, rng.integers(0, 256, (70, 100, 1), dtype=np.uint8)], axis=-1)
+    _same_detections(detect_model.detect([rgba])[0], want)  # alpha dropped, not composited
+
+
 def test_overfits_one_image_then_detects_it(tiny_config):
     # The step decay lets the last steps settle, so the final loss does not depend on
     # where the (non-deterministic, multi-threaded) trajectory happens to be.
