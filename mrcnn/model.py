@@ -1,15 +1,26 @@
 """``MaskRCNN``: the assembled model, its train/test steps and ``detect()``.
 
-Data flow (all tensors batched, fixed-shape, padded with validity masks)::
+Data flow (all tensors batched, fixed-shape, padded with validity masks); each
+stage is a Keras layer built from the Config once, in ``MaskRCNN.__init__``
+(``Stage.from_model_config(config)``), and owns its settings::
 
-    images -> normalise -> ResNet (C2..C5) -> FPN (P2..P6) -> RPN head
-           -> proposals (per-level top-k, decode, clip, NMS)            [rpn.py]
-    train: -> RoI sampling + targets                                   [targets.py]
-           -> RoIAlign 7x7 -> box head ; RoIAlign 14x14 -> mask head    [roi_heads.py]
-           -> losses                                                    [losses.py]
-    infer: -> box head -> class-wise NMS (detection.py) -> mask head on the kept boxes
+    images -> features(): normalise -> backbone (ResNet, C2..C5) -> fpn (P2..P6)
+           -> anchor_generator (AnchorGenerator)                    [layers/anchors.py]
+           -> rpn (RPN): head -> proposals (per-level top-k, decode,
+              clip, NMS); train: anchor targets + RPN losses        [layers/rpn.py, targets.py]
+           -> roi_heads (RoIHeads)                                  [layers/roi_heads.py]
+              train: RoI sampling + targets -> box_forward (box_pooler 7x7 -> box_head)
+                     -> mask_logits (mask_pooler 14x14 -> mask_head) -> keypoint_heatmaps
+                     -> class/box/mask/keypoint losses              [losses.py]
+              infer: box_forward -> postprocess (class-wise NMS, detection.py)
+                     -> mask_logits / keypoint_heatmaps on the kept boxes
     keypoints (NUM_KEYPOINTS > 0): RoIAlign 14x14 -> keypoint head -> 56x56 heatmaps
            -> train: softmax CE per labelled keypoint; infer: peak + refinement
+
+``call`` (inference) and ``compute_losses`` (training and validation) run the same
+``_forward``; only the ground truth passed to the RPN and RoI heads differs.
+Box encodings are ``BoxCoder`` layers owned by the RPN and the RoI heads; the
+multi-level RoIAlign is a ``RoIPooler`` per head branch.
 
 Input contract (what ``mrcnn.data.pipeline.build_dataset`` yields):
 ``images`` float32 [B, H, W, 3] RGB 0-255; ``image_sizes`` int32 [B, 2] valid
