@@ -124,8 +124,10 @@ class Config:
     # "v1.5"), True = on the first 1x1 conv (MSRA/Caffe, keras.applications).
     STRIDE_IN_1X1: bool = False
     # Stages whose weights are not trained: 0 = none, 1 = the stem, 2 = stem + C2, ...
-    # torchvision trains C3-C5 from ImageNet weights (trainable_backbone_layers=3).
-    FREEZE_BACKBONE_STAGES: int = 0
+    # None = depends on the start (mrcnn.pretrained): 2 when the backbone comes from a
+    # pretrained start (imagenet/coco; torchvision trainable_backbone_layers=3, Detectron2
+    # FREEZE_AT=2), 0 from scratch.
+    FREEZE_BACKBONE_STAGES: int | None = None
     # Width of the stem and of the first stage (ResNet: 64); a smaller value gives
     # a narrow network for CPU experiments.
     BACKBONE_BASE_WIDTH: int = 64
@@ -211,6 +213,10 @@ class Config:
     DETECTION_MAX_INSTANCES: int = 100
     DETECTION_MIN_SIZE: float = 1e-2
     DETECTION_MASK_THRESHOLD: float = 0.5
+    # The mask head and the mask paste run only for detections scoring at least
+    # this (0 = every detection, which COCO evaluation needs); lower-scored ones
+    # keep their box and score with an empty mask. `mrcnn detect --min-score`.
+    DETECTION_MASK_MIN_SCORE: float = 0.0
 
     # ----- input ------------------------------------------------------------------
     # Resize so the short side is IMAGE_MIN_DIM without the long side passing
@@ -235,6 +241,13 @@ class Config:
     # Random square crop of at most this side (network pixels) after the resize;
     # the training canvas is then this side rounded up to 32. None = no crop.
     TRAIN_CROP_SIZE: int | None = None
+    # Padding of training batches: "batch" = each batch to its largest image (sides
+    # multiples of 32), as torchvision/Detectron2; "square" = every image on the
+    # IMAGE_SHAPE canvas (static shapes). Evaluation pads by IMAGE_RESIZE_MODE.
+    TRAIN_PADDING: str = "batch"
+    # With "batch" padding, batch landscape and portrait images apart (Detectron2's
+    # AspectRatioGroupedDataset), so little of each batch is padding.
+    ASPECT_RATIO_GROUPING: bool = True
     # User augmentation hook "package.module:function", fn(sample, seed) -> sample,
     # run on training samples before the built-in ones (mrcnn.data.augment).
     AUGMENT: str | None = None
@@ -393,8 +406,9 @@ class Config:
             fail("BACKBONE_NORM", f"choose one of {NORMS}")
         if self.BACKBONE_NORM == "gn" and self.BACKBONE_BASE_WIDTH % self.GROUP_NORM_GROUPS:
             fail("GROUP_NORM_GROUPS", "must divide BACKBONE_BASE_WIDTH")
-        if not 0 <= self.FREEZE_BACKBONE_STAGES <= 5:
-            fail("FREEZE_BACKBONE_STAGES", "must be in 0..5")
+        freeze = self.FREEZE_BACKBONE_STAGES
+        if freeze is not None and (isinstance(freeze, bool) or not isinstance(freeze, int) or not 0 <= freeze <= 5):
+            fail("FREEZE_BACKBONE_STAGES", "must be None (depends on the start) or in 0..5")
         if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:
             fail("IMAGE_RESIZE_MODE", f"choose one of {RESIZE_MODES}")
         self._validate_augmentation(fail)
@@ -420,7 +434,7 @@ class Config:
             fail("RPN_NEGATIVE_IOU", "need 0 < RPN_NEGATIVE_IOU <= RPN_POSITIVE_IOU <= 1")
         for f in ("RPN_POSITIVE_RATIO", "ROI_POSITIVE_RATIO", "ROI_POSITIVE_IOU",
                   "RPN_NMS_THRESHOLD", "DETECTION_MIN_CONFIDENCE", "DETECTION_NMS_THRESHOLD",
-                  "DETECTION_MASK_THRESHOLD", "MASK_TARGET_THRESHOLD", "TRAIN_FLIP_PROB",
+                  "DETECTION_MASK_THRESHOLD", "DETECTION_MASK_MIN_SCORE", "MASK_TARGET_THRESHOLD", "TRAIN_FLIP_PROB",
                   "WARMUP_FACTOR"):
             fraction(f)
         for f in ("BBOX_REG_WEIGHTS", "RPN_BBOX_STD_DEV"):
@@ -464,6 +478,10 @@ class Config:
         crop = self.TRAIN_CROP_SIZE
         if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or crop < 32):
             fail("TRAIN_CROP_SIZE", "must be None or an integer >= 32")
+        if self.TRAIN_PADDING not in ("batch", "square"):
+            fail("TRAIN_PADDING", "choose 'batch' or 'square'")
+        if not isinstance(self.ASPECT_RATIO_GROUPING, bool):
+            fail("ASPECT_RATIO_GROUPING", "must be True or False")
         if self.AUGMENT is not None and not callable(self.AUGMENT) and ":" not in str(self.AUGMENT):
             fail("AUGMENT", "must be None or 'package.module:function'")
 

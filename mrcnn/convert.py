@@ -135,6 +135,44 @@ class _Entry:
     key: str  # source key
     transform: Callable[[np.ndarray], np.ndarray]
     expect: Callable[[tuple[int, ...]], str | None] | None = None  # source-shape check
+    predictor: str | None = None  # "box"/"mask": class-specific, re-initialised when fine-tuning
+
+
+# Where each stage lives on the model (tried in order: the stage-object layout first, the
+# older flat attributes second), so the table follows refactors of MaskRCNN.
+_COMPONENTS: dict[str, tuple[str, ...]] = {
+    "backbone": ("backbone",),
+    "fpn": ("fpn",),
+    "rpn_head": ("rpn.head", "rpn_head"),
+    "box_head": ("roi_heads.box_head", "box_head"),
+    "mask_head": ("roi_heads.mask_head", "mask_head"),
+    "keypoint_head": ("roi_heads.keypoint_head", "keypoint_head"),
+}
+
+
+def component(model, name: str):
+    """The model's stage ``name`` (a key of :data:`_COMPONENTS`), None when the model has none."""
+    for path in _COMPONENTS[name]:
+        obj = model
+        for attr in path.split("."):
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                break
+        if obj is not None:
+            return obj
+    return None
+
+
+def class_specific_layers(model) -> dict[str, list[Any]]:
+    """The layers whose outputs are per class (or per keypoint): box ``cls_score``/``bbox_pred``,
+    mask ``logits``, keypoint ``deconv`` (the keypoint logits); re-initialised when fine-tuning
+    to other classes. {"box": [...], "mask": [...], "keypoint": [...]} (empty for a missing head)."""
+    box, mask, kp = (component(model, n) for n in ("box_head", "mask_head", "keypoint_head"))
+    return {
+        "box": [box.cls_score, box.bbox_pred] if box is not None else [],
+        "mask": [mask.logits] if mask is not None else [],
+        "keypoint": [kp.deconv] if kp is not None else [],
+    }
 
 
 def _layers_by_name(component) -> dict[str, Any]:
@@ -156,8 +194,11 @@ def _build_table(model, source: str, state: dict[str, np.ndarray]) -> list[_Entr
     tv = source == "torchvision"
     entries: list[_Entry] = []
 
+    predictors = {id(layer): group for group, layers in class_specific_layers(model).items() for layer in layers}
+
     def add(layer, weight: str, key: str, transform=lambda a: a, expect=None):
-        entries.append(_Entry(_get_var(layer, weight), f"{layer.name}.{weight}", key, transform, expect))
+        entries.append(_Entry(_get_var(layer, weight), f"{layer.name}.{weight}", key, transform, expect,
+                              predictors.get(id(layer))))
 
     def add_conv(layer, prefix: str, kernel=conv_kernel, transform_out=None):
         t = transform_out or (lambda a: a)
@@ -174,7 +215,7 @@ def _build_table(model, source: str, state: dict[str, np.ndarray]) -> list[_Entr
     if c.BACKBONE_NORM == "gn":
         raise ConversionError("BACKBONE_NORM='gn': the checkpoint's batch-norm statistics need "
                               "BACKBONE_NORM='frozen_bn' (or 'bn')")
-    for name, layer in sorted(_layers_by_name(model.backbone).items()):
+    for name, layer in sorted(_layers_by_name(component(model, "backbone")).items()):
         prefix = backbone_key(name, source)
         if prefix is None:
             continue
@@ -186,13 +227,14 @@ def _build_table(model, source: str, state: dict[str, np.ndarray]) -> list[_Entr
                 add(layer, keras_field, f"{prefix}.{src_field}")
 
     # FPN.
-    for i, (lateral, output) in enumerate(zip(model.fpn.lateral, model.fpn.output_convs)):
+    fpn = component(model, "fpn")
+    for i, (lateral, output) in enumerate(zip(fpn.lateral, fpn.output_convs)):
         level = i + 2
         add_conv(lateral, f"backbone.fpn.inner_blocks.{i}.0" if tv else f"backbone.fpn_lateral{level}")
         add_conv(output, f"backbone.fpn.layer_blocks.{i}.0" if tv else f"backbone.fpn_output{level}")
 
     # RPN: deltas (dx, dy, dw, dh) per anchor -> (dy, dx, dh, dw).
-    rpn = model.rpn.head
+    rpn = component(model, "rpn_head")
     base = "rpn.head" if tv else "proposal_generator.rpn_head"
     add_conv(rpn.conv, f"{base}.conv.0.0" if tv else f"{base}.conv")
     add_conv(rpn.cls_logits, f"{base}.cls_logits" if tv else f"{base}.objectness_logits")
@@ -200,7 +242,7 @@ def _build_table(model, source: str, state: dict[str, np.ndarray]) -> list[_Entr
              transform_out=xy_to_yx_deltas)
 
     # Box head: fc6 input flatten order (c, h, w) -> (h, w, c).
-    box = model.roi_heads.box_head
+    box = component(model, "box_head")
     pool, channels = c.POOL_SIZE, c.FPN_CHANNELS
     add_dense(box.fc6, "roi_heads.box_head.fc6" if tv else "roi_heads.box_head.fc1",
               kernel_fn=lambda a: flatten_chw_to_hwc(a, channels, pool, pool))
@@ -225,8 +267,10 @@ def _build_table(model, source: str, state: dict[str, np.ndarray]) -> list[_Entr
             lambda a: dense_kernel(d2_box(a)), rows)
         add(box.bbox_pred, "bias", "roi_heads.box_predictor.bbox_pred.bias", d2_box, rows)
 
-    # Mask head.
-    mask = model.roi_heads.mask_head
+    # Mask head (a model without one takes no mask weights).
+    mask = component(model, "mask_head")
+    if mask is None:
+        return entries
     for i, conv in enumerate(mask.convs):
         add_conv(conv, f"roi_heads.mask_head.{i}.0" if tv else f"roi_heads.mask_head.mask_fcn{i + 1}")
     add_conv(mask.deconv, "roi_heads.mask_predictor.conv5_mask" if tv else "roi_heads.mask_head.deconv",
@@ -282,12 +326,32 @@ def _check_detectron2_pixel_stats(state, config: Config, path: str) -> None:
                 )
 
 
-def convert_state_dict(model, state: dict[str, np.ndarray], source: str, path: str = "<state>") -> dict:
+# Source keys of heads a fine-tuned model may lack (ignored, and reported, with fine_tune=True).
+_HEAD_PREFIXES = {
+    "mask_head": ("roi_heads.mask_head.", "roi_heads.mask_predictor."),
+    "keypoint_head": ("roi_heads.keypoint_head.", "roi_heads.keypoint_predictor."),
+}
+
+
+def convert_state_dict(model, state: dict[str, np.ndarray], source: str, path: str = "<state>",
+                       fine_tune: bool = False) -> dict:
     """Assign a source state dict to ``model`` (a built :class:`~mrcnn.model.MaskRCNN`).
 
+    Strict by default: a missing or unexpected key, a shape mismatch, or a Keras
+    weight left without a value raises :class:`ConversionError` naming it, and
+    nothing is assigned.
+
+    ``fine_tune=True`` (a COCO start for another dataset, ``mrcnn train --init coco:FILE``)
+    relaxes exactly three things: the class-specific predictors (box ``cls_score`` +
+    ``bbox_pred`` as one group, the mask logits as another; see
+    :func:`class_specific_layers`) are left at their initialisation when the
+    checkpoint's class count does not fit the model's; a head the model lacks (mask,
+    keypoints) has its keys ignored; and the keypoint head, which no source here
+    provides, keeps its initialisation. Everything else stays strict.
+
     Returns {"assigned": number of Keras weights set, "ignored": source keys skipped,
-    "keys": source keys used}. Raises :class:`ConversionError` on a missing or
-    unexpected key, a shape mismatch, or a Keras weight left without a value.
+    "keys": source keys used, "reinitialised": Keras weight paths left at their
+    initialisation, "skipped_keys": source keys of the predictors not loaded}.
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
@@ -300,43 +364,61 @@ def convert_state_dict(model, state: dict[str, np.ndarray], source: str, path: s
     entries = _build_table(model, source, state)
 
     # Check everything before assigning anything.
-    values = []
+    converted: dict[int, np.ndarray] = {}
+    failed_groups: dict[str, str] = {}
     used: set[str] = set()
-    for e in entries:
-        if e.key not in named:
-            raise ConversionError(f"{path}: missing key {e.key!r} (needed for Keras weight {e.target})")
-        if e.key in used:
-            raise ConversionError(f"{path}: key {e.key!r} would be used twice")
-        used.add(e.key)
-        original, array = named[e.key]
-        if e.expect is not None and (why := e.expect(array.shape)):
-            raise ConversionError(f"{path}: {original!r} has shape {array.shape}: {why}")
+    for i, e in enumerate(entries):
         try:
-            converted = np.asarray(e.transform(np.asarray(array, np.float32)), np.float32)
-        except ValueError as exc:
-            raise ConversionError(f"{path}: {original!r} with shape {array.shape}: {exc}") from exc
-        if tuple(converted.shape) != tuple(e.variable.shape):
-            raise ConversionError(
-                f"{path}: shape mismatch for {original!r}: {array.shape} in the checkpoint gives "
-                f"{converted.shape} but Keras weight {e.target} is {tuple(e.variable.shape)} "
-                "(wrong NUM_CLASSES, backbone or head sizes in the config?)"
-            )
-        values.append(converted)
-    extra = sorted(named[k][0] for k in named if k not in used and not _is_ignored(k, source))
+            if e.key not in named:
+                raise ConversionError(f"{path}: missing key {e.key!r} (needed for Keras weight {e.target})")
+            if e.key in used:
+                raise ConversionError(f"{path}: key {e.key!r} would be used twice")
+            used.add(e.key)
+            original, array = named[e.key]
+            if e.expect is not None and (why := e.expect(array.shape)):
+                raise ConversionError(f"{path}: {original!r} has shape {array.shape}: {why}")
+            try:
+                value = np.asarray(e.transform(np.asarray(array, np.float32)), np.float32)
+            except ValueError as exc:
+                raise ConversionError(f"{path}: {original!r} with shape {array.shape}: {exc}") from exc
+            if tuple(value.shape) != tuple(e.variable.shape):
+                raise ConversionError(
+                    f"{path}: shape mismatch for {original!r}: {array.shape} in the checkpoint gives "
+                    f"{value.shape} but Keras weight {e.target} is {tuple(e.variable.shape)} "
+                    "(wrong NUM_CLASSES, backbone or head sizes in the config?)"
+                )
+            converted[i] = value
+        except ConversionError as exc:
+            if not (fine_tune and e.predictor):
+                raise
+            failed_groups.setdefault(e.predictor, str(exc))
+    keep = [i for i in converted if entries[i].predictor not in failed_groups]
+    skipped_keys = sorted(e.key for e in entries if e.predictor in failed_groups)
+
+    lacking = [h for h in _HEAD_PREFIXES if fine_tune and component(model, h) is None]
+    head_keys = {k for k in named if any(k.startswith(p) for h in lacking for p in _HEAD_PREFIXES[h])}
+    extra = sorted(named[k][0] for k in named
+                   if k not in used and k not in head_keys and not _is_ignored(k, source))
     if extra:
         raise ConversionError(
             f"{path}: {len(extra)} unexpected key(s) with no place in the model, e.g. {extra[:5]} "
             "(a different architecture, or the wrong --from?)"
         )
-    assigned = {id(e.variable) for e in entries}
-    unassigned = [v.path for v in model.weights if id(v) not in assigned]
+    assigned = {id(entries[i].variable) for i in keep}
+    planned = {id(e.variable) for e in entries}
+    keypoint = component(model, "keypoint_head")
+    reinit_ok = {id(v) for v in keypoint.weights} if (fine_tune and keypoint is not None) else set()
+    unassigned = [v.path for v in model.weights if id(v) not in planned and id(v) not in reinit_ok]
     if unassigned:
         raise ConversionError(f"{path}: no value for Keras weights {unassigned[:5]} "
                               f"({len(unassigned)} in all): the model has parts the checkpoint lacks")
-    for e, value in zip(entries, values):
-        e.variable.assign(value)
+    for i in keep:
+        entries[i].variable.assign(converted[i])
     ignored = sorted(named[k][0] for k in named if k not in used)
-    return {"assigned": len(entries), "ignored": ignored, "keys": sorted(used)}
+    return {"assigned": len(keep), "ignored": ignored, "keys": sorted(used - set(skipped_keys)),
+            "reinitialised": [v.path for v in model.weights if id(v) not in assigned],
+            "variables": [entries[i].variable for i in keep],
+            "skipped_keys": skipped_keys, "why": failed_groups}
 
 
 def _default_config(source: str) -> Config:

@@ -112,7 +112,7 @@ def load_backbone_state(model, state: dict[str, np.ndarray], source: str = "torc
 
     Returns:
         {"loaded": number of arrays assigned, "weights": their "layer.field" names,
-        "ignored": checkpoint keys not used (fc, num_batches_tracked, heads...),
+        "variables": the Keras variables assigned, "ignored": checkpoint keys not used (fc, num_batches_tracked, heads...),
         "missing": backbone weights not in the file (only when ``strict=False``)}.
 
     Raises:
@@ -169,7 +169,8 @@ def load_backbone_state(model, state: dict[str, np.ndarray], source: str = "torc
     for variable, array, _ in values:
         variable.assign(array)
     ignored = sorted(orig for key, (orig, _) in named.items() if key not in used)
-    return {"loaded": len(values), "weights": [w for _, _, w in values], "ignored": ignored, "missing": missing}
+    return {"loaded": len(values), "weights": [w for _, _, w in values], "variables": [v for v, _, _ in values],
+            "ignored": ignored, "missing": missing}
 
 
 def load_imagenet_backbone(model, path: str | os.PathLike, strict: bool = True) -> dict[str, Any]:
