@@ -187,15 +187,16 @@ WORKER = textwrap.dedent(
 
     out = sys.argv[2]
     info = distribute.worker_info(strategy)
+    n = info.num_workers
     # Samples large enough to take every candidate: the losses are then deterministic.
     fields = dict(IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64, RPN_TRAIN_ANCHORS_PER_IMAGE=2048, TRAIN_ROIS_PER_IMAGE=512,
                   POST_NMS_ROIS_TRAINING=100, TRAIN_FLIP_PROB=0.0, WARMUP_STEPS=0, GRADIENT_CLIP_NORM=None,
                   ROI_ALIGN_IMPLEMENTATION="portable")
     config = TinyConfig(IMAGES_PER_GPU=1, **fields)
-    ds = ShapesDataset(); ds.load_shapes(2, height=64, width=64, seed=7)
-    batch = next(iter(build_dataset(ds, config, training=False, batch_size=2)))
+    ds = ShapesDataset(); ds.load_shapes(n, height=64, width=64, seed=7)
+    batch = next(iter(build_dataset(ds, config, training=False, batch_size=n)))
 
-    def worker_input(context):  # worker i trains on image i of the pair
+    def worker_input(context):  # worker i trains on image i of the batch
         i = context.input_pipeline_id
         return tf.data.Dataset.from_tensors({k: v[i:i + 1] for k, v in batch.items()}).repeat()
 
@@ -210,8 +211,8 @@ WORKER = textwrap.dedent(
                         verbose=0, callbacks=callbacks).history
     np.savez(os.path.join(out, f"worker{info.task_index}.npz"), *model.get_weights())
     result = {"replicas": strategy.num_replicas_in_sync, "chief": info.is_chief, "history": history}
-    if info.is_chief:  # the reference: one process, both images in one batch, same initial weights
-        single = MaskRCNN(TinyConfig(IMAGES_PER_GPU=2, **fields))
+    if info.is_chief:  # the reference: one process, all images in one batch, same initial weights
+        single = MaskRCNN(TinyConfig(IMAGES_PER_GPU=n, **fields))
         single.set_weights(initial)
         single.compile(optimizer=keras.optimizers.SGD(0.01))
         data = tf.data.Dataset.from_tensors(batch).repeat()
@@ -235,12 +236,15 @@ def _arrays(path) -> list[np.ndarray]:
 
 
 @pytest.mark.slow
-def test_two_workers_match_one_process(tmp_path):
-    workers = Workers([sys.executable, "-c", WORKER, TESTS, str(tmp_path)], 2, tmp_path)
-    codes = workers.wait(timeout=400)
-    assert codes == [0, 0], workers.tails()
-    results = [_result(workers.output(i)) for i in range(2)]
-    assert [r["replicas"] for r in results] == [2, 2] and results[0]["chief"] and not results[1]["chief"]
+@pytest.mark.parametrize("num_workers", [2, 3])
+def test_workers_match_one_process(tmp_path, num_workers):
+    """n workers x 1 image = one process x n images: same losses, same weights, for 3 steps."""
+    workers = Workers([sys.executable, "-c", WORKER, TESTS, str(tmp_path)], num_workers, tmp_path)
+    codes = workers.wait(timeout=500)
+    assert codes == [0] * num_workers, workers.tails()
+    results = [_result(workers.output(i)) for i in range(num_workers)]
+    assert [r["replicas"] for r in results] == [num_workers] * num_workers
+    assert [r["chief"] for r in results] == [True] + [False] * (num_workers - 1)
     single = results[0]["single"]
     for r in results:
         for name, values in single.items():
@@ -248,14 +252,17 @@ def test_two_workers_match_one_process(tmp_path):
             for step, (got, want) in enumerate(zip(r["history"][name], values)):
                 assert abs(got - want) <= 1e-4 * max(1.0, abs(want)), (name, step, got, want)
     assert single["loss"][0] > single["loss"][2] > 0  # it trained
-    w0, w1 = _arrays(tmp_path / "worker0.npz"), _arrays(tmp_path / "worker1.npz")
+    w0 = _arrays(tmp_path / "worker0.npz")
     ref, initial = _arrays(tmp_path / "single.npz"), _arrays(tmp_path / "initial.npz")
     # All-reduced gradients: the workers hold bit-identical weights.
-    assert all(np.array_equal(a, b) for a, b in zip(w0, w1))
+    for i in range(1, num_workers):
+        assert all(np.array_equal(a, b) for a, b in zip(w0, _arrays(tmp_path / f"worker{i}.npz")))
     moved = max(float(np.max(np.abs(a - b))) for a, b in zip(ref, initial))
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(w0, ref))
     scale = max(float(np.max(np.abs(a))) for a in ref)
     assert moved > 1e-3
+    print(f"{num_workers} workers: weights moved {moved:.3g}, differ from one process by {diff:.3g} "
+          f"(largest weight {scale:.3g})")
     assert diff <= 1e-4 * scale, (diff, scale, moved)
     # Only the chief wrote checkpoints into OUT (the other worker's went to a temporary folder).
     assert "epoch_003.weights.h5" in os.listdir(tmp_path / "checkpoints")
