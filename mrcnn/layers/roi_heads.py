@@ -229,6 +229,7 @@ class RoIHeads(keras.layers.Layer):
         mask_shape: Sequence[int] = (28, 28),
         mini_mask: bool = True,
         mask_target_threshold: float = 0.5,
+        mask_min_score: float = 0.0,
         num_keypoints: int = 0,
         keypoint_pool_size: int = 14,
         keypoint_conv_channels: int = 512,
@@ -249,7 +250,8 @@ class RoIHeads(keras.layers.Layer):
             "min_size": float(min_size), "mask_head": bool(mask_head), "mask_pool_size": int(mask_pool_size),
             "mask_conv_channels": int(mask_conv_channels), "mask_num_convs": int(mask_num_convs),
             "mask_shape": [int(s) for s in mask_shape], "mini_mask": bool(mini_mask),
-            "mask_target_threshold": float(mask_target_threshold), "num_keypoints": int(num_keypoints),
+            "mask_target_threshold": float(mask_target_threshold), "mask_min_score": float(mask_min_score),
+            "num_keypoints": int(num_keypoints),
             "keypoint_pool_size": int(keypoint_pool_size), "keypoint_conv_channels": int(keypoint_conv_channels),
             "keypoint_num_convs": int(keypoint_num_convs), "keypoint_heatmap_size": int(keypoint_heatmap_size),
         }
@@ -304,6 +306,7 @@ class RoIHeads(keras.layers.Layer):
             mask_shape=config.MASK_SHAPE,
             mini_mask=config.MINI_MASK_SHAPE is not None,
             mask_target_threshold=config.MASK_TARGET_THRESHOLD,
+            mask_min_score=config.DETECTION_MASK_MIN_SCORE,
             num_keypoints=config.NUM_KEYPOINTS,
             keypoint_pool_size=config.KEYPOINT_POOL_SIZE,
             keypoint_conv_channels=config.KEYPOINT_HEAD_CONV_CHANNELS,
@@ -393,8 +396,16 @@ class RoIHeads(keras.layers.Layer):
             "num_detections": tf.reduce_sum(tf.cast(det.valid, tf.int32), axis=1),
         }
         if self.mask_head is not None:
-            masks = tf.sigmoid(self.mask_logits(features, det.boxes, det.class_ids))
-            out["masks"] = masks * validf[:, :, None, None]
+            # Detections come sorted by score, so those that get a mask fill the first
+            # slots: the head runs on as many slots as the busiest image needs (none
+            # on an empty picture), not on all DETECTION_MAX_INSTANCES.
+            with_mask = det.valid & (det.scores >= self.settings["mask_min_score"])
+            count = tf.reduce_max(tf.reduce_sum(tf.cast(with_mask, tf.int32), axis=1))
+            count = tf.maximum(count, 0)  # reduce_max of an empty batch is int32 min
+            masks = tf.sigmoid(self.mask_logits(features, det.boxes[:, :count], det.class_ids[:, :count]))
+            masks = masks * tf.cast(with_mask[:, :count], tf.float32)[:, :, None, None]
+            pad = tf.shape(det.boxes)[1] - count
+            out["masks"] = tf.pad(masks, [[0, 0], [0, pad], [0, 0], [0, 0]])
         if self.keypoint_head is not None:
             heatmaps = self.keypoint_heatmaps(features, det.boxes)
             out["keypoints"] = heatmaps_to_keypoints(heatmaps, det.boxes) * validf[:, :, None, None]

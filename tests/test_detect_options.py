@@ -1,0 +1,75 @@
+"""detect() options: mask formats, DETECTION_MASK_MIN_SCORE, tiles, batches."""
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from mrcnn import MaskRCNN
+from mrcnn.ops.mask_formats import box_masks_to_full
+from tests.conftest import TinyConfig
+
+
+class _Config(TinyConfig):
+    DETECTION_MIN_CONFIDENCE = 0.0  # random weights: let every candidate through
+    IMAGE_RESIZE_MODE = "pad32"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return MaskRCNN(_Config())
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8),
+            rng.integers(0, 255, (128, 80, 3), dtype=np.uint8)]
+
+
+def test_box_and_rle_mask_formats_equal_the_full_masks(model, images):
+    full = model.detect(images)
+    box = model.detect(images, mask_format="box")
+    rle = model.detect(images, mask_format="rle")
+    for f, b, r, image in zip(full, box, rle, images):
+        assert len(f["scores"]) > 0
+        np.testing.assert_array_equal(f["rois"], b["rois"])
+        assert len(b["masks"]) == len(b["mask_offsets"]) == len(f["scores"])
+        expanded = box_masks_to_full(b["masks"], b["mask_offsets"], image.shape[:2])
+        assert np.array_equal(expanded, f["masks"])
+        decoded = np.stack([mask_utils.decode(x) for x in r["masks"]], -1).astype(bool)
+        assert np.array_equal(decoded, f["masks"])
+    with pytest.raises(ValueError, match="mask_format"):
+        model.detect(images, mask_format="png")
+
+
+def test_mask_min_score_skips_masks_below_it_and_keeps_the_rest(model, images):
+    full = model.detect(images)
+    scores = np.concatenate([r["scores"] for r in full])
+    cut = float(np.median(scores))
+    gated = MaskRCNN(_Config(DETECTION_MASK_MIN_SCORE=cut))
+    gated.set_weights(model.get_weights())
+    out = gated.detect(images)
+    for f, g in zip(full, out):
+        np.testing.assert_array_equal(f["rois"], g["rois"])
+        np.testing.assert_array_equal(f["scores"], g["scores"])
+        high = g["scores"] >= cut
+        assert 0 < high.sum() or not len(high)
+        # At or above the cut: the same masks; below it: empty.
+        assert np.array_equal(g["masks"][..., high], f["masks"][..., high])
+        assert not g["masks"][..., ~high].any()
+    # The graph itself gives zero mask probabilities below the cut.
+    raw = gated({"images": np.stack([np.pad(images[0], ((0, 32), (0, 0), (0, 0)))]).astype(np.float32)})
+    below = raw["scores"].numpy() < cut
+    assert not raw["masks"].numpy()[below].any()
+
+
+def test_detect_with_tiles_maps_back_to_the_image(model):
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (200, 260, 3), dtype=np.uint8)
+    out = model.detect(image, tile_size=128, tile_overlap=32, mask_format="box")[0]
+    assert set(out) >= {"rois", "scores", "class_ids", "masks", "mask_offsets"}
+    assert len(out["rois"]) > 0
+    assert np.all(out["rois"] >= 0) and np.all(out["rois"][:, [2, 3]] <= [200, 260])
+    # Each mask crop lies inside the image.
+    for crop, (y0, x0) in zip(out["masks"], out["mask_offsets"]):
+        assert y0 + crop.shape[0] <= 200 and x0 + crop.shape[1] <= 260
