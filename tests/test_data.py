@@ -327,7 +327,7 @@ def test_truncation_keeps_largest_in_order():
 
 # ----- tf.data pipeline -------------------------------------------------------------------
 def test_pipeline_square_mini_masks_shapes_and_dtypes():
-    cfg = ShapesConfig(MAX_GT_INSTANCES=6, MINI_MASK_SHAPE=(28, 28))
+    cfg = ShapesConfig(MAX_GT_INSTANCES=6, MINI_MASK_SHAPE=(28, 28), TRAIN_PADDING="square")
     ds = ShapesDataset()
     ds.load_shapes(4, seed=1)
     data = build_dataset(ds, cfg, training=True, seed=3)
@@ -354,7 +354,7 @@ def test_pipeline_square_mini_masks_shapes_and_dtypes():
 
 def test_pipeline_full_masks_boxes_match_resized_masks_and_flip():
     # 96x160 images -> resized to 76x128 in a 128 square.
-    cfg = ShapesConfig(MAX_GT_INSTANCES=4, MINI_MASK_SHAPE=None, TRAIN_FLIP_PROB=1.0)
+    cfg = ShapesConfig(MAX_GT_INSTANCES=4, MINI_MASK_SHAPE=None, TRAIN_FLIP_PROB=1.0, TRAIN_PADDING="square")
     ds = ShapesDataset()
     ds.load_shapes(2, height=96, width=160, seed=5)
     for training in (False, True):
@@ -445,3 +445,33 @@ def test_dataset_boxes_wrong_shape_names_the_image():
     ds = BoxDataset([(image, rect_mask(20, 30, 2, 3, 8, 9)[..., None], np.array([1]))], np.zeros((2, 4)))
     with pytest.raises(ValueError, match=r"img0\.png.*\[1, 4\]"):
         loader.load_sample(ds, 0, small_config())
+
+
+def test_training_batches_padded_to_their_largest_image_and_grouped_by_aspect():
+    """TRAIN_PADDING="batch" (default): no square canvas; landscape and portrait never share a batch."""
+    rng = np.random.default_rng(0)
+    shapes = [(40, 70), (70, 40), (40, 60), (64, 40), (36, 64), (60, 30), (40, 72), (72, 40)]
+    items = []
+    for h, w in shapes:
+        masks = rect_mask(h, w, 2, 3, 20, 25)[..., None]
+        items.append((rng.integers(0, 255, (h, w, 3)).astype(np.uint8), masks, np.array([1])))
+    cfg = small_config(IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=128, MINI_MASK_SHAPE=(14, 14), TRAIN_FLIP_PROB=0.0)
+    assert cfg.TRAIN_PADDING == "batch" and cfg.ASPECT_RATIO_GROUPING
+    ds = ArrayDataset(items)
+    seen = []
+    for batch in build_dataset(ds, cfg, training=True, seed=4, batch_size=2).take(8):
+        sizes = batch["image_sizes"].numpy()
+        landscape = sizes[:, 1] > sizes[:, 0]
+        assert landscape.all() or not landscape.any()  # one orientation per batch
+        hp, wp = batch["images"].shape[1:3]
+        assert (hp, wp) == (-(-sizes[:, 0].max() // 32) * 32, -(-sizes[:, 1].max() // 32) * 32)
+        assert hp * wp < 128 * 128  # never the 128 square
+        seen.append(bool(landscape[0]))
+    assert set(seen) == {True, False}
+    # Without grouping (or with the square canvas) the orientations mix / the canvas is fixed.
+    square = build_dataset(ds, small_config(IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=128, TRAIN_PADDING="square"),
+                           training=True, seed=4, batch_size=2)
+    assert square.element_spec["images"].shape[1:] == (128, 128, 3)
+    # Evaluation pads by IMAGE_RESIZE_MODE ("square" here), whatever TRAIN_PADDING says.
+    evaluation = build_dataset(ds, cfg, training=False, batch_size=2)
+    assert evaluation.element_spec["images"].shape[1:] == (128, 128, 3)

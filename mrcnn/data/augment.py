@@ -38,7 +38,7 @@ Steps, in order (training only; evaluation keeps the plain resize rule):
    1024``, ``(0.1, 2.0)``, square).
 5. **Random crop** to at most ``TRAIN_CROP_SIZE`` x ``TRAIN_CROP_SIZE`` network
    pixels, window uniform over the valid positions (torchvision's
-   ``FixedSizeCrop``). In "square" mode a jitter above 1 without a crop size
+   ``FixedSizeCrop``). With ``TRAIN_PADDING = "square"`` a jitter above 1 without a crop size
    crops to the square canvas. Boxes are shifted and clipped to the window;
    instances whose clipped box is empty, or whose mask has no pixel left in the
    window, are dropped (crowd regions too). Clipped boxes are not re-tightened
@@ -103,12 +103,18 @@ def is_active(config: Config) -> bool:
     )
 
 
+def training_pad_mode(config: Config) -> str:
+    """How training inputs are padded: "square" (the IMAGE_SHAPE canvas) or "pad32"
+    (each to a multiple of 32, then the batch to its largest), from TRAIN_PADDING."""
+    return "square" if config.TRAIN_PADDING == "square" else "pad32"
+
+
 def crop_size(config: Config) -> int | None:
     """Side of the training crop in network pixels (None = no crop)."""
     if config.TRAIN_CROP_SIZE is not None:
         return int(config.TRAIN_CROP_SIZE)
     jitter = config.TRAIN_SCALE_JITTER
-    if config.IMAGE_RESIZE_MODE == "square" and jitter is not None and float(jitter[1]) > 1.0:
+    if training_pad_mode(config) == "square" and jitter is not None and float(jitter[1]) > 1.0:
         return int(config.IMAGE_SHAPE[0])  # a larger image would not fit the square canvas
     return None
 
@@ -244,4 +250,4 @@ def apply_user_augment(fn: AugmentFn, sample: Sample, seed: tf.Tensor) -> Sample
 
 
 __all__ = ["augment_sample", "apply_user_augment", "resolve_augment", "is_active", "crop_size",
-           "training_canvas", "sub_seed", "Sample", "AugmentFn"]
+           "training_canvas", "training_pad_mode", "sub_seed", "Sample", "AugmentFn"]

@@ -19,9 +19,14 @@ key                     dtype / shape        meaning
                                              centre is c + 0.5); zeros when v = 0
 ======================  ===================  ==========================================
 
-with ``G = config.MAX_GT_INSTANCES``. In "square" mode every shape is static (with
-``drop_remainder=True``, the training default, B too); in "pad32" mode batches
-are padded (zeros) to their largest image, which is a multiple of 32.
+with ``G = config.MAX_GT_INSTANCES``. Padding: evaluation (``training=False``)
+follows ``IMAGE_RESIZE_MODE``, training follows ``TRAIN_PADDING``. In "square"
+mode every shape is static (with ``drop_remainder=True``, the training default,
+B too); otherwise ("pad32", or ``TRAIN_PADDING="batch"``, the training default)
+batches are padded (zeros) to their largest image, a multiple of 32, and in
+training landscape and portrait images are batched apart
+(``ASPECT_RATIO_GROUPING``). A training crop (``TRAIN_CROP_SIZE``) makes the
+canvas static again (the crop side rounded up to 32).
 
 Per element: ``load_instance`` (numpy, via ``tf.numpy_function``) -> random
 horizontal flip (training only, probability ``TRAIN_FLIP_PROB``; applied in
@@ -130,6 +135,10 @@ def build_dataset(
     user_augment = user_augment if training else None
     geometric = bool(training) and augment_lib.is_active(config)
     canvas = augment_lib.training_canvas(config) if geometric else None
+    # Training pads by TRAIN_PADDING (default: each batch to its largest image, grouped by
+    # aspect ratio, as torchvision/Detectron2); evaluation by IMAGE_RESIZE_MODE.
+    mode = augment_lib.training_pad_mode(config) if training else config.IMAGE_RESIZE_MODE
+    group = bool(training) and mode == "pad32" and canvas is None and bool(config.ASPECT_RATIO_GROUPING)
 
     def load_py(image_id: np.ndarray) -> tuple[np.ndarray, ...]:
         record = load_instance(dataset, int(image_id), config)
@@ -185,19 +194,19 @@ def build_dataset(
             if canvas is not None:
                 pad_h = pad_w = tf.constant(canvas, tf.int32)
             else:
-                pad_h, pad_w = transforms.padded_size(image_size[0], image_size[1], config)
+                pad_h, pad_w = transforms.padded_size(image_size[0], image_size[1], config, mode)
             images = tf.pad(sample["image"], [[0, pad_h - image_size[0]], [0, pad_w - image_size[1]], [0, 0]])
-            static = canvas or transforms._static_padded_shape(config)[0]
+            static = canvas or transforms._static_padded_shape(config, mode)[0]
             images = tf.ensure_shape(images, [static, static, 3])
             boxes, class_ids, keypoints = sample["boxes"], sample["class_ids"], sample["keypoints"]
             masks = sample["masks"]
             if mini is None:
                 masks = tf.ensure_shape(transforms.pad_masks(masks, pad_h, pad_w), [None, static, static])
         else:
-            images, image_size, scale = transforms.resize_and_pad(image, config)
+            images, image_size, scale = transforms.resize_and_pad(image, config, mode)
             boxes = transforms.scale_boxes(boxes, scale)
             if mini is None:
-                masks = transforms.resize_and_pad_masks(masks, config)
+                masks = transforms.resize_and_pad_masks(masks, config, mode)
             if num_kp:
                 keypoints = scale_keypoints(keypoints, scale)
         out = {
@@ -223,7 +232,7 @@ def build_dataset(
         ds = ds.skip(int(start_element))
     ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
-    if config.IMAGE_RESIZE_MODE == "square" or canvas is not None:
+    if mode == "square" or canvas is not None:
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     else:
         mask_hw = list(mini) if mini else [None, None]
@@ -236,11 +245,20 @@ def build_dataset(
         }
         if num_kp:
             padded_shapes["gt_keypoints"] = [max_gt, num_kp, 3]
-        ds = ds.padded_batch(
-            batch_size,
-            padded_shapes=padded_shapes,
-            drop_remainder=drop_remainder,
-        )
+        if group:
+            # Detectron2's AspectRatioGroupedDataset: landscape (w > h) and portrait/square
+            # images are batched apart, so a batch pads to a similar shape. Deterministic
+            # given the element order.
+            def key(e):
+                return tf.cast(e["image_sizes"][1] > e["image_sizes"][0], tf.int64)
+
+            ds = ds.group_by_window(
+                key, lambda _, w: w.padded_batch(batch_size, padded_shapes=padded_shapes,
+                                                 drop_remainder=drop_remainder),
+                window_size=batch_size,
+            )
+        else:
+            ds = ds.padded_batch(batch_size, padded_shapes=padded_shapes, drop_remainder=drop_remainder)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

@@ -90,14 +90,14 @@ def target_size(
 
 
 def padded_size(
-    new_h: tf.Tensor | int, new_w: tf.Tensor | int, config: Config
+    new_h: tf.Tensor | int, new_w: tf.Tensor | int, config: Config, mode: str | None = None
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Padded canvas (Hp, Wp) int32 scalars for a resized new_h x new_w image.
 
-    "square": ``config.IMAGE_SHAPE[:2]`` whatever the input; "pad32": each side
-    rounded up to a multiple of 32.
+    ``mode`` (default ``config.IMAGE_RESIZE_MODE``): "square": ``config.IMAGE_SHAPE[:2]``
+    whatever the input; "pad32": each side rounded up to a multiple of 32.
     """
-    if config.IMAGE_RESIZE_MODE == "square":
+    if (mode or config.IMAGE_RESIZE_MODE) == "square":
         side = config.IMAGE_SHAPE[0]
         return tf.constant(side, tf.int32), tf.constant(side, tf.int32)
     return (
@@ -106,22 +106,24 @@ def padded_size(
     )
 
 
-def _static_padded_shape(config: Config) -> tuple[int | None, int | None]:
+def _static_padded_shape(config: Config, mode: str | None = None) -> tuple[int | None, int | None]:
     """(Hp, Wp) as Python ints when the mode makes them static, else (None, None)."""
-    if config.IMAGE_RESIZE_MODE == "square":
+    if (mode or config.IMAGE_RESIZE_MODE) == "square":
         side = config.IMAGE_SHAPE[0]
         return side, side
     return None, None
 
 
 def resize_and_pad(
-    image: tf.Tensor, config: Config
+    image: tf.Tensor, config: Config, mode: str | None = None
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Resize an image by the torchvision rule and pad it bottom/right with zeros.
 
     Args:
         image: uint8 or float ``[H, W, 3]`` RGB in 0-255 units (any H, W).
         config: reads IMAGE_MIN_DIM, IMAGE_MAX_DIM, IMAGE_RESIZE_MODE.
+        mode: "square" or "pad32" instead of IMAGE_RESIZE_MODE (training pads
+            by ``Config.TRAIN_PADDING``).
 
     Returns:
         image: float32 ``[Hp, Wp, 3]`` raw RGB 0-255 (not normalised), the resized
@@ -141,9 +143,9 @@ def resize_and_pad(
     resized = tf.image.resize(
         tf.cast(image, tf.float32), new_size, method="bilinear", antialias=False
     )
-    pad_h, pad_w = padded_size(new_h, new_w, config)
+    pad_h, pad_w = padded_size(new_h, new_w, config, mode)
     padded = tf.pad(resized, [[0, pad_h - new_h], [0, pad_w - new_w], [0, 0]])
-    static_h, static_w = _static_padded_shape(config)
+    static_h, static_w = _static_padded_shape(config, mode)
     padded = tf.ensure_shape(padded, [static_h, static_w, 3])
     # Scale from the integer sizes (not the float `scale` of target_size) so that boxes
     # land exactly where the resampled pixels are, as torchvision's resize_boxes does.
@@ -175,7 +177,7 @@ def pad_masks(masks: tf.Tensor, padded_h: tf.Tensor | int, padded_w: tf.Tensor |
     return tf.pad(masks, [[0, 0], [0, padded_h - shape[1]], [0, padded_w - shape[2]]])
 
 
-def resize_and_pad_masks(masks: tf.Tensor, config: Config) -> tf.Tensor:
+def resize_and_pad_masks(masks: tf.Tensor, config: Config, mode: str | None = None) -> tf.Tensor:
     """Full-image masks ``[N, H, W]`` -> uint8 ``[N, Hp, Wp]``, geometry of resize_and_pad.
 
     The target size is computed from the masks' own H, W, so it matches the image
@@ -185,9 +187,9 @@ def resize_and_pad_masks(masks: tf.Tensor, config: Config) -> tf.Tensor:
     shape = tf.shape(masks)
     new_h, new_w = target_size(shape[1], shape[2], config)
     resized = resize_masks(masks, tf.stack([new_h, new_w]))
-    pad_h, pad_w = padded_size(new_h, new_w, config)
+    pad_h, pad_w = padded_size(new_h, new_w, config, mode)
     padded = pad_masks(resized, pad_h, pad_w)
-    static_h, static_w = _static_padded_shape(config)
+    static_h, static_w = _static_padded_shape(config, mode)
     return tf.ensure_shape(padded, [None, static_h, static_w])
 
 
