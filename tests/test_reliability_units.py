@@ -295,3 +295,25 @@ def test_bad_sample_raise_names_the_image_and_skip_finishes_the_epoch(tmp_path, 
     assert "epoch 1: " in printed and "bad samples skipped: 3" in printed
     assert "skipped image ids: [" in printed
     loader.reset_counters()
+
+
+def test_build_dataset_check_raises_with_every_bad_id(tmp_path, tiny_config):
+    from mrcnn.data.pipeline import build_dataset
+
+    ds = FileShapes(tmp_path)
+    with pytest.raises(DatasetCheckError, match=r"image ids \[1, 3, 4\]") as info:
+        build_dataset(ds, tiny_config(), training=True, check="all")
+    assert {p.image_id: p.kind for p in info.value.report.problems} == BAD
+
+
+def test_decompression_bomb_names_the_path(tmp_path, tiny_config, monkeypatch):
+    import PIL.Image
+
+    ds = FileShapes(tmp_path, n=2, bad=False)
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)  # 64x64 is then > 2x the limit
+    loader.reset_counters()
+    with pytest.raises(BadSampleError, match=r"image id 0 \(path '.*img_0.jpg'\).*DecompressionBombError"):
+        loader.load_instance(ds, 0, tiny_config())
+    report = check_dataset(ds, tiny_config(), sample=None)
+    assert [(p.image_id, p.kind) for p in report.problems] == [(0, "unreadable image"), (1, "unreadable image")]
+    loader.reset_counters()
