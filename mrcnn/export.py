@@ -72,6 +72,10 @@ OUTPUT_NAMES = (
 )
 KEYPOINT_OUTPUT_NAMES = ("detection_keypoints", "detection_keypoint_scores")
 LABELS_FILE = "labels.txt"
+# Largest image (H * W pixels) a SavedModel accepts by default: a 4096 x 6144 photo.
+# An encoded image is checked against its header before any pixel is decoded, so a
+# small file that declares a huge canvas (a "decompression bomb") costs nothing.
+DEFAULT_MAX_PIXELS = int(4096 * 4096 * 1.5)
 
 
 class NonStockOpError(RuntimeError):
@@ -212,9 +216,17 @@ def _tf_variable(variable) -> tf.Variable:
 class DetectionModule(tf.Module):
     """What is saved: the model's variables, the labels asset and the two signatures."""
 
-    def __init__(self, model, class_names: Sequence[str], labels_path: str):
+    def __init__(
+        self, model, class_names: Sequence[str], labels_path: str,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ):
         super().__init__(name="mrcnn_detector")
         config = model.config
+        limit = tf.constant(max_pixels or 2**62, tf.int64)
+        too_big = (
+            f"input_tensor: image larger than max_pixels={max_pixels} (H * W) set at export "
+            "(mrcnn export --max-pixels); refused"
+        )
         names = list(class_names)
         # Track the underlying tf.Variables, not the Keras model (whose attributes,
         # tf.functions included, would be serialised too) nor the keras.Variable
@@ -262,6 +274,10 @@ class DetectionModule(tf.Module):
             images = checked(
                 input_tensor, 4, "input_tensor must be uint8 [batch, H, W, 3] RGB", channels=3
             )
+            shape = tf.shape(images, out_type=tf.int64)
+            small = tf.debugging.assert_less_equal(shape[1] * shape[2], limit, message=too_big)
+            with tf.control_dependencies([small]):
+                images = tf.identity(images)
             return run(lambda image: _preprocess_one(image, config), images)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_NAME)])
@@ -274,6 +290,12 @@ class DetectionModule(tf.Module):
                     message="input_tensor holds an empty string; expected JPEG or PNG bytes",
                 )
                 with tf.control_dependencies([not_empty]):
+                    # The header's size is checked before decode_image allocates the pixels.
+                    pixels = encoded_image_pixels(data)
+                small = tf.debugging.assert_less_equal(
+                    pixels, limit, message=too_big + " before decoding (size read from the header)"
+                )
+                with tf.control_dependencies([small]):
                     image = tf.io.decode_image(data, channels=3, dtype=tf.uint8,
                                                expand_animations=False)
                 image = tf.ensure_shape(image, [None, None, 3])
@@ -290,6 +312,43 @@ class DetectionModule(tf.Module):
             SIGNATURE_IMAGE: self.detect_images.get_concrete_function(),
             SIGNATURE_ENCODED: self.detect_encoded.get_concrete_function(),
         }
+
+
+def encoded_image_pixels(data: tf.Tensor) -> tf.Tensor:
+    """H * W (int64 scalar) that an encoded image declares, read without decoding it.
+
+    JPEG: ``tf.io.extract_jpeg_shape`` (parses the markers up to the frame header);
+    PNG: the IHDR chunk (big-endian width, height at bytes 16-23); GIF: the logical
+    screen (little-endian 16-bit width, height at bytes 6-9); BMP: the info header
+    (little-endian 32-bit width, height at bytes 18-25, height signed). Anything else
+    gives 0, and ``decode_image`` then reports the unknown format.
+    """
+    head = tf.strings.substr(data + tf.constant(b"\0" * 26), 0, 26)
+    b = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+
+    def big_endian32(i):
+        return b[i] * 2**24 + b[i + 1] * 2**16 + b[i + 2] * 2**8 + b[i + 3]
+
+    def little_endian(i, n):
+        return tf.add_n([b[i + k] * 2 ** (8 * k) for k in range(n)])
+
+    def signed_abs32(v):
+        return tf.abs(tf.where(v >= 2**31, v - 2**32, v))
+
+    magic = lambda prefix: tf.equal(tf.strings.substr(head, 0, len(prefix)), prefix)  # noqa: E731
+    png = big_endian32(16) * big_endian32(20)
+    gif = little_endian(6, 2) * little_endian(8, 2)
+    bmp = signed_abs32(little_endian(18, 4)) * signed_abs32(little_endian(22, 4))
+    other = tf.where(
+        magic(b"\x89PNG\r\n\x1a\n"), png,
+        tf.where(magic(b"GIF8"), gif, tf.where(magic(b"BM"), bmp, tf.constant(0, tf.int64))),
+    )
+
+    def jpeg():
+        shape = tf.cast(tf.io.extract_jpeg_shape(data), tf.int64)
+        return shape[0] * shape[1]
+
+    return tf.cond(magic(b"\xff\xd8"), jpeg, lambda: other)
 
 
 # ------------------------------------------------------------------------------ checks
@@ -334,6 +393,7 @@ def export_saved_model(
     *,
     class_names: Sequence[str] | None = None,
     overwrite: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> str:
     """Write ``model`` as a TF Serving SavedModel to ``output_dir/<version>/``.
 
@@ -347,6 +407,8 @@ def export_saved_model(
         ``config.CLASS_NAMES`` or ``BG, class_1, ...``.
       overwrite: replace an existing ``output_dir/<version>`` (``output_dir`` itself
         when ``version`` is None).
+      max_pixels: largest H * W a request may carry (None: no limit); larger ones fail
+        with InvalidArgument, an encoded image before its pixels are decoded.
     Returns:
       The version directory's path (what ``tf.saved_model.load`` opens).
     Raises:
@@ -362,6 +424,9 @@ def export_saved_model(
     if target.exists() and (version is not None or any(target.iterdir())) and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True or a new version")
     names = class_names_for(model.config, class_names)
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int)
+                                   or max_pixels <= 0):
+        raise ValueError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
     model = portable_model(model)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write next to the target (same filesystem) and rename when verified, so that a
@@ -370,7 +435,7 @@ def export_saved_model(
     try:
         labels = staging / LABELS_FILE
         labels.write_text("".join(n + "\n" for n in names), encoding="utf-8")
-        module = DetectionModule(model, names, str(labels))
+        module = DetectionModule(model, names, str(labels), max_pixels=max_pixels)
         saved = staging / "saved_model"
         tf.saved_model.save(module, str(saved), signatures=module.signatures())
         assert_stock_ops_only(saved)
@@ -398,6 +463,7 @@ def export_from_files(
     *,
     class_names: Sequence[str] | None = None,
     overwrite: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> str:
     """Build the model from ``config`` (a Config or a :func:`load_config` spec) with the
     stock-ops RoIAlign, load ``weights_path`` (Keras ``.weights.h5``) and export it
@@ -408,7 +474,8 @@ def export_from_files(
     model = MaskRCNN(config)
     model.load_weights(str(weights_path))
     return export_saved_model(
-        model, output_dir, version, class_names=class_names, overwrite=overwrite
+        model, output_dir, version, class_names=class_names, overwrite=overwrite,
+        max_pixels=max_pixels,
     )
 
 
@@ -426,11 +493,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write the SavedModel directly into OUTPUT (no version folder)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    parser.add_argument(
+        "--format", default="saved_model", choices=("saved_model", "onnx", "openvino", "litert"),
+        help="saved_model (TF Serving, default): OUTPUT/VERSION/; onnx: OUTPUT/model.onnx; "
+        "openvino: OUTPUT/model.xml + model.bin; litert: OUTPUT/model.tflite (docs/serving.md)",
+    )
+    parser.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+        help=f"SavedModel: refuse requests with more than this many pixels (H * W), encoded "
+        f"images before decoding (default {DEFAULT_MAX_PIXELS}; 0 = no limit)",
+    )
 
 
-def run(args: argparse.Namespace) -> str:
+def run(args: argparse.Namespace) -> str | list[str]:
+    fmt = getattr(args, "format", "saved_model")
+    if fmt != "saved_model":
+        from mrcnn.deploy import MissingRuntimeError
+        from mrcnn.deploy.exporters import export_model_from_files
+
+        try:
+            paths = export_model_from_files(
+                args.weights, args.config, args.output, fmt, overwrite=args.overwrite
+            )
+        except MissingRuntimeError as err:
+            raise SystemExit(f"mrcnn export: {err}") from err
+        print(f"{fmt} model written to {', '.join(paths)} (class names in labels.txt)")
+        return paths
+    max_pixels = getattr(args, "max_pixels", DEFAULT_MAX_PIXELS)
+    if max_pixels is not None and max_pixels < 0:
+        raise ValueError(f"--max-pixels must be >= 0 (0 = no limit), got {max_pixels}")
     path = export_from_files(
-        args.weights, args.config, args.output, args.version, overwrite=args.overwrite
+        args.weights, args.config, args.output, args.version, overwrite=args.overwrite,
+        max_pixels=max_pixels or None,
     )
     print(f"SavedModel written to {path}")
     print(f"signatures: {SIGNATURE_IMAGE} (uint8 images), {SIGNATURE_ENCODED} (JPEG/PNG bytes)")

@@ -387,3 +387,75 @@ def test_load_config_specs(tmp_path):
     assert (args.version, args.overwrite) == (1, False)
     args = parser.parse_args(["--weights", "w", "--config", "m:C", "--output", "o", "--no-version-dir"])
     assert args.version is None
+
+
+def _png_declaring(height: int, width: int) -> bytes:
+    """A real 1x1 PNG whose IHDR (CRC fixed) declares height x width: a tiny file
+    that would need height * width * 3 bytes if it were decoded."""
+    import struct
+    import zlib
+
+    data = bytearray(_png(np.zeros((1, 1, 3), np.uint8)))
+    ihdr = bytearray(data[12:29])  # b"IHDR" + 13 bytes of fields
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def test_max_pixels_refused_before_decoding_and_serving_continues(square_export, tmp_path):
+    """An oversize request gets InvalidArgument and the next request is served: with a
+    small --max-pixels (real images just over it) and with the default limit (a 1 kB PNG
+    declaring 20000 x 20000, which decode_image would allocate 1.2 GB for)."""
+    model, _ = square_export
+    limited = export.export_saved_model(model, tmp_path / "limited", max_pixels=64 * 64)
+    small, big = _image(60, 64), _image(64, 65)  # 3840 and 4160 pixels
+    arrays = {
+        "big": big[None], "big_png": np.array([_png(big)]), "big_jpeg": np.array([_jpeg(big)]),
+        "mixed": np.array([_png(small), _png(big)]),
+        "small": small[None], "small_png": np.array([_png(small)]),
+    }
+    requests = {name: ("serving_default" if name in ("big", "small") else "encoded_image", name, "tf2")
+                for name in ("big", "big_png", "big_jpeg", "mixed", "small", "small_png")}
+    (tmp_path / "a").mkdir()
+    out = run_client(limited, requests, arrays, tmp_path / "a")
+    for name in ("big", "big_png", "big_jpeg", "mixed"):
+        error = str(out.get(f"{name}/error", "no error"))
+        assert error.startswith("InvalidArgumentError") and "larger than max_pixels=4096" in error, error
+        if name != "big":
+            assert "before decoding" in error
+    expected = model.detect([small])[0]
+    assert_parity(out, "small", 0, small, expected, model.config)
+    assert_parity(out, "small_png", 0, small, expected, model.config)
+
+    # The default limit (4096 * 4096 * 1.5 pixels) of the shared export.
+    _, path = square_export
+    bomb = _png_declaring(20000, 20000)
+    assert len(bomb) < 1000
+    arrays = {"bomb": np.array([bomb]), "ok": np.array([_png(small)])}
+    requests = {"bomb": ("encoded_image", "bomb", "tf2"), "ok": ("encoded_image", "ok", "tf2"),
+                "bomb_session": ("encoded_image", "bomb", "session"),
+                "ok_session": ("encoded_image", "ok", "session")}
+    (tmp_path / "b").mkdir()
+    out = run_client(path, requests, arrays, tmp_path / "b")
+    for name in ("bomb", "bomb_session"):
+        error = str(out.get(f"{name}/error", "no error"))
+        assert "larger than max_pixels=25165824" in error and "before decoding" in error, error
+    assert_parity(out, "ok", 0, small, expected, model.config)
+    assert_parity(out, "ok_session", 0, small, expected, model.config)
+
+
+def test_encoded_image_pixels_reads_headers():
+    from PIL import Image as PILImage
+
+    image = _image(37, 53)
+    buffers = {"PNG": _png(image), "JPEG": _jpeg(image)}
+    for fmt in ("GIF", "BMP"):
+        buf = io.BytesIO()
+        PILImage.fromarray(image).save(buf, format=fmt)
+        buffers[fmt] = buf.getvalue()
+    for fmt, data in buffers.items():
+        assert int(export.encoded_image_pixels(tf.constant(data))) == 37 * 53, fmt
+    assert int(export.encoded_image_pixels(tf.constant(_png_declaring(20000, 30000)))) == 6 * 10**8
+    assert int(export.encoded_image_pixels(tf.constant(b"not an image"))) == 0
+    assert int(export.encoded_image_pixels(tf.constant(b""))) == 0

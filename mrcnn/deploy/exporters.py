@@ -1,0 +1,217 @@
+"""``export_model(model, output_dir, format)``: ONNX, OpenVINO IR and LiteRT files.
+
+Each writes into a staging folder next to ``output_dir`` and moves the files into
+place only after the conversion succeeded, so a failed export leaves no partial
+model file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import types
+from collections.abc import Sequence
+from pathlib import Path
+
+import tensorflow as tf
+
+from mrcnn.config import Config, load_config
+from mrcnn.deploy import FORMATS, require
+from mrcnn.deploy.graph import OUTPUT_ORDER, serving_function
+from mrcnn.export import INPUT_NAME, LABELS_FILE, class_names_for, portable_config
+
+MODEL_FILES = {
+    "onnx": ("model.onnx",),
+    "openvino": ("model.xml", "model.bin"),
+    "litert": ("model.tflite",),
+}
+ONNX_OPSET = 18
+
+
+def export_config(config: Config) -> Config:
+    """The Config every export builds its model with: the stock-ops RoIAlign
+    (``ROI_ALIGN_IMPLEMENTATION="portable"``), as for the SavedModel."""
+    return portable_config(config)
+
+
+def model_for(model, fmt: str):
+    """The model the ``fmt`` export traces: ``model`` or a rebuilt copy (same weights).
+
+    ONNX keeps the stock-ops ("portable", crop_and_resize) RoIAlign, which tf2onnx
+    converts. OpenVINO and LiteRT get a copy whose RoI poolers run the gather-based
+    RoIAlign (:mod:`mrcnn.ops.roi_align_gather`, same numbers within 2e-5), because
+    OpenVINO's CropAndResize conversion fails on an FPN level that receives no box and
+    LiteRT has no CropAndResize builtin. The caller's model is never changed.
+    """
+    from mrcnn.model import MaskRCNN
+
+    config = export_config(model.config)
+    gather = fmt in ("openvino", "litert")
+    if config.ROI_ALIGN_IMPLEMENTATION == model.config.ROI_ALIGN_IMPLEMENTATION and not gather:
+        return model
+    clone = MaskRCNN(config, name=model.name)
+    clone.set_weights(model.get_weights())
+    if gather:
+        use_gather_roi_align(clone)
+    return clone
+
+
+def use_gather_roi_align(model) -> int:
+    """Make every :class:`~mrcnn.layers.pooler.RoIPooler` of ``model`` pool with
+    :func:`~mrcnn.ops.roi_align_gather.multilevel_roi_align_gather` (same settings).
+
+    An export-time switch on the export's own copy of the model, so that neither the
+    Config nor the training graph knows about it. Returns the number of poolers.
+    """
+    from mrcnn.layers.pooler import RoIPooler
+    from mrcnn.ops.roi_align_gather import multilevel_roi_align_gather
+
+    def gather_call(pooler, features, boxes):
+        return multilevel_roi_align_gather(
+            list(features)[: len(pooler.strides)], boxes, pooler.output_size,
+            strides=pooler.strides, sampling_ratio=pooler.sampling_ratio, aligned=pooler.aligned,
+            canonical_level=pooler.canonical_level, canonical_size=pooler.canonical_size,
+        )
+
+    poolers = [layer for layer in model._flatten_layers() if isinstance(layer, RoIPooler)]
+    if not poolers:
+        raise RuntimeError("no RoIPooler found in the model; cannot switch its RoIAlign for export")
+    for pooler in poolers:
+        pooler.call = types.MethodType(gather_call, pooler)
+    return len(poolers)
+
+
+def _convert_onnx(serve, staging: Path) -> None:
+    tf2onnx = require("tf2onnx", "onnx")
+    require("onnx", "onnx")
+    path = staging / "model.onnx"
+    tf2onnx.convert.from_function(
+        serve, input_signature=serve.input_signature, opset=ONNX_OPSET, output_path=str(path)
+    )
+    _check_onnx(path)
+
+
+def _check_onnx(path: Path) -> None:
+    """The written ONNX model has the contract's input and output names."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inputs = [i.name for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output]
+    if inputs != [INPUT_NAME] or "detection_boxes" not in outputs:
+        raise RuntimeError(f"unexpected ONNX signature: inputs {inputs}, outputs {outputs}")
+
+
+def _convert_openvino(serve, staging: Path) -> None:
+    ov = require("openvino", "openvino")
+    concrete = serve.get_concrete_function()
+    model = ov.convert_model(concrete)
+    names = list(concrete.structured_outputs.keys())
+    # OpenVINO names the outputs after the traced graph's tensors; give them the
+    # contract's names (structured_outputs keeps the dict's order).
+    ordered = [n for n in OUTPUT_ORDER if n in names]
+    if len(model.outputs) != len(ordered):
+        raise RuntimeError(f"OpenVINO model has {len(model.outputs)} outputs, expected {ordered}")
+    for port, name in zip(model.outputs, _openvino_output_order(model, concrete)):
+        port.get_tensor().set_names({name})
+    model.inputs[0].get_tensor().set_names({INPUT_NAME})
+    ov.save_model(model, str(staging / "model.xml"))
+
+
+def _openvino_output_order(model, concrete) -> list[str]:
+    """The contract's name of each OpenVINO output, matched by the traced graph's tensor
+    names (``Identity``, ``Identity_1`` ... in the order of ``concrete.outputs``)."""
+    graph_names = [t.name.split(":")[0] for t in concrete.outputs]
+    flat = tf.nest.flatten(concrete.structured_outputs, expand_composites=False)
+    by_graph = {}
+    keys = sorted(concrete.structured_outputs.keys())  # tf.nest flattens dicts by sorted key
+    for key, tensor in zip(keys, flat):
+        by_graph[tensor.name.split(":")[0]] = key
+    del graph_names
+    result = []
+    for port in model.outputs:
+        names = port.get_names()
+        match = [by_graph[n.split(":")[0]] for n in names if n.split(":")[0] in by_graph]
+        if not match:
+            raise RuntimeError(f"cannot match OpenVINO output {names} to {sorted(by_graph)}")
+        result.append(match[0])
+    return result
+
+
+def _convert_litert(serve, staging: Path) -> None:
+    concrete = serve.get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], serve)
+    # Builtins only: a model that needs the Flex (select TF ops) delegate would not
+    # run on the plain ai-edge-litert interpreter.
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    (staging / "model.tflite").write_bytes(converter.convert())
+
+
+CONVERTERS = {"onnx": _convert_onnx, "openvino": _convert_openvino, "litert": _convert_litert}
+
+
+def export_model(
+    model,
+    output_dir: str | os.PathLike,
+    fmt: str,
+    *,
+    class_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> list[str]:
+    """Write ``model`` for runtime ``fmt`` ("onnx", "openvino", "litert") into ``output_dir``.
+
+    Args:
+      model: a :class:`mrcnn.model.MaskRCNN` (any RoIAlign implementation; the export
+        rebuilds it with the one the format needs, same weights).
+      output_dir: folder for the model file(s) and ``labels.txt``; created if needed.
+      fmt: the format; see :data:`MODEL_FILES` for the files each writes.
+      class_names: NUM_CLASSES names, index 0 = background (default from the Config).
+      overwrite: replace existing model files of that format.
+    Returns:
+      The paths of the written model files.
+    Raises:
+      MissingRuntimeError: the converter package is not installed (names the extra).
+      FileExistsError: a model file exists and ``overwrite`` is False.
+    """
+    if fmt not in CONVERTERS:
+        raise ValueError(f"format must be one of {FORMATS[1:]} here, got {fmt!r}")
+    output_dir = Path(output_dir)
+    targets = [output_dir / name for name in MODEL_FILES[fmt]]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} exists; pass overwrite=True (--overwrite)")
+    names = class_names_for(model.config, class_names)
+    if fmt == "onnx":
+        require("tf2onnx", fmt)
+    elif fmt == "openvino":
+        require("openvino", fmt)
+    serve = serving_function(model_for(model, fmt), float64=fmt != "litert")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".export-{fmt}-", dir=output_dir))
+    try:
+        CONVERTERS[fmt](serve, staging)
+        (staging / LABELS_FILE).write_text("".join(n + "\n" for n in names), encoding="utf-8")
+        for name in (*MODEL_FILES[fmt], LABELS_FILE):
+            os.replace(staging / name, output_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [str(t) for t in targets]
+
+
+def export_model_from_files(
+    weights_path: str | os.PathLike,
+    config: str | Config,
+    output_dir: str | os.PathLike,
+    fmt: str,
+    *,
+    class_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> list[str]:
+    """Build the model from ``config``, load ``weights_path`` and :func:`export_model` it."""
+    from mrcnn.model import MaskRCNN
+
+    config = export_config(load_config(config))
+    model = MaskRCNN(config)
+    model.load_weights(str(weights_path))
+    return export_model(model, output_dir, fmt, class_names=class_names, overwrite=overwrite)
