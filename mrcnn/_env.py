@@ -102,40 +102,66 @@ def _import_tensorflow_quietly(exec_module: Callable, module) -> None:
             if shown:
                 sys.stderr.write(shown)
                 sys.stderr.flush()
+    if _pending_registration:
+        _try_register(tensorflow_done=True)
+
+
+_pending_registration = False
+
+
+def _initializing(name: str) -> bool:
+    module = sys.modules.get(name)
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
 
 
 def _register_keras_objects(exec_module: Callable, module) -> None:
     exec_module(module)
-    # A mrcnn module mid-import (e.g. `import mrcnn.layers.fpn` importing keras) must finish
-    # first; importing mrcnn.model now would see it half-initialised. Such imports come from
-    # mrcnn itself, and whoever then uses MaskRCNN imports mrcnn.model anyway.
-    if any(
-        (name == "mrcnn" or name.startswith("mrcnn."))
-        and getattr(getattr(mod, "__spec__", None), "_initializing", False)
-        and name not in ("mrcnn",)
-        for name, mod in list(sys.modules.items())
-    ):
+    _try_register()
+
+
+def _try_register(tensorflow_done: bool = False) -> None:
+    """Import the modules that register mrcnn's Keras classes, unless that is unsafe now."""
+    global _pending_registration
+    # TensorFlow imports Keras from inside its own import: wait until TensorFlow's module body
+    # has run (the TensorFlow hook calls back with tensorflow_done=True).
+    if not tensorflow_done and _initializing("tensorflow"):
+        _pending_registration = True
         return
+    _pending_registration = False
+    busy = [name for name in list(sys.modules) if name.startswith("mrcnn.") and _initializing(name)]
     for name in _KERAS_MODULES:
+        # A module mid-import registers itself when it finishes. While another mrcnn module is
+        # mid-import (e.g. `import mrcnn.layers.fpn` importing keras), mrcnn.model would see it
+        # half-initialised: skip it (whoever then uses MaskRCNN imports mrcnn.model anyway).
+        if name in busy or (name == "mrcnn.model" and busy):
+            continue
         try:
             importlib.import_module(name)
-        except ImportError:  # pragma: no cover - a broken install; the real import says why
-            return
+        except ImportError:  # a half-initialised dependency or a broken install: not here
+            continue
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
-    """One-shot finder: wraps the loader of one top-level module so ``wrapper`` runs its body."""
+    """Finder that wraps the loader of one top-level module so ``wrapper`` runs its body.
+
+    It stays on ``sys.meta_path`` until that body has run successfully once: a bare
+    ``importlib.util.find_spec`` probe (TensorFlow probes for Keras) or a failed import does
+    not use it up.
+    """
 
     def __init__(self, name: str, wrapper: Callable) -> None:
         self.name = name
         self.wrapper = wrapper
+        self._busy = False
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != self.name:
+        if fullname != self.name or self._busy:
             return None
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)  # one shot, and no recursion into ourselves below
-        spec = importlib.util.find_spec(fullname)
+        self._busy = True  # the lookup below must not come back to this finder
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._busy = False
         loader = getattr(spec, "loader", None) if spec is not None else None
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
@@ -144,7 +170,16 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
         def exec_module(module):
             loader.exec_module = original  # later reloads run the plain body
-            wrapper(original, module)
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
+            try:
+                wrapper(original, module)
+            except BaseException:
+                # The module's own import failed (TensorFlow tries `import keras` while it is
+                # half-initialised and carries on without it): stay armed for the next try.
+                if self not in sys.meta_path:
+                    sys.meta_path.insert(0, self)
+                raise
 
         loader.exec_module = exec_module
         return spec
@@ -158,6 +193,6 @@ def install() -> None:
     if "tensorflow" not in sys.modules and "tensorflow" not in installed:
         sys.meta_path.insert(0, _AfterImport("tensorflow", _import_tensorflow_quietly))
     if "keras" in sys.modules:
-        _register_keras_objects(lambda module: None, sys.modules["keras"])
+        _try_register()
     elif "keras" not in installed:
         sys.meta_path.insert(0, _AfterImport("keras", _register_keras_objects))

@@ -80,3 +80,39 @@ def test_import_mrcnn_is_light():
                           cwd=DOC.parents[1])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("imports", [
+    "import mrcnn; import keras",
+    "import keras; import mrcnn",
+    "import mrcnn; import tensorflow; import keras",  # TensorFlow probes for and imports Keras itself
+    "import mrcnn; from mrcnn.model import MaskRCNN; import keras",
+])
+def test_keras_finds_mrcnn_classes_after_import_mrcnn(imports):
+    code = (f"{imports}\nimport keras\n"
+            "print([keras.saving.get_registered_object(n) is not None "
+            "for n in ('mrcnn>MaskRCNN', 'mrcnn>WarmupStepDecay')])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=DOC.parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[True, True]"
+
+
+def test_tf_startup_log_filter():
+    from mrcnn._env import filter_tf_log
+
+    text = (
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1796172658.553034    9513 port.cc:153] oneDNN custom operations are on.\n"
+        "W0000 00:00:1796172658.553329    9513 gpu_device.cc:2] Cannot dlopen some GPU libraries.\n"
+        "E0000 00:00:1796172661.591272    9513 cuda_platform.cc:52] failed call to cuInit: INTERNAL: "
+        "CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)\n"
+        "E0000 00:00:1796172661.600000    9513 other.cc:7] a real error\n"
+        "/x/y.py:3: UserWarning: a Python warning\n"
+    )
+    lines = filter_tf_log(text, level=2, gpu_found=False).splitlines()
+    assert lines == [text.splitlines()[4], text.splitlines()[5]]
+    # With a GPU found, a cuInit failure is news and is kept; level 0 keeps everything.
+    assert len(filter_tf_log(text, level=2, gpu_found=True).splitlines()) == 3
+    assert filter_tf_log(text, level=1, gpu_found=False).splitlines() == [text.splitlines()[i] for i in (2, 4, 5)]
+    assert filter_tf_log(text, level=0, gpu_found=False) == text
