@@ -191,7 +191,8 @@ class ShapesDemoConfig(ShapesConfig):
     TRAIN_ROIS_PER_IMAGE = 128
     MAX_GT_INSTANCES = 8
     DETECTION_MAX_INSTANCES = 20
-    LEARNING_RATE = 0.02
+    # Per 16 images (Config.LR_REFERENCE_BATCH): 0.02 at the batch of 4, the rate the demo was tuned at.
+    LEARNING_RATE = 0.08
     WARMUP_STEPS = 100
     WEIGHT_DECAY = 1e-4
     GRADIENT_CLIP_NORM = 10.0
