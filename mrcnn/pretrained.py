@@ -78,7 +78,7 @@ class StartReport:
         lines = [head, f"  loaded {len(self.loaded)} weights: {_by_stage(self.loaded)}"]
         if self.reinitialised:
             lines.append(f"  re-initialised {len(self.reinitialised)} weights: {_by_stage(self.reinitialised)}")
-            if self.kind != "none":
+            if self.kind == "coco":  # (an imagenet start re-initialises every stage after the backbone)
                 lines += [f"    {p}" for p in self.reinitialised]
         lines.append(f"  frozen backbone stages: {self.frozen_stages} (FREEZE_BACKBONE_STAGES)")
         lines += [f"  {n}" for n in self.notes]
