@@ -41,6 +41,7 @@ class AnchorGenerator(keras.layers.Layer):
         self.strides = None if strides is None else tuple(int(s) for s in strides)
         self.round_to_int = bool(round_to_int)
         self.offset = float(offset)
+        self.built = True  # no weights (Keras checks every layer is built before fit)
 
     @classmethod
     def from_model_config(cls, config: Config, **kwargs) -> AnchorGenerator:

@@ -25,6 +25,7 @@ class BoxCoder(keras.layers.Layer):
         self.box_weights = tuple(float(w) for w in weights)
         if len(self.box_weights) != 4:
             raise ValueError(f"BoxCoder weights must be 4 numbers (wy, wx, wh, ww), got {weights!r}")
+        self.built = True  # no weights (Keras checks every layer is built before fit)
 
     def encode(self, boxes: tf.Tensor, reference: tf.Tensor) -> tf.Tensor:
         """[..., 4] boxes relative to [..., 4] reference boxes -> [..., 4] weighted deltas."""

@@ -49,6 +49,7 @@ class RoIPooler(keras.layers.Layer):
         self.canonical_level = int(canonical_level)
         self.canonical_size = float(canonical_size)
         self.implementation = implementation
+        self.built = True  # no weights (Keras checks every layer is built before fit)
 
     @classmethod
     def from_model_config(cls, config: Config, output_size: int | Sequence[int], **kwargs) -> RoIPooler:
