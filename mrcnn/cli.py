@@ -1,6 +1,6 @@
 """The ``mrcnn`` command line (also ``python -m mrcnn``): a thin layer over the library.
 
-    mrcnn train    --config CFG --dataset DS --out DIR [--epochs N] [--weights FILE]
+    mrcnn train    --config CFG --dataset DS --out DIR [--epochs N] [--weights FILE | --init imagenet:FILE|coco:FILE]
     mrcnn detect   --config CFG --weights FILE --out DIR IMAGE [IMAGE ...]
     mrcnn evaluate --config CFG --weights FILE --dataset DS [--json-out FILE]
     mrcnn export   --config CFG --weights FILE --output DIR
@@ -122,6 +122,34 @@ def _build_model(config: Config, weights: str | None):
     return model
 
 
+def _start_config(config: Config, args: argparse.Namespace) -> Config:
+    """``--init``: check the start (frozen_bn needs loaded weights) and resolve the frozen stages."""
+    from mrcnn import pretrained
+
+    if args.init and args.weights:
+        raise CLIError("--init and --weights both set: --weights FILE loads a whole model of this config, "
+                       "--init a pretrained start; use one")
+    try:
+        return pretrained.config_for_start(config, args.init, weights_loaded=bool(args.weights))
+    except (ValueError, FileNotFoundError) as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _start_model(config: Config, args: argparse.Namespace):
+    """The model for ``mrcnn train``: ``--weights`` as before, else the ``--init`` start, with its report."""
+    from mrcnn import pretrained
+
+    if args.weights:
+        return _build_model(config, args.weights)
+    model = _build_model(config, None)
+    try:
+        report = pretrained.initialize(model, args.init)
+    except (ValueError, FileNotFoundError) as exc:
+        raise CLIError(f"--init {args.init}: {exc}") from None
+    print(report.summary(), flush=True)
+    return model
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     # Resumable, locked, atomic: see mrcnn.runner.run_training and docs/reliability.md.
     from mrcnn.callbacks import NonFiniteLossError
@@ -144,12 +172,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if distribute.worker_info(strategy).num_workers > 1 and args.max_minutes:
         raise CLIError("--max-minutes with several workers: each would stop at its own step; use --epochs")
     config = distribute.scale_config(config, strategy)  # GPU_COUNT = replicas: BATCH_SIZE is the global batch
+    config = _start_config(config, args)
     print(distribute.describe(config, strategy), flush=True)
     train, val = load_dataset(args, "train"), load_dataset(args, "val")
     resume = "restart" if args.restart else ("require" if args.resume else "auto")
     try:
         result = run_training(
-            lambda: _build_model(config, args.weights), train, config, args.out, args.epochs,
+            lambda: _start_model(config, args), train, config, args.out, args.epochs,
             args.steps_per_epoch or config.STEPS_PER_EPOCH, val_dataset=val, val_steps=args.val_steps,
             eval_every=args.eval_every, max_minutes=args.max_minutes, seed=args.seed, resume=resume,
             check=None if args.check == "none" else args.check, write_config=True, strategy=strategy,
@@ -159,6 +188,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as exc:
         print(f"mrcnn train: error: {exc}", file=sys.stderr)
         return 3
+    except distribute.PEER_FAILURES as exc:
+        if not distribute.is_peer_failure(exc, strategy):
+            raise
+        print(f"mrcnn train: error: lost another worker ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+              f"start all workers again to resume from {os.path.join(args.out, 'backup')}", file=sys.stderr)
+        return 4
     if result.signum is not None:
         return 128 + int(result.signum)
     if result.final_weights:
@@ -171,9 +206,11 @@ def _read_image(path: str):
 
     from mrcnn.data.loader import sanitize_image
 
+    from PIL import Image
+
     try:
         return sanitize_image(io.imread(path), ref=path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # the bomb error is no OSError
         raise CLIError(f"cannot read image {path}: {exc}") from exc
 
 
@@ -242,7 +279,16 @@ def detection_records(result: dict[str, Any], keep, class_names: list[str],
             "class_name": class_names[c] if 0 <= c < len(class_names) else str(c),
             "score": round(float(result["scores"][i]), 4),
         }
-        if "masks" in result:
+        if "masks" in result and "mask_offsets" in result:  # box format: crop + offset
+            from mrcnn.ops.mask_formats import box_mask_to_rle
+
+            crop, (oy, ox) = result["masks"][i], result["mask_offsets"][i]
+            record["mask_area"] = int(crop.sum())
+            record["segmentation"] = box_mask_to_rle(crop, (oy, ox), result["image_shape"])
+            if polygons:
+                record["polygons"] = [[v + (ox if k % 2 == 0 else oy) for k, v in enumerate(poly)]
+                                      for poly in mask_to_polygons(crop)]
+        elif "masks" in result:
             mask = result["masks"][..., i]
             record["mask_area"] = int(mask.sum())
             record["segmentation"] = mask_to_rle(mask)
@@ -265,18 +311,24 @@ def cmd_detect(args: argparse.Namespace) -> int:
     for path in args.images:  # fail before building the model
         if not os.path.isfile(path):
             raise CLIError(f"image not found: {path}")
+    # Detections below --min-score are not reported: their masks need not be computed.
+    config.DETECTION_MASK_MIN_SCORE = max(0.0, min(float(args.min_score), 1.0))
     model = _build_model(config, args.weights)
     names = list(config.CLASS_NAMES or [str(i) for i in range(config.NUM_CLASSES)])
     os.makedirs(args.out, exist_ok=True)
     records = []
     for path, out_name in tqdm(list(zip(args.images, output_names(args.images))), desc="detect", unit="img"):
         image = _read_image(path)
-        r = model.detect([image])[0]
+        # Box-format masks: memory follows the instances, not the image (tiles of a slide).
+        r = model.detect([image], mask_format="box", tile_size=args.tile, tile_overlap=args.tile_overlap)[0]
+        r["image_shape"] = image.shape[:2]
         keep = r["scores"] >= args.min_score
         drawn = draw_instances(
-            image, r["rois"][keep], r["masks"][..., keep] if "masks" in r else None, r["class_ids"][keep],
-            names, r["scores"][keep], keypoints=r["keypoints"][keep] if "keypoints" in r else None,
+            image, r["rois"][keep], [m for m, k in zip(r["masks"], keep) if k] if "masks" in r else None,
+            r["class_ids"][keep], names, r["scores"][keep],
+            keypoints=r["keypoints"][keep] if "keypoints" in r else None,
             skeleton=config.KEYPOINT_SKELETON,
+            mask_offsets=r["mask_offsets"][keep] if "masks" in r else None,
         )
         save_image(os.path.join(args.out, out_name), drawn)
         records.append({
@@ -363,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-image-dir", help="COCO: training image folder (default --images)")
     p.add_argument("--out", required=True, help="checkpoints, logs and backups go here")
     p.add_argument("--weights", help="initial weights (.weights.h5)")
+    p.add_argument("--init", default=None, metavar="imagenet:FILE|coco:FILE|none",
+                   help="pretrained start (torchvision .pth, Detectron2 .pkl or .weights.h5): the backbone "
+                        "(imagenet) or everything but the class-specific predictors (coco); docs/weights.md")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps-per-epoch", type=int, default=0)
     p.add_argument("--val-steps", type=int, default=0, help="validation-loss steps per epoch")
@@ -384,7 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--weights", required=True)
     p.add_argument("--out", required=True, help="folder for PNGs and detections.json")
-    p.add_argument("--min-score", type=float, default=0.5, help="draw/report detections above this")
+    p.add_argument("--min-score", type=float, default=0.5,
+                   help="draw/report detections at or above this; masks are computed only for them "
+                        "(DETECTION_MASK_MIN_SCORE)")
+    p.add_argument("--tile", type=int, default=None, metavar="T",
+                   help="run on overlapping T x T tiles and merge across seams (large images)")
+    p.add_argument("--tile-overlap", type=int, default=128, metavar="O",
+                   help="tile overlap in pixels (default 128; instances smaller than it are seen whole)")
     p.add_argument("--polygons", action="store_true",
                    help="also write each mask's outline as COCO polygons in detections.json")
     p.add_argument("images", nargs="+")

@@ -58,6 +58,7 @@ def draw_instances(
     keypoints: np.ndarray | None = None,
     skeleton: Sequence[tuple[int, int]] | None = None,
     keypoint_min_score: float = 0.0,
+    mask_offsets: np.ndarray | None = None,
 ) -> np.ndarray:
     """Overlay instances on a copy of ``image``.
 
@@ -65,7 +66,10 @@ def draw_instances(
         image: uint8 ``[H, W, 3]`` RGB (other dtypes/channels are converted like
             the training loader does).
         boxes: ``[N, 4]`` (y1, x1, y2, x2) pixel-edge, or None to skip boxes.
-        masks: bool ``[H, W, N]`` or None to skip masks.
+        masks: bool ``[H, W, N]``, or with ``mask_offsets`` a list of N bool crops
+            (``detect(mask_format="box")``: memory bounded by the instances, not
+            the image), or None to skip masks.
+        mask_offsets: int ``[N, 2]`` (y0, x0) of each crop in the image.
         class_ids: ``[N]`` ints (negative = crowd).
         class_names: index -> name, index 0 = "BG"; None prints the id.
         scores: optional ``[N]`` confidences appended to the labels.
@@ -90,6 +94,13 @@ def draw_instances(
     n = class_ids.shape[0]
     colors = instance_colors(n) if colors is None else np.asarray(colors, np.uint8)
 
+    if masks is not None and n and mask_offsets is not None:
+        for i, (crop, (y0, x0)) in enumerate(zip(masks, np.asarray(mask_offsets).reshape(-1, 2))):
+            crop = np.asarray(crop, bool)[: max(height - y0, 0), : max(width - x0, 0)]
+            region = out[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]]
+            region[crop] = (1 - alpha) * region[crop] + alpha * colors[i]
+            region[_boundary(crop)] = colors[i]
+        masks = None
     if masks is not None and n:
         masks = np.asarray(masks).astype(bool)
         if masks.shape != (height, width, n):

@@ -73,3 +73,15 @@ def test_detect_with_tiles_maps_back_to_the_image(model):
     # Each mask crop lies inside the image.
     for crop, (y0, x0) in zip(out["masks"], out["mask_offsets"]):
         assert y0 + crop.shape[0] <= 200 and x0 + crop.shape[1] <= 260
+
+
+def test_drawing_box_format_masks_equals_drawing_full_masks(model, images):
+    from mrcnn.visualize import draw_instances
+
+    full = model.detect(images[:1])[0]
+    box = model.detect(images[:1], mask_format="box")[0]
+    a = draw_instances(images[0], full["rois"], full["masks"], full["class_ids"], scores=full["scores"])
+    b = draw_instances(images[0], box["rois"], box["masks"], box["class_ids"], scores=box["scores"],
+                       mask_offsets=box["mask_offsets"])
+    assert len(full["scores"]) > 0
+    np.testing.assert_array_equal(a, b)
