@@ -175,6 +175,42 @@ def source_to_keras_name(key: str, source: str = "torchvision") -> tuple[str, st
     return layer, keras_field
 
 
+def is_caffe2(state: dict[str, Any]) -> bool:
+    """True for MSRA/Detectron1 Caffe2 blob names (``res2_0_branch2a_w``, ``res_conv1_bn_s``), the
+    format of Detectron2's ImageNet backbones (``detectron2://ImageNetPretrained/MSRA/R-50.pkl``)."""
+    return any(re.fullmatch(r"res\d_\d+_branch2a_w|res_conv1_bn_s", k) for k in state)
+
+
+def caffe2_to_detectron2(state: dict[str, np.ndarray], epsilon: float = 1e-5) -> dict[str, np.ndarray]:
+    """Caffe2 blob names -> Detectron2 module names (Detectron2's ``convert_basic_c2_names`` for
+    the backbone): ``res2_0_branch2a_w`` -> ``res2.0.conv1.weight``, ``_bn_s``/``_bn_b`` ->
+    ``.norm.weight``/``.norm.bias``, ``branch1`` -> ``shortcut``, ``conv1_w`` -> ``stem.conv1.weight``;
+    ``*_momentum`` and ``fc1000_*`` are dropped.
+
+    The MSRA files fold the batch statistics into the affine terms and carry none, so
+    ``running_mean = 0`` and ``running_var = 1 - epsilon`` are added: the frozen norm's scale
+    ``gamma / sqrt(running_var + epsilon)`` is then ``gamma`` itself, as Detectron2 computes
+    (``epsilon``: the norm layer's, ``mrcnn.layers.norm.BN_EPSILON``).
+    """
+    out: dict[str, np.ndarray] = {}
+    for key, value in state.items():
+        if key.endswith("_momentum") or key.startswith("fc1000"):
+            continue
+        k = key.replace("_", ".")
+        k = re.sub(r"\.b$", ".bias", re.sub(r"\.w$", ".weight", k))
+        k = re.sub(r"bn\.s$", "norm.weight", re.sub(r"bn\.bias$", "norm.bias", k))
+        k = re.sub(r"^res\.conv1\.norm\.", "conv1.norm.", k)
+        k = re.sub(r"^conv1\.", "stem.conv1.", k)
+        k = k.replace(".branch1.", ".shortcut.").replace(".branch2a.", ".conv1.")
+        k = k.replace(".branch2b.", ".conv2.").replace(".branch2c.", ".conv3.")
+        out[k] = value
+    for key in [k for k in out if k.endswith(".norm.weight")]:
+        base, n = key[: -len("weight")], out[key].shape
+        out.setdefault(f"{base}running_mean", np.zeros(n, np.float32))
+        out.setdefault(f"{base}running_var", np.full(n, 1.0 - epsilon, np.float32))
+    return out
+
+
 def detect_source(state: dict[str, Any]) -> str:
     """"torchvision" or "detectron2", from the key names of a state dict (CheckpointError if neither)."""
     keys = [strip_prefixes(k) for k in state]
@@ -388,7 +424,7 @@ def _materialise(obj: Any, archive: _Archive, key: str = "") -> Any:
 
 
 def _unwrap_state(obj: Any) -> Any:
-    for key in ("state_dict", "model", "model_state_dict"):
+    for key in ("state_dict", "model", "model_state_dict", "blobs"):  # "blobs": Caffe2/Detectron1 pickles
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     return obj

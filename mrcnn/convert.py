@@ -24,7 +24,7 @@ exactly once or matches :data:`IGNORED` (``num_batches_tracked``, Detectron2's
 ``pixel_mean``/``pixel_std``/anchor buffers); a missing key, an unexpected key or a
 shape mismatch raises :class:`ConversionError` naming the key.
 
-Layout conversions (each done once, here):
+Layout conversions (each done once, here or in :mod:`mrcnn.checkpoints`):
 
 - conv kernels OIHW -> HWIO (grouped convs alike: [O, I/g, kh, kw] -> [kh, kw, I/g, O]);
 - transposed conv kernels, torch [in, out, kh, kw] -> Keras Conv2DTranspose

@@ -12,7 +12,9 @@
 Starts (FILE is read without torch, see :mod:`mrcnn.checkpoints`):
 
 - ``imagenet:FILE``: the ResNet only, from a torchvision classification
-  checkpoint (``resnet50-0676ba61.pth``), or the backbone of any torchvision /
+  checkpoint (``resnet50-0676ba61.pth``), Detectron2's MSRA ImageNet ``.pkl``
+  (``R-50.pkl``, Caffe2 names; needs ``STRIDE_IN_1X1=True`` and BGR inputs, as
+  :class:`mrcnn.configs.Detectron2COCO`), or the backbone of any torchvision /
   Detectron2 detection checkpoint (``.pth``/``.pkl``), or the backbone of this
   project's ``.weights.h5``. FPN, RPN and the heads keep their initialisation.
 - ``coco:FILE``: a whole COCO-trained model: torchvision ``maskrcnn_resnet50_fpn``
@@ -43,7 +45,13 @@ from typing import Any
 
 import numpy as np
 
-from mrcnn.checkpoints import CheckpointError, detect_source, read_checkpoint
+from mrcnn.checkpoints import (
+    CheckpointError,
+    caffe2_to_detectron2,
+    detect_source,
+    is_caffe2,
+    read_checkpoint,
+)
 from mrcnn.config import Config
 
 KINDS = ("imagenet", "coco", "none")
@@ -285,6 +293,11 @@ def initialize(model, spec: str | None) -> StartReport:
         report.notes += notes
     else:
         state = read_checkpoint(path)
+        if is_caffe2(state):  # Detectron2's MSRA ImageNet backbones (R-50.pkl)
+            from mrcnn.layers.norm import BN_EPSILON
+
+            state = caffe2_to_detectron2(state, BN_EPSILON)
+            report.notes.append("Caffe2 (MSRA) names converted as Detectron2 does; running stats 0 / 1 - eps")
         report.source = detect_source(state)
         if kind == "imagenet":
             result = load_backbone_state(model, state, report.source, path)

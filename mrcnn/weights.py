@@ -256,8 +256,8 @@ def download_imagenet_weights(
             f"Could not download the {arch} ImageNet weights from {url} ({exc}). This machine "
             f"probably has no internet access. On a machine that has, download that URL (e.g. "
             f"`curl -LO {url}`) and copy the file to {dest} (or anywhere, and pass its path: "
-            f"`--imagenet-weights FILE` / load_imagenet_backbone(model, FILE)). No torch is needed "
-            f"to read it."
+            f"`mrcnn train --init imagenet:FILE`, `--imagenet-weights FILE` / "
+            f"load_imagenet_backbone(model, FILE)). No torch is needed to read it."
         ) from exc
     expected = _expected_hash_prefix(url)
     if expected and not _sha256(tmp).startswith(expected):

@@ -194,3 +194,49 @@ def test_cli_train_refuses_frozen_bn_and_reports_a_coco_start(tmp_path, capsys):
     assert f"start: coco weights from {weights} (keras format)" in printed
     assert "re-initialised 6 weights" in printed and "cls_score" in printed
     assert json.loads((out / "config.json").read_text())["FREEZE_BACKBONE_STAGES"] == 2
+
+
+def _caffe2_names(d2: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Detectron2 backbone names -> the MSRA/Caffe2 blob names of ``ImageNetPretrained/MSRA/R-50.pkl``
+    (written out here independently of the library's converter); no running statistics."""
+    out = {}
+    for key, value in d2.items():
+        if not key.startswith("backbone.bottom_up.") or "running_" in key:
+            continue
+        k = key[len("backbone.bottom_up."):]
+        k = {"stem.conv1.weight": "conv1_w", "stem.conv1.norm.weight": "res_conv1_bn_s",
+             "stem.conv1.norm.bias": "res_conv1_bn_b"}.get(k, k)
+        for torch_name, c2 in (("conv1", "branch2a"), ("conv2", "branch2b"), ("conv3", "branch2c"),
+                               ("shortcut", "branch1")):
+            k = k.replace(f".{torch_name}.norm.weight", f"_{c2}_bn_s").replace(f".{torch_name}.norm.bias", f"_{c2}_bn_b")
+            k = k.replace(f".{torch_name}.weight", f"_{c2}_w")
+        out[k.replace(".", "_")] = value
+    return out
+
+
+def test_imagenet_start_from_detectron2_msra_caffe2_pkl(tmp_path):
+    from mrcnn.configs import Detectron2COCO
+    from mrcnn.layers.norm import BN_EPSILON
+
+    d2 = detectron2_from_torchvision(torchvision_state_dict(np.random.default_rng(7)))
+    blobs = _caffe2_names(d2)
+    assert "res3_0_branch2b_bn_s" in blobs and "res5_0_branch1_w" in blobs and "res_conv1_bn_b" in blobs
+    blobs["res2_0_branch2a_w_momentum"] = np.zeros(1, np.float32)  # optimizer state, dropped
+    blobs["fc1000_w"] = np.zeros((10, 256), np.float32)
+    path = tmp_path / "R-50.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"blobs": blobs}, f, protocol=2)
+    model = MaskRCNN(Detectron2COCO(**{**SMALL, "FREEZE_BACKBONE_STAGES": None}))
+    report = pretrained.initialize(model, f"imagenet:{path}")
+    assert report.source == "detectron2" and report.frozen_stages == 2
+    layers = {layer.name: layer for layer in component(model, "backbone")._flatten_layers(include_self=False)}
+    assert len(report.loaded) == len(component(model, "backbone").weights)
+    np.testing.assert_array_equal(np.asarray(layers["conv1_conv"].kernel), conv_kernel(blobs["conv1_w"]))
+    np.testing.assert_array_equal(np.asarray(layers["layer4_0_downsample_conv"].kernel),
+                                  conv_kernel(blobs["res5_0_branch1_w"]))
+    norm = layers["layer2_0_2_norm"]  # res3.0.conv2.norm
+    np.testing.assert_array_equal(np.asarray(norm.gamma), blobs["res3_0_branch2b_bn_s"])
+    np.testing.assert_array_equal(np.asarray(norm.moving_mean), 0.0)
+    # The folded scale comes out as the file's: gamma / sqrt(var + eps) == gamma.
+    scale = np.asarray(norm.gamma) / np.sqrt(np.asarray(norm.moving_variance) + BN_EPSILON)
+    np.testing.assert_allclose(scale, blobs["res3_0_branch2b_bn_s"], rtol=1e-6)
