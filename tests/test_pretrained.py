@@ -240,3 +240,46 @@ def test_imagenet_start_from_detectron2_msra_caffe2_pkl(tmp_path):
     # The folded scale comes out as the file's: gamma / sqrt(var + eps) == gamma.
     scale = np.asarray(norm.gamma) / np.sqrt(np.asarray(norm.moving_variance) + BN_EPSILON)
     np.testing.assert_allclose(scale, blobs["res3_0_branch2b_bn_s"], rtol=1e-6)
+
+
+class _KeypointConfig(TinyConfig):
+    NAME = "kp"
+    NUM_CLASSES = 2
+    NUM_KEYPOINTS = 7
+    KEYPOINT_HEAD_CONV_CHANNELS = 16
+    KEYPOINT_HEAD_NUM_CONVS = 1
+
+
+def _randomised(model):
+    for i, v in enumerate(model.weights):
+        v.assign(np.random.default_rng(100 + i).normal(size=v.shape).astype(np.float32))
+    return model
+
+
+def test_keypoint_logits_reinitialised_only_when_the_counts_differ(tmp_path):
+    source = _randomised(MaskRCNN(_KeypointConfig()))
+    path = tmp_path / "kp7.weights.h5"
+    source.save_weights(str(path))
+    model = MaskRCNN(_KeypointConfig(NUM_KEYPOINTS=5))
+    before, want = _values(model), _values(source)
+    report = pretrained.initialize(model, f"coco:{path}")
+    logits = {v.path for v in component(model, "keypoint_head").deconv.weights}
+    assert set(report.reinitialised) == logits and len(logits) == 2
+    for p, v in _values(model).items():
+        np.testing.assert_array_equal(v, before[p] if p in logits else want[p], err_msg=p)
+    # Same count: everything loads.
+    same = MaskRCNN(_KeypointConfig())
+    assert pretrained.initialize(same, f"coco:{path}").reinitialised == []
+
+
+def test_keypoint_head_missing_from_the_file_keeps_its_initialisation(tmp_path):
+    source = _randomised(MaskRCNN(_KeypointConfig(NUM_KEYPOINTS=0)))  # an instance-segmentation model
+    path = tmp_path / "mask.weights.h5"
+    source.save_weights(str(path))
+    model = MaskRCNN(_KeypointConfig())
+    before, want = _values(model), _values(source)
+    report = pretrained.initialize(model, f"coco:{path}")
+    head = {v.path for v in component(model, "keypoint_head").weights}
+    assert set(report.reinitialised) == head and any("keypoint_head" in n for n in report.notes)
+    for p, v in _values(model).items():
+        np.testing.assert_array_equal(v, before[p] if p in head else want[p], err_msg=p)
