@@ -309,7 +309,7 @@ def test_detectron2_mapping_equals_torchvision_mapping(small_models):
             x, y = x[..., 1:], y[..., 1:]
         np.testing.assert_array_equal(x, y, err_msg=path)
     # Spot checks against the source arrays.
-    box = small_models["detectron2"].box_head
+    box = small_models["detectron2"].roi_heads.box_head
     d2 = detectron2_from_torchvision(tv)
     np.testing.assert_array_equal(np.asarray(box.cls_score.bias)[0], d2["roi_heads.box_predictor.cls_score.bias"][-1])
     np.testing.assert_array_equal(np.asarray(box.bbox_pred.bias)[4:8],
@@ -325,7 +325,7 @@ def test_detectron2_class_agnostic_predictors_are_tiled(small_models):
     d2 = detectron2_from_torchvision(torchvision_state_dict(rng), class_agnostic=True)
     assert d2["roi_heads.box_predictor.bbox_pred.weight"].shape[0] == 4
     convert_state_dict(small_models["detectron2"], d2, "detectron2")
-    box, mask = small_models["detectron2"].box_head, small_models["detectron2"].mask_head
+    box, mask = small_models["detectron2"].roi_heads.box_head, small_models["detectron2"].roi_heads.mask_head
     bias = np.asarray(box.bbox_pred.bias).reshape(5, 4)
     np.testing.assert_array_equal(bias[0], 0)
     for k in range(1, 5):
@@ -570,7 +570,6 @@ def parity(tmp_path_factory):
     from torchvision.models.detection.transform import _resize_image_and_masks
 
     from mrcnn.convert import convert_torchvision
-    from mrcnn.layers.rpn import generate_proposals
     from mrcnn.model import MaskRCNN
     from mrcnn.ops.masks import paste_masks
 
@@ -604,7 +603,6 @@ def parity(tmp_path_factory):
     config = TorchvisionCOCO()
     model = MaskRCNN(config)
     model.load_weights(str(tmp / "converted.weights.h5"))
-    c = config
     results = []
     for image, r in zip(images, resized):
         res = {}
@@ -634,11 +632,11 @@ def parity(tmp_path_factory):
         x[0, :h, :w] = r.permute(1, 2, 0).numpy() * 255.0
         x = tf.constant(x)
         sizes = tf.constant([[h, w]], tf.int32)
-        kfeats = model._features(x, sizes, training=False)
+        kfeats = model.features(x, sizes, training=False)
         res["features_rel"] = {name: _rel(kf[0], feats[name][0].permute(1, 2, 0).numpy())
                                for kf, name in zip(kfeats, feats.keys())}
-        klogits, kdeltas = model.rpn_head(kfeats)
-        kanchors = np.concatenate([a.numpy() for a in model._anchors(x, kfeats)])
+        klogits, kdeltas = model.rpn.head(kfeats)
+        kanchors = np.concatenate([a.numpy() for a in model.anchor_generator(x, kfeats)])
         res["anchors_max_abs"] = float(np.abs(kanchors - anchors[:, [1, 0, 3, 2]]).max())
         t_logits = [o.permute(0, 2, 3, 1).reshape(1, -1).numpy() for o in objectness]
         t_deltas = [d.view(1, 3, 4, *d.shape[-2:]).permute(0, 3, 4, 1, 2).reshape(1, -1, 4).numpy()[..., [1, 0, 3, 2]]
@@ -648,9 +646,7 @@ def parity(tmp_path_factory):
         t_props = props[0].numpy()[:, [1, 0, 3, 2]]
 
         def proposals(logits, deltas, x=x, kfeats=kfeats, sizes=sizes):
-            p, _, valid = generate_proposals(
-                logits, deltas, model._anchors(x, kfeats), sizes, c.PRE_NMS_LIMIT_INFERENCE,
-                c.POST_NMS_ROIS_INFERENCE, c.RPN_NMS_THRESHOLD, c.PROPOSAL_MIN_SIZE, c.RPN_BBOX_WEIGHTS)
+            p, _, valid = model.rpn.proposals(logits, deltas, model.anchor_generator(x, kfeats), sizes)
             return p.numpy()[0][valid.numpy()[0]]
 
         # Proposal stage alone: from torchvision's own RPN outputs.
@@ -660,13 +656,13 @@ def parity(tmp_path_factory):
         own = proposals(klogits, kdeltas)
         res["proposals_end_to_end"] = _set_match(own, t_props)
         # Box head on torchvision's proposals.
-        kcls, kbox = model.box_head(model._pool(kfeats, tf.constant(t_props[None]), c.POOL_SIZE))
+        kcls, kbox = model.roi_heads.box_forward(kfeats, tf.constant(t_props[None]))
         t_box = box_reg.numpy().reshape(len(t_props), -1, 4)[..., [1, 0, 3, 2]]
         res["box_head_same_rois"] = {"rois": len(t_props), "cls_logits_rel": _rel(kcls[0], cls_logits.numpy()),
                                      "box_deltas_rel": _rel(kbox[0], t_box)}
         # Mask head on torchvision's detections.
         t_det_boxes = det_boxes.numpy()[:, [1, 0, 3, 2]]
-        kmask = model.mask_head(model._pool(kfeats, tf.constant(t_det_boxes[None]), c.MASK_POOL_SIZE))
+        kmask = model.roi_heads.mask_head(model.roi_heads.mask_pooler(kfeats, tf.constant(t_det_boxes[None])))
         res["mask_head_same_boxes"] = {"boxes": len(t_det_boxes),
                                        "mask_logits_rel": _rel(kmask[0], mask_logits.permute(0, 2, 3, 1).numpy())}
         # Final detections, each model end to end from the same resized image.
