@@ -595,20 +595,20 @@ class Config:
             if isinstance(v, list):
                 v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
             (fields if hasattr(target, k) else extra)[k] = v
-        if not extra:
-            return target(**fields)
-        where = f"config class {recorded!r} is not importable ({why})" if why else (
-            f"{target.__name__} does not define them")
-        warnings.warn(
-            f"mrcnn: {where}; building a {target.__name__} that carries the extra fields "
-            f"{sorted(extra)} as plain values (properties and checks of the original class are lost)",
-            UserWarning, stacklevel=2,
-        )
+        if extra:
+            where = f"config class {recorded!r} is not importable ({why})" if why else (
+                f"{target.__name__} does not define them")
+            warnings.warn(
+                f"mrcnn: {where}; building a {target.__name__} that carries the extra fields "
+                f"{sorted(extra)} as plain values (properties and checks of the original class are lost)",
+                UserWarning, stacklevel=2,
+            )
         config = target.__new__(target)
         config.__dict__.update(extra)
         if recorded and why:
+            # Written back out as it came in, so the file still names the original class.
             config.__dict__["_recorded_class"] = recorded
-        Config.__init__(config, **fields)
+        target.__init__(config, **fields)
         return config
 
     def display(self) -> None:

@@ -40,16 +40,17 @@ class KeypointOnlyConfig(TinyConfig):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """One tiny `mrcnn train` run shared by the tests below (config.json + final weights)."""
+    """A config.json and weights shared by the tests below (random weights: `mrcnn train`
+    itself is run in test_train_in_a_fresh_process_prints_no_startup_noise)."""
+    from mrcnn.model import MaskRCNN
+
     tmp = tmp_path_factory.mktemp("cli")
-    config = tmp / "config.json"
-    config.write_text(TinyConfig(CLASS_NAMES=CLASS_NAMES, STEPS_PER_EPOCH=2).to_json())
-    out = tmp / "run"
-    assert main(["train", "--config", str(config), "--dataset", "shapes", "--train-images", "4",
-                 "--val-images", "2", "--out", str(out), "--epochs", "1"]) == 0
-    weights = out / "final.weights.h5"
-    assert weights.is_file() and (out / "config.json").is_file()
-    return SimpleNamespace(config=str(config), weights=str(weights), tmp=tmp)
+    config = TinyConfig(CLASS_NAMES=CLASS_NAMES, STEPS_PER_EPOCH=2)
+    config_path = tmp / "config.json"
+    config_path.write_text(config.to_json())
+    weights = tmp / "random.weights.h5"
+    MaskRCNN(config).save_weights(str(weights))
+    return SimpleNamespace(config=str(config_path), weights=str(weights), tmp=tmp)
 
 
 def _images(folder: Path, names_shapes) -> list[str]:
@@ -299,10 +300,10 @@ NOISE = ("cuInit", "absl::InitializeLog", "cudart_stub", "oneDNN custom operatio
 
 
 @pytest.mark.slow
-def test_cli_first_run_prints_no_startup_noise(tmp_path):
+def test_train_in_a_fresh_process_prints_no_startup_noise(tmp_path):
     """`python -m mrcnn train` and `build-ops` in fresh processes, as a newcomer runs them (no
-    TF_CPP_MIN_LOG_LEVEL set): stderr has none of TensorFlow's CUDA/absl start-up lines
-    and no Keras shuffle=True warning."""
+    TF_CPP_MIN_LOG_LEVEL set): training writes its files, and stderr has none of
+    TensorFlow's CUDA/absl start-up lines and no Keras shuffle=True warning."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     config = tmp_path / "config.json"
@@ -313,6 +314,9 @@ def test_cli_first_run_prints_no_startup_noise(tmp_path):
          "--train-images", "2", "--val-images", "1", "--out", str(out), "--epochs", "1", "--check", "none"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stderr[-3000:]
+    assert (out / "final.weights.h5").is_file()
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["config_class"] == "conftest:TinyConfig" and saved["STEPS_PER_EPOCH"] == 1
     build = subprocess.run([sys.executable, "-m", "mrcnn", "build-ops"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-3000:]

@@ -280,3 +280,12 @@ def test_keras_file_round_trip_after_import_mrcnn_only(tmp_path, monkeypatch):
             np.testing.assert_allclose(got[f"{tag}_{key}"], value, atol=1e-4, err_msg=f"{tag} {key}")
     fields = json.loads(str(got["sub_fields"]))
     assert (fields["EPOCHS"], fields["CROP_SIDE"], fields["TOTAL_STEPS"]) == (7, 64, 7000)
+
+
+def test_unimportable_class_without_own_fields_keeps_its_name(recwarn):
+    d = json.loads(Config(NUM_CLASSES=7).to_json())
+    d["config_class"] = "gone_module:GoneConfig"
+    back = Config.from_dict(d)
+    assert type(back) is Config and back.NUM_CLASSES == 7
+    assert not [w for w in recwarn if "gone_module" in str(w.message)]  # nothing was lost
+    assert json.loads(back.to_json())["config_class"] == "gone_module:GoneConfig"
