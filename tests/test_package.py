@@ -96,6 +96,13 @@ def test_wheel_install_builds_the_custom_op_from_package_data(tmp_path):
     assert "MrcnnRoiAlign" in result["op_types"]
     assert result["max_abs"] > 0.1 and result["max_abs_diff"] < 1e-5
 
+    # The command line from the installed wheel (entry point module and package metadata).
+    version = subprocess.run([sys.executable, "-S", "-m", "mrcnn", "--version"], cwd=work, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert version.returncode == 0, version.stderr[-2000:]
+    assert version.stdout.startswith("mrcnn 0.1.0 (TensorFlow ")
+    assert (target / "bin" / "mrcnn").is_file()
+
     # Same sources, flags and TensorFlow: the same cache key as the editable install's build.
     from mrcnn.ops import custom_roi_align
 
