@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from mrcnn.layers.box_coder import BoxCoder
 from mrcnn.ops import boxes as box_ops
+from mrcnn.ops import custom_roi_align
 from mrcnn.ops.keypoints import keypoints_to_heatmap_targets
 from mrcnn.ops.roi_pooling import roi_align
 from mrcnn.ops.sampling import sample_balanced
@@ -165,21 +166,37 @@ def roi_targets(
 
 
 def _mask_targets(rois, gt_index, matched_boxes, gt_masks, mask_shape, mini_mask, implementation):
-    """RoIAlign each RoI's matched GT mask into the RoI at ``mask_shape``: [B, S, mh, mw]."""
+    """RoIAlign each RoI's matched GT mask into the RoI at ``mask_shape``: [B, S, mh, mw].
+
+    Full masks: aligned RoIAlign with adaptive sampling (ceil(roi / bin) samples
+    per bin), Detectron2's ``BitMasks.crop_and_resize``; the stock-ops RoIAlign
+    cannot sample adaptively and uses 2 x 2 samples (see ``mask_target_sampling_ratio``).
+
+    Mini masks (the GT box resampled to mh x mw): the RoI is expressed in the mini
+    mask's frame, and the mini mask gets a one-cell zero border first. Without it,
+    RoIAlign's border rule (a sample up to one cell outside reads the edge cell)
+    would copy the mask's edge half a cell beyond the GT box, which then survives
+    the 0.5 threshold; with it, sampling outside the box sees what a full mask
+    holds there (nothing), as the full-mask path does. 2 x 2 samples per bin: for
+    a RoI the size of its GT box that is the adaptive count (mini cells per bin).
+    """
     batch = tf.shape(rois)[0]
     num_rois = tf.shape(rois)[1]
     num_gt = tf.shape(gt_masks)[1]
     mh, mw = tf.shape(gt_masks)[2], tf.shape(gt_masks)[3]
     masks = tf.reshape(tf.cast(gt_masks, tf.float32), tf.stack([-1, mh, mw, 1]))
     if mini_mask:
-        # The mini mask spans the GT box: express the RoI in that frame.
+        masks = tf.pad(masks, [[0, 0], [1, 1], [1, 1], [0, 0]])
+        # The mini mask spans the GT box: express the RoI in that frame (+1: the border).
         gy1, gx1, gy2, gx2 = tf.unstack(matched_boxes, axis=-1)
         ry1, rx1, ry2, rx2 = tf.unstack(rois, axis=-1)
         sy = tf.cast(mh, tf.float32) / tf.maximum(gy2 - gy1, 1e-6)
         sx = tf.cast(mw, tf.float32) / tf.maximum(gx2 - gx1, 1e-6)
-        boxes = tf.stack([(ry1 - gy1) * sy, (rx1 - gx1) * sx, (ry2 - gy1) * sy, (rx2 - gx1) * sx], -1)
+        boxes = tf.stack([(ry1 - gy1) * sy, (rx1 - gx1) * sx, (ry2 - gy1) * sy, (rx2 - gx1) * sx], -1) + 1.0
+        sampling_ratio = 2
     else:
         boxes = rois
+        sampling_ratio = mask_target_sampling_ratio(implementation)
     box_indices = tf.range(batch)[:, None] * num_gt + gt_index
     out = roi_align(
         masks,
@@ -187,8 +204,15 @@ def _mask_targets(rois, gt_index, matched_boxes, gt_masks, mask_shape, mini_mask
         tf.reshape(box_indices, [-1]),
         mask_shape,
         spatial_scale=1.0,
-        sampling_ratio=2,
+        sampling_ratio=sampling_ratio,
         aligned=True,
         implementation=implementation,
     )
     return tf.reshape(out, tf.stack([batch, num_rois, mask_shape[0], mask_shape[1]]))
+
+
+def mask_target_sampling_ratio(implementation: str) -> int:
+    """RoIAlign sampling ratio of full-mask targets: 0 (adaptive) where the custom op runs, else 2."""
+    if implementation == "custom" or (implementation == "auto" and custom_roi_align.is_available()):
+        return 0
+    return 2
