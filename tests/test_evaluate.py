@@ -470,8 +470,8 @@ def test_failed_evaluation_keeps_what_was_computed(tmp_path: Path) -> None:
 
 
 def test_evaluation_memory_does_not_grow_with_full_size_masks() -> None:
-    """Peak RSS of a subprocess: 4 vs 12 images of 1000x1000 with 100 detections (100 MB of
-    masks per image). Keeping the masks would add ~800 MB; streaming adds only RLEs.
+    """Peak RSS of a subprocess: 3 vs 9 images of 1000x1000 with 100 detections (100 MB of
+    masks per image). Keeping the masks would add ~600 MB; streaming adds only RLEs.
     scripts/bench_eval_memory.py runs the full 200-image measurement."""
     import subprocess
     import sys
@@ -484,6 +484,6 @@ def test_evaluation_memory_does_not_grow_with_full_size_masks() -> None:
         assert out.returncode == 0, out.stderr[-2000:]
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    small, large = peak(4), peak(12)
+    small, large = peak(3), peak(9)
     assert large["peak_rss_mb"] - small["peak_rss_mb"] < 60, (small, large)
     assert large["peak_rss_mb"] < 1500
