@@ -52,8 +52,13 @@ def make_config(cls: type[Config], overrides: dict[str, Any] | None = None,
                 config_file: str | os.PathLike | None = None) -> Config:
     """``cls`` from an optional saved ``config.json`` (``Config.to_json``) plus ``overrides``.
 
-    Raises ValueError naming the field for an unknown or invalid value.
+    Raises ValueError naming the field for an override ``cls`` has no field for (a
+    typo in ``--set``) or an invalid value. (Extra fields in the file are carried
+    with a warning, see ``Config.from_dict``.)
     """
+    unknown = sorted(k for k in (overrides or {}) if not k.isupper() or not hasattr(cls, k))
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown} (--set FIELD=VALUE)")
     values: dict[str, Any] = {}
     if config_file is not None:
         try:
