@@ -152,3 +152,42 @@ def test_overfits_one_image_then_detects_it(tiny_config):
         best = int(np.argmax(ious))
         assert ious[best] > 0.7, f"instance {i}: best mask IoU {ious[best]:.2f}"
         assert r["class_ids"][best] == cls
+
+
+def test_stages_own_their_settings_and_round_trip_through_get_config(tiny_config):
+    from mrcnn.layers import RPN, AnchorGenerator, BoxCoder, RoIHeads, RoIPooler
+
+    config = tiny_config(NUM_KEYPOINTS=2, KEYPOINT_HEAD_CONV_CHANNELS=8, KEYPOINT_HEAD_NUM_CONVS=1,
+                         PRE_NMS_LIMIT_INFERENCE=123, DETECTION_NMS_THRESHOLD=0.4, ROI_ALIGN_SAMPLING_RATIO=3)
+    model = MaskRCNN(config)
+    rpn, heads = model.rpn, model.roi_heads
+    assert isinstance(rpn, RPN) and isinstance(heads, RoIHeads)
+    assert isinstance(model.anchor_generator, AnchorGenerator) and isinstance(rpn.box_coder, BoxCoder)
+    # Built from the Config once: the settings live on the stage.
+    assert rpn.get_config()["pre_nms_top_n_test"] == 123
+    assert rpn.get_config()["pre_nms_top_n_train"] == config.PRE_NMS_LIMIT_TRAINING
+    assert heads.get_config()["nms_threshold"] == 0.4
+    assert heads.box_coder.box_weights == config.BBOX_REG_WEIGHTS
+    assert model.anchor_generator.sizes == config.RPN_ANCHOR_SCALES
+    assert heads.box_pooler.output_size == (7, 7) and heads.mask_pooler.output_size == (14, 14)
+    assert heads.box_pooler.sampling_ratio == 3 and heads.keypoint_pooler.sampling_ratio == 3
+    # Keras' own round trip rebuilds an equal stage (same settings, same weight shapes).
+    for layer in (model.anchor_generator, rpn, rpn.head, rpn.box_coder, heads, heads.box_pooler,
+                  heads.box_head, heads.mask_head, heads.keypoint_head):
+        cfg = layer.get_config()
+        again = type(layer).from_config(cfg)
+        assert again.get_config() == cfg, type(layer).__name__
+    rebuilt = RoIHeads.from_config(heads.get_config())
+    rebuilt.build([tuple(s) for s in [(1, 16, 16, config.FPN_CHANNELS)] * 5])
+    assert [tuple(w.shape) for w in rebuilt.weights] == [tuple(w.shape) for w in heads.weights]
+    # The stages chain exactly as model(...) does.
+    images = tf.random.uniform([1, 64, 64, 3], 0, 255, seed=1)
+    sizes = tf.constant([[64, 64]])
+    features = model.features(images, sizes)
+    proposals, valid, rpn_losses = rpn(features, model.anchor_generator(images, features), sizes)
+    detections, head_losses = heads(features, proposals, valid, sizes)
+    assert rpn_losses == {} and head_losses == {}
+    out = model({"images": images, "image_sizes": sizes})
+    assert sorted(detections) == sorted(out)
+    for key in out:
+        np.testing.assert_array_equal(detections[key].numpy(), out[key].numpy())

@@ -150,3 +150,17 @@ def test_detectron2_anchor_conventions():
     # torchvision's rule for the same grid: stride 800 // 13 = 61.
     tv = anchor_ops.multilevel_anchors(tf.constant([800, 800]), [tf.constant([13, 13])], (512,), (1.0,))
     np.testing.assert_allclose(tv[0].numpy()[1], [-256, 61 - 256, 256, 61 + 256])
+
+
+def test_public_op_and_layer_names():
+    import mrcnn.layers
+    import mrcnn.ops
+    from mrcnn.ops import roi_align
+
+    for package in (mrcnn.ops, mrcnn.layers):
+        assert package.__all__ and all(callable(getattr(package, name)) for name in package.__all__)
+    # The function, not a module: a 2x2 map, one box covering it, 1x1 output = the mean.
+    features = tf.reshape(tf.range(4, dtype=tf.float32), [1, 2, 2, 1])
+    out = roi_align(features, tf.constant([[0.0, 0.0, 2.0, 2.0]]), tf.constant([0]), 1,
+                    sampling_ratio=2, implementation="portable")
+    assert out.shape == (1, 1, 1, 1) and abs(float(out[0, 0, 0, 0]) - 1.5) < 1e-6
