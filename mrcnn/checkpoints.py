@@ -16,8 +16,8 @@ Reading (no PyTorch needed, and no code from the file is ever run):
   restricted to NumPy arrays, scalars and dicts.
 - :func:`read_checkpoint`: either of them by content, plus unwrapping of
   ``{"model": ...}`` / ``{"state_dict": ...}``. The legacy (pre-1.6, not zip)
-  torch format is only read through ``torch.load(weights_only=True)`` and only
-  on torch >= 2.6 (older versions' ``weights_only`` can be made to run code);
+  torch format (recognised by its magic number; no other file reaches torch) is
+  only read through ``torch.load(weights_only=True)`` and only on torch >= 2.6 (older versions' ``weights_only`` can be made to run code);
   otherwise it is refused with the fix (re-save it with a recent torch).
 
 Key maps: :func:`backbone_key` is the one mapping from a ResNet layer name of
@@ -533,6 +533,18 @@ def _tensor_dict(obj: Any, path: str) -> dict[str, np.ndarray]:
     return out
 
 
+# torch's legacy (pre-1.6) files begin with this number, pickled (torch/serialization.py).
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+def is_legacy_torch(path: str) -> bool:
+    """True when ``path`` starts like a legacy ``torch.save`` file (its pickled magic number)."""
+    with open(path, "rb") as f:
+        head = f.read(14)
+    return len(head) == 14 and head[0] == 0x80 and head[2:4] == b"\x8a\x0a" \
+        and int.from_bytes(head[4:14], "little") == _LEGACY_MAGIC
+
+
 def _safe_torch_load(path: str) -> Any | None:
     """``torch.load(weights_only=True)`` on torch >= 2.6 (None without torch); refuses older torch,
     whose ``weights_only`` unpickler could be made to run code (CVE-2025-32434)."""
@@ -571,20 +583,22 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
             raise
         except (pickle.UnpicklingError, ValueError) as exc:
             raise CheckpointError(f"{path}: {exc}") from exc
+    if is_legacy_torch(path):  # only such files reach torch; any other pickle is read by read_pkl
+        try:
+            obj = _safe_torch_load(path)
+        except CheckpointError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever torch raises, one clear error
+            raise CheckpointError(f"{path}: torch.load(weights_only=True) refused this legacy file ({exc})") from exc
+        if obj is None:
+            raise CheckpointError(
+                f"{path}: a legacy (PyTorch < 1.6) torch.save file: reading it needs torch >= 2.6 installed "
+                "(torch.load(weights_only=True)); or re-save it with torch.save on a machine that has torch"
+            )
+        return _tensor_dict(obj, path)
     try:
         obj = read_pkl(path)
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
             KeyError, RecursionError, MemoryError) as exc:
-        try:
-            obj = _safe_torch_load(path)  # the legacy (pre-1.6) torch.save format
-        except CheckpointError:
-            raise
-        except Exception:  # noqa: BLE001 - torch refused it too: report the NumPy reader's reason
-            obj = None
-        if obj is None:
-            raise CheckpointError(
-                f"{path}: not a Detectron2 .pkl of NumPy arrays nor a zip-format .pth ({exc}). "
-                "A legacy (PyTorch < 1.6) .pth needs torch >= 2.6 installed, or re-save it with "
-                "torch.save on a machine that has it."
-            ) from exc
+        raise CheckpointError(f"{path}: not a Detectron2 .pkl of NumPy arrays nor a torch .pth ({exc})") from exc
     return _tensor_dict(obj, path)

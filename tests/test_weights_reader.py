@@ -103,7 +103,7 @@ def test_member_missing_and_unknown_persistent_id(tmp_path):
 
 
 def test_zip_refused_by_the_reader_is_not_retried_with_torch(tmp_path, monkeypatch):
-    """A refused zip file never reaches torch.load (no fallback for zip files)."""
+    """A refused file never reaches torch.load (no fallback for zip files or plain pickles)."""
     if importlib.util.find_spec("torch") is not None:
         import torch
 
@@ -119,11 +119,17 @@ def test_zip_refused_by_the_reader_is_not_retried_with_torch(tmp_path, monkeypat
         z.writestr("archive/data.pkl", payload)
     with pytest.raises(C.CheckpointError, match="os.system"):
         C.read_checkpoint(evil)
+    plain = tmp_path / "evil.pkl"  # the same pickle outside a zip: refused by the NumPy reader alone
+    plain.write_bytes(payload)
+    with pytest.raises(C.CheckpointError, match="refusing to load global os.system"):
+        C.read_checkpoint(plain)
 
 
 def test_legacy_format_needs_torch_2_6(tmp_path, monkeypatch):
     legacy = tmp_path / "legacy.pth"
-    legacy.write_bytes(b"\x80\x02\x8a\x0alegacy-torch-magic")  # not a zip, not a NumPy pickle
+    # What torch < 1.6 wrote first: pickle.dump(0x1950a86a20f9469cfc6c, f, protocol=2).
+    legacy.write_bytes(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + b"rest of a legacy file")
+    assert C.is_legacy_torch(str(legacy))
     if importlib.util.find_spec("torch") is None:
         with pytest.raises(C.CheckpointError, match="torch >= 2.6"):
             C.read_checkpoint(legacy)
