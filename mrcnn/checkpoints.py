@@ -42,6 +42,13 @@ from typing import Any
 
 import numpy as np
 
+__all__ = [
+    "BACKBONE_PREFIX", "NORM_FIELDS", "SOURCES", "CheckpointError", "backbone_field", "backbone_key",
+    "caffe2_to_detectron2", "conv_kernel", "conv_transpose_kernel", "dense_kernel", "detect_source",
+    "is_caffe2", "is_legacy_torch", "read_checkpoint", "read_pkl", "read_pth", "source_to_keras_name",
+    "strip_prefixes",
+]
+
 SOURCES = ("torchvision", "detectron2")
 
 # torch BatchNorm / FrozenBatchNorm2d field -> Keras norm-layer weight.

@@ -54,6 +54,11 @@ from mrcnn.checkpoints import (
 )
 from mrcnn.config import Config
 
+__all__ = [
+    "FROZEN_BN_WITHOUT_WEIGHTS", "KINDS", "StartReport", "check_start", "config_for_start", "freeze_backbone",
+    "frozen_stages_for", "initialize", "parse_init",
+]
+
 KINDS = ("imagenet", "coco", "none")
 PRETRAINED_FREEZE_STAGES = 2  # stem + C2, as torchvision and Detectron2 fine-tune
 
