@@ -39,7 +39,9 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         print_table: print :func:`format_metrics` after each evaluation.
 
     ``last_metrics`` holds the full result (per-class table included) of the
-    latest evaluation.
+    latest evaluation. A dataset with its own COCO annotation file (e.g.
+    :class:`mrcnn.data.coco.CocoDataset`) is scored against that file
+    (``evaluate_dataset(..., ground_truth="auto")``).
     """
 
     def __init__(
