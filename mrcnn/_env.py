@@ -128,16 +128,15 @@ def _try_register(tensorflow_done: bool = False) -> None:
         _pending_registration = True
         return
     _pending_registration = False
-    busy = [name for name in list(sys.modules) if name.startswith("mrcnn.") and _initializing(name)]
     for name in _KERAS_MODULES:
-        # A module mid-import registers itself when it finishes. While another mrcnn module is
-        # mid-import (e.g. `import mrcnn.layers.fpn` importing keras), mrcnn.model would see it
-        # half-initialised: skip it (whoever then uses MaskRCNN imports mrcnn.model anyway).
-        if name in busy or (name == "mrcnn.model" and busy):
-            continue
+        if name in sys.modules:
+            continue  # imported, or mid-import (then it registers itself when it finishes)
         try:
             importlib.import_module(name)
-        except ImportError:  # a half-initialised dependency or a broken install: not here
+        except Exception:  # noqa: BLE001 - it needs a mrcnn module that is mid-import now
+            # e.g. `import mrcnn.layers` imports Keras before mrcnn.layers is complete. No
+            # later retry (imports run from inside another import's lookup could execute a
+            # module twice); importing mrcnn.model or using mrcnn.MaskRCNN registers it.
             continue
 
 

@@ -87,6 +87,7 @@ def test_import_mrcnn_is_light():
     "import keras; import mrcnn",
     "import mrcnn; import tensorflow; import keras",  # TensorFlow probes for and imports Keras itself
     "import mrcnn; from mrcnn.model import MaskRCNN; import keras",
+    "from mrcnn.data import build_dataset",  # TensorFlow and Keras first imported mid-mrcnn-import
 ])
 def test_keras_finds_mrcnn_classes_after_import_mrcnn(imports):
     code = (f"{imports}\nimport keras\n"
