@@ -388,10 +388,12 @@ def convert_state_dict(model, state: dict[str, np.ndarray], source: str, path: s
                     "(wrong NUM_CLASSES, backbone or head sizes in the config?)"
                 )
             converted[i] = value
-        except ConversionError as exc:
+        except ConversionError:
             if not (fine_tune and e.predictor):
                 raise
-            failed_groups.setdefault(e.predictor, str(exc))
+            shape = tuple(named[e.key][1].shape) if e.key in named else "absent"
+            failed_groups.setdefault(e.predictor, f"{e.key} is {shape} in the checkpoint, "
+                                                  f"{e.target} is {tuple(e.variable.shape)} in this model")
     keep = [i for i in converted if entries[i].predictor not in failed_groups]
     skipped_keys = sorted(e.key for e in entries if e.predictor in failed_groups)
 
