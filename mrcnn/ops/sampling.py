@@ -4,6 +4,26 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+# Opt-in resumable randomness (set by mrcnn.runner.run_training): a
+# tf.random.Generator whose state the step backup saves and restores, so that a
+# resumed process draws the samples the uninterrupted one would have drawn (a
+# stateful tf.random.uniform kernel restarts its stream in a new process). Not
+# used under a tf.distribute strategy (a generator made outside it cannot be
+# shared by replicas); None = tf.random.uniform as before.
+_generator: tf.random.Generator | None = None
+
+
+def set_sampling_generator(generator: tf.random.Generator | None) -> None:
+    """Make :func:`sample_balanced` draw from ``generator`` (None = ``tf.random.uniform``)."""
+    global _generator
+    _generator = generator
+
+
+def _uniform(shape: tf.Tensor, seed: int | None) -> tf.Tensor:
+    if _generator is not None and seed is None and not tf.distribute.has_strategy():
+        return _generator.uniform(shape)
+    return tf.random.uniform(shape, seed=seed)
+
 
 def sample_balanced(
     positive: tf.Tensor,
@@ -31,7 +51,7 @@ def sample_balanced(
     pad = tf.maximum(num_samples - n, 0)
     positive = tf.pad(positive, [[0, 0], [0, pad]])
     negative = tf.pad(negative, [[0, 0], [0, pad]])
-    rand = tf.random.uniform(tf.shape(positive), seed=seed)
+    rand = _uniform(tf.shape(positive), seed)
     pos_key, pos_idx = tf.math.top_k(tf.where(positive, rand, -1.0), k=max_pos) if max_pos else (
         tf.zeros([batch, 0]), tf.zeros([batch, 0], tf.int32))
     pos_ok = pos_key >= 0.0
