@@ -30,6 +30,7 @@ Layout of ``out_dir``: ``run.lock``, ``backup/step_NNNNNNNN.{weights.h5,json}``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import random
 import shutil
@@ -115,7 +116,9 @@ def _archive_previous(out_dir: str) -> str | None:
     return dest
 
 
-def run_training(
+
+
+def _run_training(
     model: keras.Model | Callable[[], keras.Model],
     train_dataset: Any,
     config: Config,
@@ -351,3 +354,13 @@ def run_training(
 def remove_backups(out_dir: str | os.PathLike) -> None:
     """Delete ``out_dir/backup`` (after a run whose resume state is no longer wanted)."""
     shutil.rmtree(os.path.join(os.fspath(out_dir), "backup"), ignore_errors=True)
+
+
+@functools.wraps(_run_training)
+def run_training(*args: Any, **kwargs: Any) -> TrainResult:
+    # The sampling goes back to tf.random.uniform when the run ends, so later fit calls
+    # in the same process are not tied to this run's generator.
+    try:
+        return _run_training(*args, **kwargs)
+    finally:
+        sampling.set_sampling_generator(None)
