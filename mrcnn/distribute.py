@@ -70,7 +70,8 @@ def read_tf_config() -> dict[str, Any]:
     return spec
 
 
-def make_strategy(name: str = "auto", communication_timeout: float | None = None) -> tf.distribute.Strategy:
+def make_strategy(name: str = "auto", communication_timeout: float | None = None,
+                  implementation: str = "auto") -> tf.distribute.Strategy:
     """The ``tf.distribute`` strategy called ``name`` (one of :data:`STRATEGIES`).
 
     - ``auto``: ``MirroredStrategy`` over all visible GPUs when there are several,
@@ -83,6 +84,7 @@ def make_strategy(name: str = "auto", communication_timeout: float | None = None
       ``communication_timeout`` (seconds) bounds every collective, so a worker
       whose peer died fails instead of waiting; None = TensorFlow's default (the
       coordination service still notices a dead peer by its missing heartbeat).
+      ``implementation``: the all-reduce, "auto", "nccl" (GPUs) or "ring" (gRPC).
 
     Must be called before TensorFlow has run anything (multi-worker
     configures the runtime's cluster).
@@ -91,7 +93,12 @@ def make_strategy(name: str = "auto", communication_timeout: float | None = None
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     if name == "multi-worker":
         read_tf_config()
-        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=communication_timeout)
+        impl = tf.distribute.experimental.CommunicationImplementation
+        choices = {"auto": impl.AUTO, "nccl": impl.NCCL, "ring": impl.RING}
+        if implementation not in choices:
+            raise ValueError(f"implementation must be one of {', '.join(choices)}, got {implementation!r}")
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=communication_timeout, implementation=choices[implementation])
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
@@ -255,6 +262,29 @@ def broadcast_seed(strategy: tf.distribute.Strategy, seed: int) -> int:
 
     total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(contribution), axis=None)
     return int(round(float(total)))
+
+
+def check_same_start(strategy: tf.distribute.Strategy, start_step: int, backup_dir: str) -> None:
+    """Raise ValueError on every worker unless all of them resume at the chief's step.
+
+    A worker that does not see the chief's backup (``--out`` not on a file system
+    shared by all machines) would start from step 0 while the others resume, and
+    train on silently different weights. Two collectives: all workers must call it.
+    """
+    if not is_multi_worker(strategy) or worker_info(strategy).num_workers == 1:
+        return
+    chief_step = broadcast_seed(strategy, int(start_step))
+    local_replicas = len(strategy.extended.worker_devices)
+    differs = 1.0 / local_replicas if int(start_step) != chief_step else 0.0
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM,
+                            strategy.run(lambda: tf.constant(differs, tf.float64)), axis=None)
+    if float(total) > 0.5:
+        info = worker_info(strategy)
+        raise ValueError(
+            f"workers disagree on where to resume: the chief resumes at step {chief_step}, "
+            f"{int(round(float(total)))} worker(s) at another step (this one, {info.task_type} {info.task_index}: "
+            f"{start_step}, from {backup_dir}). Every worker must see the chief's backup: put --out on a "
+            "file system shared by all machines")
 
 
 # ----- fit under MultiWorkerMirroredStrategy -----------------------------------------------
