@@ -202,11 +202,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _read_image(path: str):
+    from PIL import Image
     from skimage import io
 
     from mrcnn.data.loader import sanitize_image
-
-    from PIL import Image
 
     try:
         return sanitize_image(io.imread(path), ref=path)
