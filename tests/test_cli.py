@@ -329,3 +329,13 @@ def test_train_in_a_fresh_process_prints_no_startup_noise(tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0
     assert any(re.match(r"I\d{4} ", line) for line in shown.stderr.splitlines()), shown.stderr
+
+
+def test_json_ready_makes_strict_json():
+    from mrcnn.cli import json_ready
+
+    metrics = {"bbox": {"AP": np.float32(0.5), "APl": float("nan"), "AR": np.float64(np.inf)},
+               "per_class": {1: np.array([0.25, np.nan])}, "steps": np.int64(7), "names": ("a", "b")}
+    text = json.dumps(json_ready(metrics), allow_nan=False)
+    assert json.loads(text) == {"bbox": {"AP": 0.5, "APl": None, "AR": None},
+                                "per_class": {"1": [0.25, None]}, "steps": 7, "names": ["a", "b"]}
