@@ -143,6 +143,17 @@ def test_single_process_strategies_batch_and_paths(tiny_config):
     assert distribute.final_weights_path("/o", other) == os.path.join("/o", "workers", "2", "final.weights.h5")
 
 
+def test_cli_multi_worker_without_tf_config_is_a_clear_error(monkeypatch, capsys, tmp_path):
+    from mrcnn.cli import main
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    code = main(["train", "--strategy", "multi-worker", "--config", "mrcnn.data.synthetic:ShapesDemoConfig",
+                 "--dataset", "shapes", "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "needs the TF_CONFIG environment variable" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_worker_callbacks_route_files_away_from_out(tmp_path):
     import keras
 
@@ -311,7 +322,7 @@ def test_cli_multi_worker_kill_resume_and_equal_weights(tmp_path):
     argv = [sys.executable, "-m", "mrcnn", "train", "--strategy", "multi-worker",
             "--config", f"{tmp_path / 'mwcfg.py'}:MultiWorkerTiny", "--dataset", "shapes",
             "--train-images", "8", "--val-images", "2", "--epochs", "4", "--steps-per-epoch", "10",
-            "--seed", "5", "--check", "none", "--deterministic", "--out", str(out)]
+            "--val-steps", "1", "--seed", "5", "--check", "none", "--deterministic", "--out", str(out)]
     first = Workers(argv, 2, tmp_path, "first")
     try:
         deadline = time.monotonic() + 300
@@ -340,6 +351,7 @@ def test_cli_multi_worker_kill_resume_and_equal_weights(tmp_path):
     assert codes == [0, 0], second.tails()
     for i in range(2):  # both resumed from the chief's backup, at the same step
         text = second.output(i)
+        assert "val_loss" in text, text[-2000:]  # validation runs through the wrapped test_step
         assert f"at global step {resumed_from} " in text, second.tails()
         assert f"from {out / 'backup' / f'step_{resumed_from:08d}.weights.h5'}" in text, second.tails()
     chief, other = out / "final.weights.h5", out / "workers" / "1" / "final.weights.h5"
