@@ -153,7 +153,9 @@ def cmd_train(args: argparse.Namespace) -> str:
         callbacks.append(TimeBudget(args.max_minutes))
     model.fit(data, epochs=epochs, steps_per_epoch=config.STEPS_PER_EPOCH, callbacks=callbacks, verbose=2)
     final = out / "final.weights.h5"
-    model.save_weights(str(final))
+    from mrcnn.fileio import atomic_save_weights
+
+    atomic_save_weights(model, str(final))  # never a torn file
     return str(final)
 
 

@@ -23,14 +23,12 @@ a fraction of 2**64, fall below ``VAL_FRACTION`` (10%); otherwise in "train".
 The split depends on nothing but the id, so it is stable across machines, file
 orders and dataset versions (adding images never moves an old one).
 
-Scale and crops (see :class:`NucleusConfig`): every image is resized so that its
-long side is 512 (``IMAGE_MIN_DIM = IMAGE_MAX_DIM = 512``, "pad32"): the 256x256
-images, which hold most of the data and the smallest nuclei, are enlarged x2,
-the 1000+ px ones shrunk, so nuclei land at roughly 10-60 px. Training sees the
-same scale times a jitter (``TRAIN_SCALE_JITTER``) and only a random 256x256
-window of it (``TRAIN_CROP_SIZE``): the pipeline's augmentation stage
-(:mod:`mrcnn.data.augment`) does both. A 256 crop costs a quarter of a 512
-image, so the CPU sees four times as many training steps for the same nuclei size.
+Scale and crops: every image is resized to a long side of 512 ("pad32"), so the
+256x256 images (most of the data, the smallest nuclei) are enlarged x2 and nuclei
+land at 10-60 px. Training sees that scale times a jitter and a random 256x256
+window of it (``TRAIN_SCALE_JITTER``, ``TRAIN_CROP_SIZE``: the pipeline's
+augmentation stage, :mod:`mrcnn.data.augment`): a quarter of the compute of a
+512 image for the same nuclei size.
 """
 
 from __future__ import annotations
@@ -278,6 +276,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
     from mrcnn.callbacks import TimeBudget
     from mrcnn.data.pipeline import build_dataset
+    from mrcnn.fileio import atomic_save_weights
     from mrcnn.runs import MetricCurve
     from mrcnn.training import default_callbacks, make_optimizer
 
@@ -310,7 +309,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     epochs = args.epochs if args.epochs is not None else (10**6 if args.max_minutes else 20)
     model.fit(build_dataset(train_ds, config, training=True, seed=args.seed), epochs=epochs,
               steps_per_epoch=config.STEPS_PER_EPOCH, callbacks=callbacks, verbose=2)
-    model.save_weights(str(out / "final.weights.h5"))
+    atomic_save_weights(model, str(out / "final.weights.h5"))  # never a torn file
     print(f"Saved {out / 'final.weights.h5'} after {budget.elapsed_minutes():.2f} training minutes")
     return {"final_weights": str(out / "final.weights.h5"), "curve": curve.points if curve else []}
 
