@@ -204,3 +204,18 @@ def test_augment_spec_and_bad_values():
         config(IMAGE_MIN_DIM=(64, 200))
     with pytest.raises(ValueError, match="TRAIN_CROP_SIZE"):
         config(TRAIN_CROP_SIZE=8)
+
+
+def test_large_scale_jitter_on_the_square_canvas():
+    """torchvision's lsj recipe in small: square canvas, jitter (0.1, 2.0), crops implied by the canvas."""
+    cfg = config(IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64, TRAIN_PADDING="square", TRAIN_SCALE_JITTER=(0.1, 2.0))
+    ds = build_dataset(GradientDataset(), cfg, training=True, seed=7, batch_size=1)
+    assert ds.element_spec["images"].shape[1:] == (64, 64, 3)  # static: the crop is the canvas
+    sides = []
+    for b in batches(cfg, 12, seed=7):
+        h, w = (int(v) for v in b["image_sizes"])
+        sides.append(h)
+        assert h == w and 6 <= h <= 64  # square input: 100 * 0.64 * [0.1, 2.0], cropped at 64
+        v = valid(b)
+        assert np.all(v["gt_boxes"][:, 2:] <= h + 1e-4) and np.all(v["gt_boxes"] >= 0)
+    assert min(sides) < 32 and max(sides) == 64  # both shrunk and cropped samples
