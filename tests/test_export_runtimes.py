@@ -60,8 +60,12 @@ CLIENT = textwrap.dedent(
         request = compiled.create_infer_request()
 
         def run(x):
-            result = request.infer({"input_tensor": x})
-            return {port.get_any_name(): np.array(v) for port, v in result.items()}
+            # An ov.Tensor keeps the array's dtype: a float array fails the u8 input
+            # (a plain array is converted silently by infer()).
+            request.set_input_tensor(ov.Tensor(x))
+            request.infer()
+            return {port.get_any_name(): np.array(request.get_tensor(port).data)
+                    for port in compiled.outputs}
     else:
         from ai_edge_litert.interpreter import Interpreter
 
@@ -120,6 +124,11 @@ def _exported(fmt, tiny_model, tmp_path_factory):
 def onnx_export(tiny_model, tmp_path_factory):
     pytest.importorskip("tf2onnx")
     return _exported("onnx", tiny_model, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def openvino_export(tiny_model, tmp_path_factory):
+    return _exported("openvino", tiny_model, tmp_path_factory)
 
 
 def _requests():
@@ -211,3 +220,13 @@ def test_export_refuses_to_overwrite_and_names_missing_extra(onnx_export, tiny_m
     with pytest.raises(MissingRuntimeError, match=r"pip install 'mrcnn\[onnx\]'"):
         exporters.export_model(tiny_model, out / "other", "onnx")
     assert not (out / "other").exists()
+
+
+def test_openvino_parity_and_bad_inputs(openvino_export, tiny_model, tmp_path):
+    xml, binary = openvino_export
+    assert Path(xml).name == "model.xml" and Path(binary).name == "model.bin"
+    check_runtime("openvino", xml, tiny_model, tmp_path, messages={
+        "float": "precision: f32, since the model input tensor precision is: u8",
+        "rank3": "the model input (shape=[?,?,?,3]) and the tensor (shape=(100.150.3)) are incompatible",
+        "rgba": "the model input (shape=[?,?,?,3]) and the tensor (shape=(1.100.150.4)) are incompatible",
+    })

@@ -7,6 +7,7 @@ model file behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -18,7 +19,7 @@ import tensorflow as tf
 
 from mrcnn.config import Config, load_config
 from mrcnn.deploy import FORMATS, require
-from mrcnn.deploy.graph import OUTPUT_ORDER, serving_function
+from mrcnn.deploy.graph import serving_function
 from mrcnn.export import INPUT_NAME, LABELS_FILE, class_names_for, portable_config
 
 MODEL_FILES = {
@@ -103,40 +104,51 @@ def _check_onnx(path: Path) -> None:
         raise RuntimeError(f"unexpected ONNX signature: inputs {inputs}, outputs {outputs}")
 
 
+@contextlib.contextmanager
+def _flat_mask_pick():
+    """While tracing for OpenVINO: pick each detection's mask channel with a plain
+    Gather on a flattened table instead of ``tf.gather(..., batch_dims=2)``, which
+    OpenVINO's converter either rejects (transpose-sinking pass) or turns into wrong
+    masks. Same values. Patched on the module for the duration of the trace only.
+    """
+    from mrcnn.layers import roi_heads
+
+    if not hasattr(roi_heads, "_pick_class_channel"):
+        raise RuntimeError("mrcnn.layers.roi_heads._pick_class_channel is gone; update the OpenVINO export")
+    original = roi_heads._pick_class_channel
+
+    def flat_pick(mask_logits, class_ids):
+        # [B, R, mh, mw, K] -> rows (b, r, k) of a [B*R*K, mh, mw] table, one plain
+        # Gather of row (b * R + r) * K + class: exact, and OpenVINO converts it right
+        # (its conversions of the batched gather, of tf.one_hot and of a one-hot
+        # product over the last axis all gave wrong masks, tested on 2026.4).
+        k = mask_logits.shape[-1]
+        per_class = tf.transpose(mask_logits, [0, 1, 4, 2, 3])
+        shape = tf.shape(per_class)
+        table = tf.reshape(per_class, tf.concat([[-1], shape[3:]], 0))
+        rows = tf.reshape(tf.range(shape[0] * shape[1]) * k, tf.shape(class_ids))
+        return tf.gather(table, rows + tf.cast(class_ids, tf.int32))
+
+    roi_heads._pick_class_channel = flat_pick
+    try:
+        yield
+    finally:
+        roi_heads._pick_class_channel = original
+
+
 def _convert_openvino(serve, staging: Path) -> None:
     ov = require("openvino", "openvino")
-    concrete = serve.get_concrete_function()
-    model = ov.convert_model(concrete)
-    names = list(concrete.structured_outputs.keys())
-    # OpenVINO names the outputs after the traced graph's tensors; give them the
-    # contract's names (structured_outputs keeps the dict's order).
-    ordered = [n for n in OUTPUT_ORDER if n in names]
-    if len(model.outputs) != len(ordered):
-        raise RuntimeError(f"OpenVINO model has {len(model.outputs)} outputs, expected {ordered}")
-    for port, name in zip(model.outputs, _openvino_output_order(model, concrete)):
-        port.get_tensor().set_names({name})
+    with _flat_mask_pick():
+        concrete = serve.get_concrete_function()
+        model = ov.convert_model(concrete)
+    # OpenVINO takes the output names from the traced function's dict keys.
+    names = {n for port in model.outputs for n in port.get_names()}
+    expected = set(concrete.structured_outputs)
+    if not expected <= names:
+        raise RuntimeError(f"OpenVINO model outputs {sorted(names)}, expected {sorted(expected)}")
     model.inputs[0].get_tensor().set_names({INPUT_NAME})
-    ov.save_model(model, str(staging / "model.xml"))
-
-
-def _openvino_output_order(model, concrete) -> list[str]:
-    """The contract's name of each OpenVINO output, matched by the traced graph's tensor
-    names (``Identity``, ``Identity_1`` ... in the order of ``concrete.outputs``)."""
-    graph_names = [t.name.split(":")[0] for t in concrete.outputs]
-    flat = tf.nest.flatten(concrete.structured_outputs, expand_composites=False)
-    by_graph = {}
-    keys = sorted(concrete.structured_outputs.keys())  # tf.nest flattens dicts by sorted key
-    for key, tensor in zip(keys, flat):
-        by_graph[tensor.name.split(":")[0]] = key
-    del graph_names
-    result = []
-    for port in model.outputs:
-        names = port.get_names()
-        match = [by_graph[n.split(":")[0]] for n in names if n.split(":")[0] in by_graph]
-        if not match:
-            raise RuntimeError(f"cannot match OpenVINO output {names} to {sorted(by_graph)}")
-        result.append(match[0])
-    return result
+    # compress_to_fp16=False: keep the float32 weights (the default halves model.bin).
+    ov.save_model(model, str(staging / "model.xml"), compress_to_fp16=False)
 
 
 def _convert_litert(serve, staging: Path) -> None:
@@ -186,7 +198,9 @@ def export_model(
         require("tf2onnx", fmt)
     elif fmt == "openvino":
         require("openvino", fmt)
-    serve = serving_function(model_for(model, fmt), float64=fmt != "litert")
+    serve = serving_function(
+        model_for(model, fmt), float64=fmt == "onnx", gather_resize=fmt == "openvino"
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".export-{fmt}-", dir=output_dir))
     try:
