@@ -177,14 +177,15 @@ def _batch_canvas(canvases: tf.Tensor, sizes: tf.Tensor, config: Config) -> tf.T
 def _postprocess(out: dict, scales: tf.Tensor, original_hw: tf.Tensor, class_names) -> dict:
     num = tf.cast(out["num_detections"], tf.int32)
     max_det = tf.shape(out["scores"])[1]
-    valid = tf.range(max_det)[None, :] < num[:, None]
-    scale4 = tf.tile(scales, [1, 2])[:, None, :]
-    hw4 = tf.cast(tf.tile(original_hw, [1, 2]), tf.float32)[:, None, :]
+    ex = tf.expand_dims  # not [..., None]: LiteRT has no strided slice with a new axis
+    valid = ex(tf.range(max_det), 0) < ex(num, 1)
+    scale4 = ex(tf.tile(scales, [1, 2]), 1)
+    hw4 = ex(tf.cast(tf.tile(original_hw, [1, 2]), tf.float32), 1)
     boxes = tf.clip_by_value(tf.cast(out["boxes"], tf.float32) / scale4 / hw4, 0.0, 1.0)
     validf = tf.cast(valid, tf.float32)
     result = {}
     if "masks" in out:
-        result["detection_masks"] = tf.cast(out["masks"], tf.float32) * validf[:, :, None, None]
+        result["detection_masks"] = tf.cast(out["masks"], tf.float32) * ex(ex(validf, -1), -1)
     if "keypoints" in out:
         # Model keypoints are (x, y, score) in network-input pixels, pixel-edge frame.
         kp = tf.cast(out["keypoints"], tf.float32)
@@ -195,7 +196,7 @@ def _postprocess(out: dict, scales: tf.Tensor, original_hw: tf.Tensor, class_nam
         result["detection_keypoint_scores"] = kp[..., 2] * validf[..., None]
     return {
         **result,
-        "detection_boxes": boxes * validf[:, :, None],
+        "detection_boxes": boxes * ex(validf, -1),
         "detection_scores": tf.cast(out["scores"], tf.float32) * validf,
         "detection_classes": tf.cast(out["class_ids"], tf.float32) * validf,
         "num_detections": tf.cast(num, tf.float32),

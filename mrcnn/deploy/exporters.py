@@ -83,7 +83,7 @@ def use_gather_roi_align(model) -> int:
     return len(poolers)
 
 
-def _convert_onnx(serve, staging: Path) -> None:
+def _convert_onnx(serve, staging: Path, model) -> None:
     tf2onnx = require("tf2onnx", "onnx")
     require("onnx", "onnx")
     path = staging / "model.onnx"
@@ -136,7 +136,7 @@ def _flat_mask_pick():
         roi_heads._pick_class_channel = original
 
 
-def _convert_openvino(serve, staging: Path) -> None:
+def _convert_openvino(serve, staging: Path, model) -> None:
     ov = require("openvino", "openvino")
     with _flat_mask_pick():
         concrete = serve.get_concrete_function()
@@ -151,9 +151,17 @@ def _convert_openvino(serve, staging: Path) -> None:
     ov.save_model(model, str(staging / "model.xml"), compress_to_fp16=False)
 
 
-def _convert_litert(serve, staging: Path) -> None:
-    concrete = serve.get_concrete_function()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], serve)
+def _convert_litert(serve, staging: Path, model) -> None:
+    from mrcnn.export import _tf_variable
+
+    # Through a SavedModel with a serving_default signature, so that the .tflite file
+    # has a signature (named inputs/outputs) for the interpreter's signature runner.
+    module = tf.Module()
+    module.model_variables = [_tf_variable(v) for v in model.variables]
+    module.serve = serve
+    saved = staging / "saved_model"
+    tf.saved_model.save(module, str(saved), signatures={"serving_default": serve.get_concrete_function()})
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
     # Builtins only: a model that needs the Flex (select TF ops) delegate would not
     # run on the plain ai-edge-litert interpreter.
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -198,13 +206,12 @@ def export_model(
         require("tf2onnx", fmt)
     elif fmt == "openvino":
         require("openvino", fmt)
-    serve = serving_function(
-        model_for(model, fmt), float64=fmt == "onnx", gather_resize=fmt == "openvino"
-    )
+    traced = model_for(model, fmt)
+    serve = serving_function(traced, float64=fmt == "onnx", gather_resize=fmt == "openvino")
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".export-{fmt}-", dir=output_dir))
     try:
-        CONVERTERS[fmt](serve, staging)
+        CONVERTERS[fmt](serve, staging, traced)
         (staging / LABELS_FILE).write_text("".join(n + "\n" for n in names), encoding="utf-8")
         for name in (*MODEL_FILES[fmt], LABELS_FILE):
             os.replace(staging / name, output_dir / name)

@@ -47,13 +47,14 @@ def target_size_int(height: tf.Tensor, width: tf.Tensor, config: Config) -> tupl
     be one row below it when ``side * (MIN / short)`` rounds just under an integer,
     which happens for a few sizes (e.g. a short side of 49 with MIN = 49 * k).
     """
-    h = tf.cast(height, tf.int64)
-    w = tf.cast(width, tf.int64)
+    # int32: side * max(MIN, MAX) stays below 2**31 for sides up to ~1.6M pixels at 1333.
+    h = tf.cast(height, tf.int32)
+    w = tf.cast(width, tf.int32)
     short, long = tf.minimum(h, w), tf.maximum(h, w)
     lo, hi = int(config.IMAGE_MIN_DIM), int(config.IMAGE_MAX_DIM)
     # min(lo / short, hi / long) without division: lo / short <= hi / long <=> lo * long <= hi * short.
     by_short = lo * long <= hi * short
-    num = tf.where(by_short, tf.constant(lo, tf.int64), tf.constant(hi, tf.int64))
+    num = tf.where(by_short, tf.constant(lo, tf.int32), tf.constant(hi, tf.int32))
     den = tf.where(by_short, short, long)
     new_h = tf.maximum(tf.cast(h * num // den, tf.int32), 1)
     new_w = tf.maximum(tf.cast(w * num // den, tf.int32), 1)

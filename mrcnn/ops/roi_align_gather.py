@@ -95,22 +95,24 @@ def multilevel_roi_align_gather(
     table = tf.concat(table, axis=0)
     height = tf.gather(tf.stack(heights), levels)  # [B, R]
     width = tf.gather(tf.stack(widths), levels)
-    row0 = tf.gather(tf.stack(bases), levels) + tf.range(batch)[:, None] * height * width
+    row0 = tf.gather(tf.stack(bases), levels) + tf.expand_dims(tf.range(batch), -1) * height * width
     scale = tf.gather(tf.constant([1.0 / st for st in strides[: len(features)]], tf.float32), levels)
 
     offset = 0.5 if aligned else 0.0
-    y1, x1, y2, x2 = tf.unstack(boxes * scale[..., None] - offset, axis=-1)
+    y1, x1, y2, x2 = tf.unstack(boxes * tf.expand_dims(scale, -1) - offset, axis=-1)
     roi_h, roi_w = y2 - y1, x2 - x1
     if not aligned:
         roi_h, roi_w = tf.maximum(roi_h, 1.0), tf.maximum(roi_w, 1.0)
     grid_y = (tf.range(s * ph, dtype=tf.float32) + 0.5) / float(s * ph)  # [Sy]
     grid_x = (tf.range(s * pw, dtype=tf.float32) + 0.5) / float(s * pw)
-    y = y1[..., None] + roi_h[..., None] * grid_y  # [B, R, Sy]
-    x = x1[..., None] + roi_w[..., None] * grid_x  # [B, R, Sx]
+    # tf.expand_dims rather than [..., None]: LiteRT has no strided slice with a new axis.
+    ex = tf.expand_dims
+    y = ex(y1, -1) + ex(roi_h, -1) * grid_y  # [B, R, Sy]
+    x = ex(x1, -1) + ex(roi_w, -1) * grid_x  # [B, R, Sx]
 
     def axis_terms(v, size):
         """Low/high indices and weights along one axis, the reference kernels' rule."""
-        sizef = tf.cast(size, tf.float32)[..., None]
+        sizef = ex(tf.cast(size, tf.float32), -1)
         inside = (v >= -1.0) & (v <= sizef)
         v = tf.maximum(v, 0.0)
         low = tf.floor(v)
@@ -124,13 +126,13 @@ def multilevel_roi_align_gather(
 
     y_lo, y_hi, wy_lo, wy_hi = axis_terms(y, height)  # [B, R, Sy]
     x_lo, x_hi, wx_lo, wx_hi = axis_terms(x, width)  # [B, R, Sx]
-    rows_lo = row0[..., None] + y_lo * width[..., None]  # [B, R, Sy]
-    rows_hi = row0[..., None] + y_hi * width[..., None]
+    rows_lo = ex(row0, -1) + y_lo * ex(width, -1)  # [B, R, Sy]
+    rows_hi = ex(row0, -1) + y_hi * ex(width, -1)
 
     def corner(rows, cols, wy, wx):
-        index = rows[..., :, None] + cols[..., None, :]  # [B, R, Sy, Sx]
+        index = ex(rows, -1) + ex(cols, -2)  # [B, R, Sy, Sx]
         values = tf.gather(table, index)  # [B, R, Sy, Sx, C]
-        return values * (wy[..., :, None] * wx[..., None, :])[..., None]
+        return values * ex(ex(wy, -1) * ex(wx, -2), -1)
 
     samples = (
         corner(rows_lo, x_lo, wy_lo, wx_lo)
@@ -139,6 +141,12 @@ def multilevel_roi_align_gather(
         + corner(rows_hi, x_hi, wy_hi, wx_hi)
     )
     if s > 1:
-        samples = tf.reshape(samples, tf.stack([batch, num_rois, ph, s, pw, s, channels]))
-        samples = tf.reduce_mean(samples, axis=[3, 5])
+        # Mean of each bin's s x s samples as a sum of strided slices: LiteRT's default
+        # (XNNPACK) delegate cannot take a MEAN over two axes of a rank-7 tensor.
+        total = None
+        for i in range(s):
+            for j in range(s):
+                part = samples[:, :, i::s, j::s, :]
+                total = part if total is None else total + part
+        samples = total / float(s * s)
     return tf.reshape(samples, tf.stack([batch, num_rois, ph, pw, channels]))
