@@ -138,7 +138,7 @@ class MaskRCNN(keras.Model):
         if image_sizes is not None:
             rows = tf.range(tf.shape(x)[1])[None, :, None] < image_sizes[:, None, 0:1]
             cols = tf.range(tf.shape(x)[2])[None, None, :] < image_sizes[:, None, 1:2]
-            x = tf.where((rows & cols)[..., None], x, 0.0)
+            x = tf.where(tf.expand_dims(rows & cols, -1), x, 0.0)  # expand_dims: LiteRT-convertible
         return self.fpn(self.backbone(x, training=training))
 
     def _forward(self, images, image_sizes, targets: dict | None, training: bool):

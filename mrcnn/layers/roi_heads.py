@@ -403,7 +403,7 @@ class RoIHeads(keras.layers.Layer):
             count = tf.reduce_max(tf.reduce_sum(tf.cast(with_mask, tf.int32), axis=1))
             count = tf.maximum(count, 0)  # reduce_max of an empty batch is int32 min
             masks = tf.sigmoid(self.mask_logits(features, det.boxes[:, :count], det.class_ids[:, :count]))
-            masks = masks * tf.cast(with_mask[:, :count], tf.float32)[:, :, None, None]
+            masks = masks * tf.expand_dims(tf.expand_dims(tf.cast(with_mask[:, :count], tf.float32), -1), -1)
             pad = tf.shape(det.boxes)[1] - count
             out["masks"] = tf.pad(masks, [[0, 0], [0, pad], [0, 0], [0, 0]])
         if self.keypoint_head is not None:

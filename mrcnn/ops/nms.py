@@ -49,7 +49,7 @@ def batched_nms(
     if groups is not None:
         # A span larger than any box coordinate, so groups never overlap.
         span = tf.reduce_max(tf.abs(boxes), axis=[1, 2], keepdims=True) + 1.0
-        boxes = boxes + tf.cast(groups, tf.float32)[..., None] * span
+        boxes = boxes + tf.expand_dims(tf.cast(groups, tf.float32), -1) * span
     candidates = None
     if max_candidates is not None:
         k = tf.minimum(int(max_candidates), tf.shape(scores)[1])
