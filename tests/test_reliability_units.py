@@ -167,6 +167,7 @@ def _all_weight_files_finite(folder):
     return files
 
 
+@pytest.mark.slow
 def test_huge_learning_rate_stops_within_one_step_and_files_stay_finite(tmp_path, tiny_config, capsys):
     config = tiny_config(IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64, LEARNING_RATE=1e4, LR_REFERENCE_BATCH=None,
                          WARMUP_STEPS=0, GRADIENT_CLIP_NORM=None, BACKUP_EVERY_STEPS=1)
@@ -183,6 +184,7 @@ def test_huge_learning_rate_stops_within_one_step_and_files_stay_finite(tmp_path
     assert files and not os.path.exists(tmp_path / "run" / "final.weights.h5")
 
 
+@pytest.mark.slow
 def test_skip_nonfinite_steps_skips_then_stops_after_n_in_a_row(tmp_path, tiny_config, capsys):
     config = tiny_config(IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64, LEARNING_RATE=1e4, LR_REFERENCE_BATCH=None,
                          WARMUP_STEPS=0, GRADIENT_CLIP_NORM=None, SKIP_NONFINITE_STEPS=2)
@@ -200,6 +202,7 @@ def _sha(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
+@pytest.mark.slow
 def test_time_budget_stop_keeps_the_backup_and_the_same_call_resumes(tmp_path, tiny_config):
     config = tiny_config(IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64, BACKUP_EVERY_STEPS=0)
     out = tmp_path / "run"
