@@ -1,16 +1,19 @@
 #!/usr/bin/env python
-"""Latency of the exported SavedModel vs in-process ``MaskRCNN.detect()``, and its size.
+"""Latency of the exports (SavedModel, ONNX Runtime, OpenVINO, LiteRT) vs in-process ``detect()``.
 
 Default Config (ResNet-50-FPN, 800/1333 "square" input), NUM_CLASSES=91, random
 weights; one 800x1333 image per call: ``detect()`` with the stock-ops RoIAlign and (when
-built) the custom op, and the exported SavedModel's two signatures, all in this one
-process, called in turn (interleaved) so that load from other processes hits them
-alike. Usage::
+built) the custom op, the exported SavedModel's two signatures, and the ONNX /
+OpenVINO / LiteRT files on their runtimes (those installed; ``--formats`` picks), all in
+this one process, called in turn (interleaved) so that load from other processes hits
+them alike. Each runtime also gets the max |difference| of its boxes (pixels) and
+scores from the SavedModel's on the benchmark image. Usage::
 
     .venv/bin/python scripts/bench_export.py [--runs 3] [--output /tmp/mrcnn_bench]
+        [--formats onnx,openvino,litert] [--min-dim 800 --max-dim 1333]
 
 Prints one JSON object: seconds per image (one warm-up call each, then ``--runs``
-rounds; median and min), SavedModel size in MB.
+rounds; median and min), export times, file sizes in MB.
 """
 
 from __future__ import annotations
@@ -57,6 +60,36 @@ def timed(fns: dict, runs: int) -> dict:
     return result
 
 
+def export_runtime(model, fmt: str, folder: Path, batch: np.ndarray):
+    """Export ``model`` for ``fmt`` and load it on its runtime: (call -> outputs dict, files, export s)."""
+    from mrcnn.deploy.exporters import export_model
+
+    start = time.perf_counter()
+    files = export_model(model, folder, fmt, overwrite=True)
+    seconds = round(time.perf_counter() - start, 1)
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(files[0], providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        return (lambda: dict(zip(names, session.run(None, {"input_tensor": batch})))), files, seconds
+    if fmt == "openvino":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(files[0], "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        request = compiled.create_infer_request()
+
+        def run_openvino():
+            request.infer({"input_tensor": batch})
+            return {p.get_any_name(): request.get_tensor(p).data.copy() for p in compiled.outputs}
+
+        return run_openvino, files, seconds
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=files[0]).get_signature_runner()
+    return (lambda: runner(input_tensor=batch)), files, seconds
+
+
 def dir_size_mb(path: Path) -> float:
     return round(sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20, 1)
 
@@ -68,10 +101,15 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1333)
     parser.add_argument("--implementation", default="auto", help="RoIAlign of the in-process model")
     parser.add_argument("--output", default=None, help="export here (default: a temp dir, removed)")
+    parser.add_argument("--formats", default="onnx,openvino,litert",
+                        help="runtimes to add (comma-separated; missing packages are skipped)")
+    parser.add_argument("--min-dim", type=int, default=800, help="IMAGE_MIN_DIM (smaller: quick check)")
+    parser.add_argument("--max-dim", type=int, default=1333, help="IMAGE_MAX_DIM")
     args = parser.parse_args()
 
     keras.utils.set_random_seed(0)
-    config = Config(NUM_CLASSES=91, IMAGES_PER_GPU=1, ROI_ALIGN_IMPLEMENTATION=args.implementation)
+    config = Config(NUM_CLASSES=91, IMAGES_PER_GPU=1, ROI_ALIGN_IMPLEMENTATION=args.implementation,
+                    IMAGE_MIN_DIM=args.min_dim, IMAGE_MAX_DIM=args.max_dim)
     rng = np.random.default_rng(0)
     small = rng.integers(0, 256, (args.height // 16, args.width // 16, 3)).astype(np.float32)
     image = tf.image.resize(small[None], (args.height, args.width))[0].numpy().astype(np.uint8)
@@ -118,8 +156,30 @@ def main() -> None:
         fns = {name: (lambda m=m: m.detect([image], batch_size=1)) for name, m in models.items()}
         fns["saved_model_serving_default"] = lambda: serving(input_tensor=images)
         fns["saved_model_encoded_image_jpeg"] = lambda: encoded(input_tensor=data)
+        reference = {k: v.numpy() for k, v in serving(input_tensor=images).items()}
+        result["runtimes"] = {}
+        for fmt in [f for f in args.formats.split(",") if f]:
+            entry = result["runtimes"][fmt] = {}
+            try:
+                fn, files, seconds = export_runtime(model, fmt, base / fmt, image[None])
+            except ImportError as err:
+                entry["skipped"] = str(err)
+                continue
+            entry["export_s"] = seconds
+            entry["file_mb"] = round(sum(Path(f).stat().st_size for f in files) / 2**20, 1)
+            out = fn()
+            n = int(out["num_detections"][0])
+            hw = np.array([args.height, args.width] * 2, np.float32)
+            if n == int(reference["num_detections"][0]):
+                entry["max_box_diff_px"] = float(np.abs(
+                    (out["detection_boxes"][0, :n] - reference["detection_boxes"][0, :n]) * hw).max(initial=0))
+                entry["max_score_diff"] = float(np.abs(
+                    out["detection_scores"][0, :n] - reference["detection_scores"][0, :n]).max(initial=0))
+            else:
+                entry["num_detections_differ"] = [n, int(reference["num_detections"][0])]
+            fns[f"{fmt}_runtime"] = fn
         result["latency_per_image"] = timed(fns, args.runs)
-        result["num_detections"] = float(serving(input_tensor=images)["num_detections"][0])
+        result["num_detections"] = float(reference["num_detections"][0])
     finally:
         if not args.output:
             shutil.rmtree(base, ignore_errors=True)

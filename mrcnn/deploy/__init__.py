@@ -4,12 +4,12 @@ Each exporter traces one serving function (:func:`mrcnn.deploy.graph.serving_fun
 with the contract of the SavedModel's ``serving_default`` signature and hands it to
 the runtime's own converter:
 
-* ``onnx``: ``tf2onnx.convert.from_function`` -> ``model.onnx``
-  (:mod:`mrcnn.deploy.onnx_export`);
+* ``onnx``: ``tf2onnx.convert.from_function`` -> ``model.onnx``;
 * ``openvino``: ``openvino.convert_model`` on the traced function -> ``model.xml`` +
-  ``model.bin`` (:mod:`mrcnn.deploy.openvino_export`);
-* ``litert``: ``tf.lite.TFLiteConverter`` with builtin ops only -> ``model.tflite``
-  (:mod:`mrcnn.deploy.litert_export`).
+  ``model.bin``;
+* ``litert``: ``tf.lite.TFLiteConverter`` with builtin ops only -> ``model.tflite``.
+
+The converters are in :mod:`mrcnn.deploy.exporters`.
 
 Every export also writes ``labels.txt`` (class names, line i = class id i) next to the
 model file. See docs/serving.md for the ops each format uses and client examples.

@@ -1,5 +1,12 @@
 """``export_model(model, output_dir, format)``: ONNX, OpenVINO IR and LiteRT files.
 
+What each format traces (docs/serving.md has the ops and the reasons):
+
+* onnx: the stock-ops model, float64 resize rule, ``tf2onnx.convert.from_function``;
+* openvino: gather RoIAlign, gather resize, int32 resize rule, flat mask pick,
+  ``openvino.convert_model`` on the traced function;
+* litert: gather RoIAlign, int32 resize rule, ``tf.lite.TFLiteConverter`` (builtins only).
+
 Each writes into a staging folder next to ``output_dir`` and moves the files into
 place only after the conversion succeeded, so a failed export leaves no partial
 model file behind.
@@ -84,6 +91,7 @@ def use_gather_roi_align(model) -> int:
 
 
 def _convert_onnx(serve, staging: Path, model) -> None:
+    del model  # traced through ``serve``
     tf2onnx = require("tf2onnx", "onnx")
     require("onnx", "onnx")
     path = staging / "model.onnx"
@@ -137,18 +145,19 @@ def _flat_mask_pick():
 
 
 def _convert_openvino(serve, staging: Path, model) -> None:
+    del model  # traced through ``serve``
     ov = require("openvino", "openvino")
     with _flat_mask_pick():
         concrete = serve.get_concrete_function()
-        model = ov.convert_model(concrete)
+        ov_model = ov.convert_model(concrete)
     # OpenVINO takes the output names from the traced function's dict keys.
-    names = {n for port in model.outputs for n in port.get_names()}
+    names = {n for port in ov_model.outputs for n in port.get_names()}
     expected = set(concrete.structured_outputs)
     if not expected <= names:
         raise RuntimeError(f"OpenVINO model outputs {sorted(names)}, expected {sorted(expected)}")
-    model.inputs[0].get_tensor().set_names({INPUT_NAME})
+    ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
     # compress_to_fp16=False: keep the float32 weights (the default halves model.bin).
-    ov.save_model(model, str(staging / "model.xml"), compress_to_fp16=False)
+    ov.save_model(ov_model, str(staging / "model.xml"), compress_to_fp16=False)
 
 
 def _convert_litert(serve, staging: Path, model) -> None:
