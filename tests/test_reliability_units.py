@@ -320,3 +320,22 @@ def test_decompression_bomb_names_the_path(tmp_path, tiny_config, monkeypatch):
     report = check_dataset(ds, tiny_config(), sample=None)
     assert [(p.image_id, p.kind) for p in report.problems] == [(0, "unreadable image"), (1, "unreadable image")]
     loader.reset_counters()
+
+
+def test_cli_resume_with_nothing_to_resume_and_restart_moves_the_old_run(tmp_path, capsys):
+    from mrcnn import cli
+    from mrcnn.runner import _archive_previous
+
+    out = tmp_path / "run"
+    code = cli.main(["train", "--config", "samples.shapes.shapes:ShapesDemoConfig", "--dataset", "shapes",
+                     "--train-images", "2", "--val-images", "1", "--out", str(out), "--resume", "--check", "none"])
+    assert code == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert not os.path.exists(out / "run.lock")  # released on the error
+    # --restart keeps the previous run's files, out of the way.
+    (out / "backup").mkdir()
+    (out / "backup" / "step_00000010.json").write_text("{}")
+    (out / "final.weights.h5").write_bytes(b"w")
+    moved = _archive_previous(str(out))
+    assert sorted(os.listdir(moved)) == ["backup", "final.weights.h5"]
+    assert not os.path.exists(out / "backup") and not os.path.exists(out / "final.weights.h5")
