@@ -15,7 +15,10 @@ fraction 1.0, pre/post-NMS limits above the anchor count). Saved (npz):
 - ``steps.npz``: ``losses`` [2, 5] (rpn_class, rpn_box, class, box, mask: mrcnn's order of
   ``Config.LOSS_NAMES``), the number of proposals torchvision's RPN kept at each step
   (``proposals1``, ``proposals2``: with the 2 GT boxes, the RoI candidates, all sampled), and
-  every parameter after step 1 and step 2 (``step1/<key>``, ``step2/<key>``).
+  every parameter after step 1 and step 2 (``step1/<key>``, ``step2/<key>``);
+- ``inference.npz``: the untrained model's eval-mode outputs of every stage on the same
+  image (FPN maps, RPN head, proposals, detections and their 28 x 28 mask probabilities;
+  see :func:`torchvision_inference`), for the inference parity tests.
 
 Run (needs torch + torchvision; tests/torchvision_shim.py makes a CPU torch import a CUDA
 torchvision wheel)::
@@ -157,6 +160,39 @@ def torchvision_losses(net, batch) -> tuple[dict, dict]:
     return {**rpn_losses, **head_losses}, counts
 
 
+def torchvision_inference(net, batch) -> dict[str, np.ndarray]:
+    """Eval-mode outputs of every stage on the batch (the image is the network input):
+    FPN maps ``p2..p6`` [1, C, h, w], RPN ``objectness{l}`` [1, A, h, w] and
+    ``rpn_deltas{l}`` [1, 4A, h, w] (dx, dy, dw, dh per anchor), ``proposals`` [P, 4] and
+    the detections ``boxes`` [D, 4] (x1, y1, x2, y2), ``scores`` [D], ``labels`` [D] and
+    ``masks`` [D, 28, 28] (probabilities of the detected class, before the paste)."""
+    import torch
+    from torchvision.models.detection.image_list import ImageList
+
+    x = (batch["images"] - MEAN) / STD
+    images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    image_list = ImageList(images, [tuple(int(v) for v in s) for s in batch["image_sizes"]])
+    was_training = net.training
+    net.eval()
+    out = {}
+    with torch.no_grad():
+        features = net.backbone(images)
+        flist = list(features.values())
+        for level, f in enumerate(flist):
+            out[f"p{level + 2}"] = f.numpy()
+        objectness, deltas = net.rpn.head(flist)
+        for level, (o, d) in enumerate(zip(objectness, deltas)):
+            out[f"objectness{level}"], out[f"rpn_deltas{level}"] = o.numpy(), d.numpy()
+        proposals, _ = net.rpn(image_list, features)
+        out["proposals"] = proposals[0].numpy()
+        detections, _ = net.roi_heads(features, proposals, image_list.image_sizes)
+        d = detections[0]
+        out.update(boxes=d["boxes"].numpy(), scores=d["scores"].numpy(), labels=d["labels"].numpy(),
+                   masks=d["masks"][:, 0].numpy())
+    net.train(was_training)
+    return {f"inference/{k}": v for k, v in out.items()}
+
+
 def record(steps: int = 2) -> dict[str, np.ndarray]:
     """Build, train ``steps`` SGD steps; returns every array the fixtures hold (flat dict)."""
     tv = _import_torchvision()
@@ -170,6 +206,7 @@ def record(steps: int = 2) -> dict[str, np.ndarray]:
     names = {id(p): k for k, p in net.named_parameters()}
     out = {f"state/{k}": v for k, v in state.items()}
     out.update({f"batch/{k}": v for k, v in batch.items()})
+    out.update(torchvision_inference(net, batch))  # the untrained model, eval mode
     losses = []
     for step in range(1, steps + 1):
         values, counts = torchvision_losses(net, batch)
@@ -186,10 +223,10 @@ def record(steps: int = 2) -> dict[str, np.ndarray]:
 
 def save(arrays: dict[str, np.ndarray], out_dir: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
-    groups = {"state": {}, "batch": {}, "steps": {}}
+    groups = {"state": {}, "batch": {}, "inference": {}, "steps": {}}
     for k, v in arrays.items():
         head, _, rest = k.partition("/")
-        if head in ("state", "batch"):
+        if head in ("state", "batch", "inference"):
             groups[head][rest] = v
         else:
             groups["steps"][k] = v

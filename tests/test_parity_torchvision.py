@@ -46,7 +46,7 @@ def _recorder():
 
 def _load_fixtures() -> dict[str, np.ndarray]:
     out = {}
-    for name in ("state", "batch", "steps"):
+    for name in ("state", "batch", "inference", "steps"):
         path = os.path.join(FIXTURES, f"{name}.npz")
         with np.load(path) as z:
             for k in z.files:
@@ -70,12 +70,18 @@ def _config(rec):
     )
 
 
+PREDICTORS = {"cls_score": "box_predictor", "bbox_pred": "box_predictor", "conv5_mask": "mask_predictor",
+              "mask_fcn_logits": "mask_predictor"}
+
+
 def _group(path: str) -> str:
-    """Weight group of a Keras variable path: backbone, fpn, rpn, box head/predictor, mask head/predictor."""
+    """Weight group of a Keras variable path, torchvision's module names: backbone (the
+    ResNet body), fpn, rpn, box_head (fc6, fc7), box_predictor, mask_head (4 convs),
+    mask_predictor (deconv + logits)."""
     parts = path.split("/")
     if parts[0] in ("backbone", "fpn", "rpn"):
         return parts[0]
-    return "/".join(parts[:2])
+    return PREDICTORS.get(parts[2], parts[1])
 
 
 def _by_path(model) -> dict[str, np.ndarray]:
@@ -83,17 +89,28 @@ def _by_path(model) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def parity():
+def reference():
+    """(recorder module, reference arrays, recorded arrays, live?): the reference is the
+    committed fixtures, or live torchvision with MRCNN_PARITY_LIVE=1."""
+    rec = _recorder()
+    recorded = _load_fixtures()
+    live = os.environ.get("MRCNN_PARITY_LIVE") == "1"
+    return rec, (rec.record() if live else recorded), recorded, live
+
+
+def _split(ref, prefix):
+    return {k[len(prefix):]: v for k, v in ref.items() if k.startswith(prefix)}
+
+
+@pytest.fixture(scope="module")
+def parity(reference):
     import tensorflow as tf
 
     from mrcnn.convert import convert_state_dict
     from mrcnn.model import MaskRCNN
     from mrcnn.training import TorchSGD
 
-    rec = _recorder()
-    recorded = _load_fixtures()
-    live = os.environ.get("MRCNN_PARITY_LIVE") == "1"
-    ref = rec.record() if live else recorded
+    rec, ref, recorded, live = reference
     state = {k[len("state/"):]: v for k, v in ref.items() if k.startswith("state/")}
     batch = {k[len("batch/"):]: v for k, v in ref.items() if k.startswith("batch/")}
 
@@ -184,3 +201,70 @@ def test_training_step_weights_equal_torchvision(parity, step):
     assert len(moved) == len(got), f"variables torchvision did not move: {set(got) - set(moved)}"
     assert max(w for w, _, _, _ in groups.values()) <= TOL, f"step {step} weights differ: {report}"
     assert not bad, f"step {step} updates differ: {bad[:5]}; {report}"
+
+
+# ----- inference: the untrained model, every stage ------------------------------------------
+@pytest.fixture(scope="module")
+def inference(reference):
+    import tensorflow as tf
+
+    from mrcnn.convert import convert_state_dict
+    from mrcnn.model import MaskRCNN
+
+    rec, ref, _, _ = reference
+    model = MaskRCNN(_config(rec))
+    convert_state_dict(model, _split(ref, "state/"), "torchvision")
+    batch = _split(ref, "batch/")
+    images, sizes = tf.constant(batch["images"]), tf.constant(batch["image_sizes"])
+    features = model.features(images, sizes, training=False)
+    logits, deltas = model.rpn.head(features)
+    anchors = model.anchor_generator(images, features)
+    proposals, _, valid = model.rpn.proposals(logits, deltas, anchors, sizes, training_limits=False)
+    detections = {k: np.asarray(v) for k, v in model({"images": images, "image_sizes": sizes}).items()}
+    return {"want": _split(ref, "inference/"), "features": [np.asarray(f) for f in features],
+            "logits": [np.asarray(x) for x in logits], "deltas": [np.asarray(x) for x in deltas],
+            "proposals": np.asarray(proposals)[0][np.asarray(valid)[0]], "detections": detections}
+
+
+def _xyxy(yx: np.ndarray) -> np.ndarray:
+    return yx[..., [1, 0, 3, 2]]
+
+
+def _rows_sorted(boxes: np.ndarray) -> np.ndarray:
+    key = np.round(boxes, 2)  # sort key robust to float32 rounding between the two sides
+    return boxes[np.lexsort(key.T[::-1])]
+
+
+def test_inference_features_and_rpn_head_equal_torchvision(inference):
+    want = inference["want"]
+    rel = {}
+    for level, f in enumerate(inference["features"]):
+        rel[f"p{level + 2}"] = _rel(f, want[f"p{level + 2}"].transpose(0, 2, 3, 1))
+    for level, (lg, dl) in enumerate(zip(inference["logits"], inference["deltas"])):
+        o, d = want[f"objectness{level}"], want[f"rpn_deltas{level}"]
+        a, h, w = o.shape[1:]
+        rel[f"objectness{level}"] = _rel(lg, o.transpose(0, 2, 3, 1).reshape(1, -1))
+        d = d.reshape(1, a, 4, h, w).transpose(0, 3, 4, 1, 2).reshape(1, -1, 4)[..., [1, 0, 3, 2]]
+        rel[f"rpn_deltas{level}"] = _rel(dl, d)
+    report = ", ".join(f"{k} {v:.1e}" for k, v in rel.items())
+    print(f"\ninference features / RPN head (max rel. difference): {report}")
+    assert max(rel.values()) <= TOL, report
+
+
+def test_inference_proposals_and_detections_equal_torchvision(inference):
+    """Same proposals (count and boxes: as sets, since proposals with exactly equal float32
+    scores may come in either order), same detections (count, order, boxes, scores,
+    classes) and the same 28 x 28 mask probabilities."""
+    want, det = inference["want"], inference["detections"]
+    got_props = _xyxy(inference["proposals"])
+    assert got_props.shape == want["proposals"].shape, (got_props.shape, want["proposals"].shape)
+    n = int(det["num_detections"][0])
+    assert n == len(want["scores"]) > 0, (n, len(want["scores"]))
+    np.testing.assert_array_equal(det["class_ids"][0, :n], want["labels"])
+    rel = {"proposals": _rel(_rows_sorted(got_props), _rows_sorted(want["proposals"])),
+           "boxes": _rel(_xyxy(det["boxes"][0, :n]), want["boxes"]),
+           "scores": _rel(det["scores"][0, :n], want["scores"]),
+           "masks": _rel(det["masks"][0, :n], want["masks"])}
+    report = ", ".join(f"{k} {v:.1e}" for k, v in rel.items())
+    print(f"\ninference, {len(got_props)} proposals, {n} detections (max rel. difference): {report}")
+    assert max(rel.values()) <= TOL, report
