@@ -184,9 +184,9 @@ def main() -> None:
           f"{args.runs} interleaved runs, {args.threads} threads each; random torchvision weights converted; "
           f"score threshold 0 ({n_ours} vs {n_tv} detections on the last photo)")
     print("torchvision's RoIAlign and NMS run through tests/torchvision_shim.py (pure PyTorch) on this CPU-only torch")
-    print(f"{'stage':<16} {'ours ms':>9} {'torchvision ms':>15} {'speed-up':>9}")
     print(f"masks pasted per photo: ours {stages['ours'].pop('pasted')[-1]}, torchvision "
           f"{stages['torchvision'].pop('pasted')[-1]}")
+    print(f"{'stage':<16} {'ours ms':>9} {'torchvision ms':>15} {'speed-up':>9}")
     for name in stages["ours"]:
         a, b = _median_ms(stages["ours"][name]), _median_ms(stages["torchvision"][name])
         print(f"{name:<16} {a:>9.0f} {b:>15.0f} {b / a:>8.2f}x")
