@@ -189,7 +189,7 @@ def test_training_step_weights_equal_torchvision(parity, step):
     initial = parity["initial"]
     assert got.keys() == want.keys()
     groups: dict[str, list] = {}
-    bad = []
+    bad, worst = [], 0.0
     for path in got:
         entry = groups.setdefault(_group(path), [0.0, 0.0, 0.0, 0])
         du_got, du_want = got[path] - initial[path], want[path] - initial[path]
@@ -199,10 +199,12 @@ def test_training_step_weights_equal_torchvision(parity, step):
         entry[3] += 1
         err = float(np.max(np.abs(du_got - du_want)))
         bound = 1e-3 * float(np.max(np.abs(du_want))) + 4 * float(np.spacing(np.max(np.abs(want[path]))))
+        worst = max(worst, err / bound)
         if err > bound:
             bad.append(f"{path}: update error {err:.2e} > {bound:.2e}")
     report = "; ".join(f"{g}: weights {w:.1e}, update {u:.1e} (max update {m:.1e}, {n} vars)"
                        for g, (w, u, m, n) in groups.items())
+    report += f"; largest update error / bound {worst:.2f}"
     print(f"\nstep {step} weights (max rel. difference): {report}")
     moved = [p for p in got if np.max(np.abs(want[p] - initial[p])) > 0]
     assert len(moved) == len(got), f"variables torchvision did not move: {set(got) - set(moved)}"
