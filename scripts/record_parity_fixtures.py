@@ -221,6 +221,218 @@ def record(steps: int = 2) -> dict[str, np.ndarray]:
     return out
 
 
+# ----- full size: a NumPy-seeded maskrcnn_resnet50_fpn (91 classes) on two COCO photos ------
+# Its 170 MB state dict is never stored: full_size_state_dict() regenerates it from FULL_SEED
+# (NumPy only, so CI builds it without torch); full_size.npz holds torchvision's outputs.
+FULL_SEED = 2026
+FULL_NUM_CLASSES = 91
+FULL_IMAGES = ("000000005802.jpg", "000000012448.jpg")
+TINY_COCO = os.path.join(HERE, "..", "..", "shared", "datasets", "tiny_coco", "train2017")
+FEATURE_SAMPLES = 4096  # sampled FPN values per level (the maps themselves are ~20 MB / image)
+HEAD_ROWS = 100  # box-head rows (of torchvision's 1000 proposals) kept
+RPN_TOP = 1000  # torchvision's pre-NMS top-k per level at test time
+DEPTHS = (3, 4, 6, 3)
+
+
+def full_size_state_dict(seed: int = FULL_SEED) -> dict[str, np.ndarray]:
+    """``maskrcnn_resnet50_fpn(num_classes=91)``'s state dict (names and shapes, without the
+    BatchNorm ``num_batches_tracked`` counters), float32, generated with NumPy from ``seed``.
+
+    Scales keep the random network's activations O(1) and its outputs non-trivial: He
+    normal convolutions, BatchNorm statistics random (mean N(0, 0.1^2), var U(0.5, 1.5)),
+    gammas U(0.5, 1.0) except the last BN of each bottleneck (U(0.1, 0.3): 16 residual
+    additions do not blow up), a class logit spread of ~3 so some of the 91-way softmax
+    scores pass torchvision's 0.05 threshold, small box deltas.
+    """
+    rng = np.random.default_rng(seed)
+    s: dict[str, np.ndarray] = {}
+
+    def he(*shape, gain=2.0):
+        fan_in = int(np.prod(shape[1:]))
+        return (rng.standard_normal(shape) * np.sqrt(gain / fan_in)).astype(np.float32)
+
+    def bn(prefix, n, lo=0.5, hi=1.0):
+        s[f"{prefix}.weight"] = rng.uniform(lo, hi, n).astype(np.float32)
+        s[f"{prefix}.bias"] = (0.1 * rng.standard_normal(n)).astype(np.float32)
+        s[f"{prefix}.running_mean"] = (0.1 * rng.standard_normal(n)).astype(np.float32)
+        s[f"{prefix}.running_var"] = rng.uniform(0.5, 1.5, n).astype(np.float32)
+
+    def bias(n, scale=0.01):
+        return (scale * rng.standard_normal(n)).astype(np.float32)
+
+    b = "backbone.body"
+    s[f"{b}.conv1.weight"] = he(64, 3, 7, 7)
+    bn(f"{b}.bn1", 64)
+    cin = 64
+    for i, depth in enumerate(DEPTHS):
+        planes = 64 * 2**i
+        for blk in range(depth):
+            p = f"{b}.layer{i + 1}.{blk}"
+            s[f"{p}.conv1.weight"] = he(planes, cin, 1, 1)
+            bn(f"{p}.bn1", planes)
+            s[f"{p}.conv2.weight"] = he(planes, planes, 3, 3)
+            bn(f"{p}.bn2", planes)
+            s[f"{p}.conv3.weight"] = he(planes * 4, planes, 1, 1)
+            bn(f"{p}.bn3", planes * 4, 0.1, 0.3)
+            if blk == 0:
+                s[f"{p}.downsample.0.weight"] = he(planes * 4, cin, 1, 1)
+                bn(f"{p}.downsample.1", planes * 4)
+            cin = planes * 4
+    for i in range(4):
+        s[f"backbone.fpn.inner_blocks.{i}.0.weight"] = he(256, 256 * 2**i, 1, 1, gain=1.0)
+        s[f"backbone.fpn.inner_blocks.{i}.0.bias"] = bias(256)
+        s[f"backbone.fpn.layer_blocks.{i}.0.weight"] = he(256, 256, 3, 3, gain=1.0)
+        s[f"backbone.fpn.layer_blocks.{i}.0.bias"] = bias(256)
+    s["rpn.head.conv.0.0.weight"], s["rpn.head.conv.0.0.bias"] = he(256, 256, 3, 3), bias(256)
+    s["rpn.head.cls_logits.weight"], s["rpn.head.cls_logits.bias"] = he(3, 256, 1, 1, gain=1.0), bias(3, 0.5)
+    s["rpn.head.bbox_pred.weight"], s["rpn.head.bbox_pred.bias"] = he(12, 256, 1, 1, gain=0.01), bias(12)
+    s["roi_heads.box_head.fc6.weight"], s["roi_heads.box_head.fc6.bias"] = he(1024, 256 * 7 * 7), bias(1024)
+    s["roi_heads.box_head.fc7.weight"], s["roi_heads.box_head.fc7.bias"] = he(1024, 1024), bias(1024)
+    p = "roi_heads.box_predictor"
+    s[f"{p}.cls_score.weight"], s[f"{p}.cls_score.bias"] = he(91, 1024, gain=9.0), bias(91, 1.0)
+    s[f"{p}.bbox_pred.weight"], s[f"{p}.bbox_pred.bias"] = he(364, 1024, gain=0.01), bias(364)
+    for i in range(4):
+        s[f"roi_heads.mask_head.{i}.0.weight"], s[f"roi_heads.mask_head.{i}.0.bias"] = he(256, 256, 3, 3), bias(256)
+    p = "roi_heads.mask_predictor"
+    # ConvTranspose2d weight is [in, out, kh, kw]: fan-in per output is in * 1 (stride 2, 2x2).
+    s[f"{p}.conv5_mask.weight"] = (rng.standard_normal((256, 256, 2, 2)) * np.sqrt(2 / 256)).astype(np.float32)
+    s[f"{p}.conv5_mask.bias"] = bias(256)
+    s[f"{p}.mask_fcn_logits.weight"], s[f"{p}.mask_fcn_logits.bias"] = he(91, 256, 1, 1, gain=4.0), bias(91, 1.0)
+    return s
+
+
+def full_size_images() -> list[np.ndarray]:
+    """The two tiny_coco photos, uint8 RGB [H, W, 3]; FileNotFoundError names a missing one."""
+    from PIL import Image
+
+    out = []
+    for name in FULL_IMAGES:
+        path = os.path.join(TINY_COCO, name)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"parity image {os.path.abspath(path)} not found")
+        out.append(np.array(Image.open(path).convert("RGB")))
+    return out
+
+
+def full_size_config():
+    from mrcnn.configs import TorchvisionCOCO
+
+    return TorchvisionCOCO()
+
+
+def full_size_input(image: np.ndarray, config) -> tuple[np.ndarray, tuple[int, int]]:
+    """mrcnn's own inference resize + pad (``prepare_image_batch``): float32 [1, Hp, Wp, 3]
+    raw RGB and the valid (h, w). Both sides' stage-by-stage comparison start from it, so no
+    resize difference enters; the end-to-end comparison uses each side's own resize."""
+    sys.path.insert(0, os.path.join(HERE, ".."))
+    from mrcnn.data.pipeline import prepare_image_batch
+
+    batch, sizes, _ = prepare_image_batch([image], config)
+    return batch, (int(sizes[0][0]), int(sizes[0][1]))
+
+
+def sample_index(n: int, level: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(100 + level).choice(n, FEATURE_SAMPLES, replace=False)).astype(np.int64)
+
+
+def record_full_size() -> dict[str, np.ndarray]:
+    """torchvision's outputs for :func:`full_size_state_dict` on :data:`FULL_IMAGES` (flat
+    dict; boxes in mrcnn's (y1, x1, y2, x2), RPN deltas in (dy, dx, dh, dw), anchor order
+    (level, y, x, anchor) as both sides flatten them). Per image ``img{i}/``:
+
+    - ``p{l}_index`` / ``p{l}_sample`` / ``p{l}_maxabs``: FPN values at sampled flat
+      [H, W, C] positions and the map's max |value|;
+    - ``rpn_index`` [5 x 1000]: each level's pre-NMS top-1000 anchors (global index),
+      ``rpn_logits``, ``rpn_deltas``, ``anchors`` there, ``rpn_*_maxabs``, ``num_anchors``;
+    - ``proposals`` [1000, 4]; ``box_cls`` [100, 91] / ``box_deltas`` [100, 91, 4] of the box
+      head on the first 100 of them (+ max |.| over all 1000);
+    - ``boxes``, ``scores``, ``labels``, ``mask_logits`` [D, 28, 28] (detected class; + max
+      over all classes): detections from the same network input;
+    - ``e2e_boxes`` (original pixels), ``e2e_scores``, ``e2e_labels``, ``e2e_masks`` float16
+      [D, 28, 28]: ``net([image])`` with torchvision's own transform, masks before the paste.
+
+    Plus ``state_keys`` / ``state_sums`` (sum, sum of squares per tensor: the NumPy generator
+    must reproduce what torchvision was given) and ``num_torchvision_keys``.
+    """
+    tv = _import_torchvision()
+    import torch
+    from torchvision.models.detection.image_list import ImageList
+
+    net = tv.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
+                                                    num_classes=FULL_NUM_CLASSES).eval()
+    state = full_size_state_dict()
+    ref = net.state_dict()
+    extra = sorted(set(ref) - set(state))
+    if set(state) - set(ref) or any(not k.endswith("num_batches_tracked") for k in extra):
+        raise SystemExit(f"full_size_state_dict keys differ from torchvision: {sorted(set(state) ^ set(ref))[:5]}")
+    bad = [k for k in state if tuple(ref[k].shape) != state[k].shape]
+    if bad:
+        raise SystemExit(f"full_size_state_dict shapes differ from torchvision: {bad[:5]}")
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
+    keys = sorted(state)
+    out = {"state_keys": np.array(keys), "num_torchvision_keys": np.array(len(ref)),
+           "state_sums": np.array([[state[k].astype(np.float64).sum(), np.square(state[k].astype(np.float64)).sum()]
+                                   for k in keys])}
+    config = full_size_config()
+    yx = [1, 0, 3, 2]
+    for i, image in enumerate(full_size_images()):
+        p = f"img{i}/"
+        batch, (h, w) = full_size_input(image, config)
+        x = np.zeros_like(batch[0])
+        x[:h, :w] = (batch[0, :h, :w] - MEAN) / STD  # torchvision pads after normalising
+        t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)[None]))
+        image_list = ImageList(t, [(h, w)])
+        with torch.no_grad():
+            feats = net.backbone(t)
+            flist = list(feats.values())
+            for level, f in enumerate(flist):
+                hwc = f[0].permute(1, 2, 0).numpy().ravel()
+                idx = sample_index(hwc.size, level)
+                out[f"{p}p{level + 2}_index"], out[f"{p}p{level + 2}_sample"] = idx, hwc[idx]
+                out[f"{p}p{level + 2}_maxabs"] = np.array(np.abs(hwc).max())
+            objectness, rpn_deltas = net.rpn.head(flist)
+            logits = [o.permute(0, 2, 3, 1).reshape(-1).numpy() for o in objectness]
+            deltas = [d.view(1, 3, 4, *d.shape[-2:]).permute(0, 3, 4, 1, 2).reshape(-1, 4).numpy()[:, yx]
+                      for d in rpn_deltas]
+            top, start = [], 0
+            for lg in logits:
+                top.append(start + np.argsort(-lg, kind="stable")[:RPN_TOP])
+                start += lg.size
+            top = np.concatenate(top)
+            all_logits, all_deltas = np.concatenate(logits), np.concatenate(deltas)
+            anchors = net.rpn.anchor_generator(image_list, flist)[0].numpy()[:, yx]
+            out.update({f"{p}rpn_index": top, f"{p}rpn_logits": all_logits[top], f"{p}rpn_deltas": all_deltas[top],
+                        f"{p}anchors": anchors[top], f"{p}num_anchors": np.array(len(anchors)),
+                        f"{p}rpn_logits_maxabs": np.array(np.abs(all_logits).max()),
+                        f"{p}rpn_deltas_maxabs": np.array(np.abs(all_deltas).max())})
+            props, _ = net.rpn(image_list, feats)
+            dets, _ = net.roi_heads(feats, props, image_list.image_sizes)
+            heads = net.roi_heads
+            cls, box = heads.box_predictor(heads.box_head(heads.box_roi_pool(feats, props, image_list.image_sizes)))
+            box = box.reshape(len(cls), -1, 4).numpy()[..., yx]
+            d = dets[0]
+            mask_logits = heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(feats, [d["boxes"]],
+                                                                                  image_list.image_sizes))).numpy()
+            labels = d["labels"].numpy()
+            out.update({f"{p}proposals": props[0].numpy()[:, yx], f"{p}box_cls": cls.numpy()[:HEAD_ROWS],
+                        f"{p}box_deltas": box[:HEAD_ROWS], f"{p}box_cls_maxabs": np.array(np.abs(cls.numpy()).max()),
+                        f"{p}box_deltas_maxabs": np.array(np.abs(box).max()),
+                        f"{p}boxes": d["boxes"].numpy()[:, yx], f"{p}scores": d["scores"].numpy(), f"{p}labels": labels,
+                        f"{p}mask_logits": mask_logits[np.arange(len(labels)), labels],
+                        f"{p}mask_logits_maxabs": np.array(np.abs(mask_logits).max()),
+                        f"{p}image_size": np.array([h, w])})
+            # net([image]) in pieces, keeping the 28x28 masks before torchvision's paste.
+            original = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
+            il2, _ = net.transform([original])
+            f2 = net.backbone(il2.tensors)
+            raw = heads(f2, net.rpn(il2, f2)[0], il2.image_sizes)[0]
+            e2e = net.transform.postprocess([dict(r) for r in raw], il2.image_sizes, [tuple(original.shape[-2:])])[0]
+            out.update({f"{p}e2e_boxes": e2e["boxes"].numpy()[:, yx], f"{p}e2e_scores": e2e["scores"].numpy(),
+                        f"{p}e2e_labels": e2e["labels"].numpy(),
+                        f"{p}e2e_masks": raw[0]["masks"][:, 0].numpy().astype(np.float16)})
+    return out
+
+
 def save(arrays: dict[str, np.ndarray], out_dir: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     groups = {"state": {}, "batch": {}, "inference": {}, "steps": {}}
@@ -241,12 +453,23 @@ def save(arrays: dict[str, np.ndarray], out_dir: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=DEFAULT_OUT)
+    parser.add_argument("--full-size-only", action="store_true", help="only rewrite full_size.npz")
     args = parser.parse_args(argv)
-    arrays = record()
-    paths = save(arrays, args.out)
+    paths = [os.path.join(args.out, f"{n}.npz") for n in ("state", "batch", "inference", "steps")]
+    if not args.full_size_only:
+        arrays = record()
+        paths = save(arrays, args.out)
+        print("losses (rpn_class, rpn_box, class, box, mask):\n", arrays["losses"])
+        print("proposals per step:", int(arrays["proposals1"]), int(arrays["proposals2"]))
+    full = record_full_size()
+    path = os.path.join(args.out, "full_size.npz")
+    np.savez_compressed(path, **full)
+    paths.append(path)
+    for i in range(len(FULL_IMAGES)):
+        print(f"full size, image {i}: {len(full[f'img{i}/proposals'])} proposals, "
+              f"{len(full[f'img{i}/scores'])} detections (scores {full[f'img{i}/scores'].min():.3f}.."
+              f"{full[f'img{i}/scores'].max():.3f}), end to end {len(full[f'img{i}/e2e_scores'])}")
     total = sum(os.path.getsize(p) for p in paths)
-    print("losses (rpn_class, rpn_box, class, box, mask):\n", arrays["losses"])
-    print("proposals per step:", int(arrays["proposals1"]), int(arrays["proposals2"]))
     print(f"wrote {', '.join(paths)} ({total / 1e6:.2f} MB)")
     if total > 5e6:
         raise SystemExit("fixtures exceed 5 MB")
