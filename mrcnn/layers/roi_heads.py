@@ -21,13 +21,18 @@ if TYPE_CHECKING:
     from mrcnn.config import Config
 
 # He init, fan-out (torchvision's mask and keypoint heads).
-_HE_FAN_OUT = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+def _he_fan_out() -> keras.initializers.Initializer:
+    # A new instance per layer, made when the layer is: an unseeded Keras initializer
+    # draws its seed when constructed (a module-level one would be seeded at import,
+    # before keras.utils.set_random_seed, so runs would not be reproducible) and then
+    # returns the same values at every call (every layer sharing it would start equal).
+    return keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
 
 
 def _relu_conv_stack(channels: int, count: int, prefix: str) -> list[keras.layers.Layer]:
     """``count`` x (3x3 conv, same padding, + ReLU), named ``{prefix}1..{prefix}{count}``."""
     return [
-        keras.layers.Conv2D(channels, 3, padding="same", activation="relu", kernel_initializer=_HE_FAN_OUT,
+        keras.layers.Conv2D(channels, 3, padding="same", activation="relu", kernel_initializer=_he_fan_out(),
                             name=f"{prefix}{i + 1}")
         for i in range(count)
     ]
@@ -97,12 +102,11 @@ class MaskHead(keras.layers.Layer):
         self.num_classes = num_classes
         self.channels = channels
         self.num_convs = num_convs
-        init = _HE_FAN_OUT
         self.convs = _relu_conv_stack(channels, num_convs, "mask_fcn")
         self.deconv = keras.layers.Conv2DTranspose(
-            channels, 2, strides=2, activation="relu", kernel_initializer=init, name="conv5_mask"
+            channels, 2, strides=2, activation="relu", kernel_initializer=_he_fan_out(), name="conv5_mask"
         )
-        self.logits = keras.layers.Conv2D(num_classes, 1, kernel_initializer=init, name="mask_fcn_logits")
+        self.logits = keras.layers.Conv2D(num_classes, 1, kernel_initializer=_he_fan_out(), name="mask_fcn_logits")
 
     def build(self, input_shape):
         _, _, h, w, c = input_shape
@@ -146,11 +150,10 @@ class KeypointHead(keras.layers.Layer):
         self.num_keypoints = num_keypoints
         self.channels = channels
         self.num_convs = num_convs
-        init = _HE_FAN_OUT
         self.convs = _relu_conv_stack(channels, num_convs, "conv_fcn")
         # kernel 4, stride 2, "same" = torch padding 1: exactly x2.
         self.deconv = keras.layers.Conv2DTranspose(
-            num_keypoints, 4, strides=2, padding="same", kernel_initializer=init, name="kps_score_lowres"
+            num_keypoints, 4, strides=2, padding="same", kernel_initializer=_he_fan_out(), name="kps_score_lowres"
         )
 
     def build(self, input_shape):
