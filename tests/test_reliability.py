@@ -184,3 +184,14 @@ def test_kill_during_a_backup_write_resumes_from_the_previous_backup(tmp_path, c
     assert "at global step 10 " in log
     assert not glob.glob(str(backup / ".tmp-*"))
     assert os.path.exists(out / "final.weights.h5")
+
+
+def test_same_seed_gives_the_same_initial_weights_in_two_processes():
+    """What an exact resume comparison (and any reproducible run) rests on: keras.utils.set_random_seed
+    fixes every initializer (a module-level unseeded initializer would be seeded at import)."""
+    code = (f"import sys, hashlib, keras; sys.path.insert(0, {TESTS!r}); from conftest import TinyConfig; "
+            "from mrcnn import MaskRCNN; keras.utils.set_random_seed(7); m = MaskRCNN(TinyConfig()); "
+            "h = hashlib.sha256(); [h.update(v.numpy().tobytes()) for v in m.weights]; print(h.hexdigest())")
+    digests = [subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                              timeout=300).stdout.strip().splitlines()[-1] for _ in range(2)]
+    assert digests[0] == digests[1] and len(digests[0]) == 64
