@@ -435,10 +435,15 @@ def full_parity(tmp_path_factory):
         torch.save({k: torch.from_numpy(v) for k, v in state.items()}, pth)
         read = read_checkpoint(pth)
         reader_exact = read.keys() == state.keys() and all(np.array_equal(read[k], state[k]) for k in state)
-        stale = [k for k in want_all if not np.allclose(recorded.get(k, np.nan), want_all[k], rtol=1e-5, atol=1e-5)
-                 if want_all[k].dtype.kind == "f"]
-        stale += [k for k in want_all if want_all[k].dtype.kind != "f" and
-                  not np.array_equal(recorded.get(k), want_all[k])]
+        stale = []
+        for k, v in want_all.items():
+            old = recorded.get(k)
+            if old is None or old.shape != v.shape:
+                stale.append(k)
+            elif v.dtype.kind == "f" and not np.allclose(old, v, rtol=1e-5, atol=1e-5):
+                stale.append(k)
+            elif v.dtype.kind != "f" and not np.array_equal(old, v):
+                stale.append(k)
     config = rec.full_size_config()
     model = MaskRCNN(config)
     report = convert_state_dict(model, state, "torchvision")
