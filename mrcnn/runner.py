@@ -258,7 +258,8 @@ def _run_training(
 
         start_step = 0
         if backups:
-            state = restore_backup(model, shared_backup_dir)
+            with strategy.scope():  # the optimizer's slots are created while restoring
+                state = restore_backup(model, shared_backup_dir)
             if state is None:
                 raise ResumeError(
                     f"no backup in {backup_dir} loads (all torn or corrupt); restart with --restart")
@@ -269,6 +270,7 @@ def _run_training(
                 print(f"[mrcnn] resuming {out_dir} at global step {start_step} (epoch {start_step // spe + 1}, "
                       f"step {start_step % spe} of {spe}) from {state['weights_path']}", flush=True)
 
+        distribute.check_same_start(strategy, start_step, shared_backup_dir)
         guard = NonFiniteGuard(config.SKIP_NONFINITE_STEPS, initial_step=start_step)
         backup = StepBackup(backup_dir, config.BACKUP_EVERY_STEPS, spe, epochs, initial_step=start_step,
                             extra_state={"seed": int(seed), "batch_size": batch}, guard=guard, rng=rng)
