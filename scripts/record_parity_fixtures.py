@@ -18,12 +18,18 @@ fraction 1.0, pre/post-NMS limits above the anchor count). Saved (npz):
   every parameter after step 1 and step 2 (``step1/<key>``, ``step2/<key>``);
 - ``inference.npz``: the untrained model's eval-mode outputs of every stage on the same
   image (FPN maps, RPN head, proposals, detections and their 28 x 28 mask probabilities;
-  see :func:`torchvision_inference`), for the inference parity tests.
+  see :func:`torchvision_inference`), for the inference parity tests;
+- ``full_size.npz``: torchvision's outputs for a full-size ``maskrcnn_resnet50_fpn`` (91
+  classes) whose weights :func:`full_size_state_dict` regenerates with NumPy from a seed,
+  on two tiny_coco photos (see :func:`record_full_size`);
+- ``shim.npz``: torchvision's RoIAlign and batched NMS on the cases of
+  tests/roi_align_reference.py (see :func:`record_shim`).
 
 Run (needs torch + torchvision; tests/torchvision_shim.py makes a CPU torch import a CUDA
 torchvision wheel)::
 
     .venv/bin/python scripts/record_parity_fixtures.py [--out tests/fixtures/parity_torchvision]
+        [--full-size-only]   # keep the small-model fixtures, rewrite shim.npz and full_size.npz
 
 ``tests/test_parity_torchvision.py`` imports :func:`record` for its live mode
 (``MRCNN_PARITY_LIVE=1``).
@@ -433,6 +439,43 @@ def record_full_size() -> dict[str, np.ndarray]:
     return out
 
 
+def record_shim() -> dict[str, np.ndarray]:
+    """torchvision's RoIAlign (the shim's kernel entry point) on the cases of
+    tests/roi_align_reference.py, and its ``batched_nms`` keep indices on 500 random boxes
+    (seeded): ``roi_align_{aligned}_{ratio}`` (features NHWC), ``nms_keep`` (sorted)."""
+    tv = _import_torchvision()
+    import torch
+    from roi_align_reference import ARANGE_BOX, arange_features, random_case
+    from torchvision_shim import roi_align_kernel_semantics
+
+    def run(features, boxes, indices, size, scale, ratio, aligned):
+        rois = np.concatenate([np.asarray(indices, np.float32)[:, None], boxes[:, [1, 0, 3, 2]]], 1)
+        out = roi_align_kernel_semantics(torch.from_numpy(features).permute(0, 3, 1, 2),
+                                         torch.from_numpy(rois), scale, size, size, ratio, aligned)
+        return out.permute(0, 2, 3, 1).numpy()
+
+    out = {}
+    for aligned in (False, True):
+        out[f"roi_align_arange_{int(aligned)}"] = run(arange_features(), ARANGE_BOX, [0], 4, 1.0, 0, aligned)
+        for ratio in (2, 0):
+            f, b, idx = random_case(np.random.default_rng(ratio + 10 * aligned))
+            out[f"roi_align_{int(aligned)}_{ratio}"] = run(f, b, idx, 3, 0.5, ratio, aligned)
+    boxes, scores, levels = nms_case()
+    keep = tv.ops.batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(levels), 0.7)
+    out["nms_keep"] = np.sort(keep.numpy())
+    return out
+
+
+def nms_case() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """500 random boxes (x1, y1, x2, y2), scores and levels 0..4 (seed 0)."""
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 100, (500, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 40, (500, 2))], 1).astype(np.float32)
+    scores = rng.uniform(size=500).astype(np.float32)
+    levels = rng.integers(0, 5, 500)
+    return boxes, scores, levels
+
+
 def save(arrays: dict[str, np.ndarray], out_dir: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     groups = {"state": {}, "batch": {}, "inference": {}, "steps": {}}
@@ -453,7 +496,7 @@ def save(arrays: dict[str, np.ndarray], out_dir: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=DEFAULT_OUT)
-    parser.add_argument("--full-size-only", action="store_true", help="only rewrite full_size.npz")
+    parser.add_argument("--full-size-only", action="store_true", help="only rewrite shim.npz and full_size.npz")
     args = parser.parse_args(argv)
     paths = [os.path.join(args.out, f"{n}.npz") for n in ("state", "batch", "inference", "steps")]
     if not args.full_size_only:
@@ -461,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
         paths = save(arrays, args.out)
         print("losses (rpn_class, rpn_box, class, box, mask):\n", arrays["losses"])
         print("proposals per step:", int(arrays["proposals1"]), int(arrays["proposals2"]))
+    path = os.path.join(args.out, "shim.npz")
+    np.savez_compressed(path, **record_shim())
+    paths.append(path)
     full = record_full_size()
     path = os.path.join(args.out, "full_size.npz")
     np.savez_compressed(path, **full)
