@@ -134,7 +134,7 @@ def load():
 
 
 def roi_align(features, boxes, box_indices, output_size, spatial_scale, sampling_ratio, aligned):
-    """RoIAlign with the custom op; arguments as :func:`mrcnn.ops.roi_align.roi_align`."""
+    """RoIAlign with the custom op; arguments as :func:`mrcnn.ops.roi_pooling.roi_align`."""
     module = load()
     ph, pw = output_size
     return module.mrcnn_roi_align(

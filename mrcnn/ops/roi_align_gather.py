@@ -16,7 +16,7 @@ All FPN levels are flattened into one ``[sum_l B*Hl*Wl, C]`` table and each box 
 from its level's slice (its row offset), so there is one gather per corner for all
 levels, no per-level split (no empty tensors) and no stitching.
 
-Levels follow :func:`mrcnn.ops.roi_align.fpn_levels`, computed in float32 by comparing
+Levels follow :func:`mrcnn.ops.roi_pooling.fpn_levels`, computed in float32 by comparing
 the box area with the level thresholds (the float64 formula and this agree except for
 areas within ~1e-7 relative of a threshold). No float64 op is used.
 """
@@ -60,7 +60,7 @@ def multilevel_roi_align_gather(
     canonical_level: int = 4,
     canonical_size: float = 224.0,
 ) -> tf.Tensor:
-    """The FPN pooler (as :func:`mrcnn.ops.roi_align.multilevel_roi_align`).
+    """The FPN pooler (as :func:`mrcnn.ops.roi_pooling.multilevel_roi_align`).
 
     Args:
       features: one [B, Hl, Wl, C] float32 map per level, finest first (P2..).
