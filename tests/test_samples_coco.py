@@ -15,76 +15,7 @@ import pytest
 
 from mrcnn import weights as W
 from samples.coco.coco import CocoConfig
-
-# ----- a torch.save-compatible writer that needs no torch ------------------------------------
-
-
-class _Global:
-    """Pickled as the GLOBAL opcode ``module.name`` (what torch's pickles reference)."""
-
-    def __init__(self, module: str, name: str) -> None:
-        self.module, self.name = module, name
-
-    def __call__(self, *args):  # pickle insists that reduce functions be callable
-        raise NotImplementedError
-
-
-class _Storage:
-    def __init__(self, key: str, array: np.ndarray, type_name: str) -> None:
-        self.key, self.array, self.type_name = key, array, type_name
-
-
-class _Tensor:
-    def __init__(self, storage: _Storage, offset: int, size: tuple, stride: tuple) -> None:
-        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
-
-    def __reduce__(self):
-        return (
-            _Global("torch._utils", "_rebuild_tensor_v2"),
-            (self.storage, self.offset, tuple(self.size), tuple(self.stride), False, OrderedDict()),
-        )
-
-
-class _Writer(pickle._Pickler):  # the pure-Python pickler lets us emit raw globals
-    def persistent_id(self, obj):
-        if isinstance(obj, _Storage):
-            return ("storage", _Global("torch", obj.type_name), obj.key, "cpu", int(obj.array.size))
-        return None
-
-    def save(self, obj, save_persistent_id=True):
-        if isinstance(obj, _Global):
-            self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode("ascii"))
-            return
-        super().save(obj, save_persistent_id)
-
-
-_TYPE_NAMES = {np.dtype(np.float32): "FloatStorage", np.dtype(np.int64): "LongStorage",
-               np.dtype(np.float16): "HalfStorage"}
-
-
-def write_pth(path, state: dict[str, np.ndarray], root: str = "archive", shared: dict | None = None) -> None:
-    """torch.save's zip layout: root/data.pkl + root/data/<key> raw little-endian storages."""
-    storages: dict[str, np.ndarray] = {}
-    tensors = OrderedDict()
-    for name, array in state.items():
-        array = np.require(array, requirements="C")  # keeps 0-d arrays 0-d
-        key = str(len(storages))
-        storages[key] = array
-        stride = tuple(s // array.itemsize for s in array.strides)
-        tensors[name] = _Tensor(_Storage(key, array.reshape(-1), _TYPE_NAMES[array.dtype]), 0,
-                                array.shape, stride)
-    for name, (base, offset, size, stride) in (shared or {}).items():
-        key = next(k for k, v in storages.items() if v is state[base] or np.shares_memory(v, state[base]))
-        tensors[name] = _Tensor(_Storage(key, storages[key].reshape(-1), _TYPE_NAMES[storages[key].dtype]),
-                                offset, size, stride)
-    buf = io.BytesIO()
-    _Writer(buf, protocol=2).dump(tensors)
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr(f"{root}/data.pkl", buf.getvalue())
-        z.writestr(f"{root}/byteorder", "little")
-        z.writestr(f"{root}/version", "3\n")
-        for key, array in storages.items():
-            z.writestr(f"{root}/data/{key}", array.astype(array.dtype.newbyteorder("<")).tobytes())
+from tests.pth_writer import write_pth
 
 
 # ----- read_pth -------------------------------------------------------------------------------------
@@ -94,7 +25,7 @@ def test_read_pth_hand_written(tmp_path):
     state = {"a": a, "n": np.array(7, np.int64), "h": rng.standard_normal(5).astype(np.float16)}
     path = tmp_path / "x.pth"
     # "t" is a strided, offset view of a's storage: a[1:, ::2] -> offset 4, size (2, 2), stride (4, 2)
-    write_pth(path, state, root="resnet_fake", shared={"t": ("a", 4, (2, 2), (4, 2))})
+    write_pth(path, state, root="resnet_fake", views={"t": ("a", 4, (2, 2), (4, 2))})
     out = W.read_pth(path)
     assert set(out) == {"a", "n", "h", "t"}
     np.testing.assert_array_equal(out["a"], a)
