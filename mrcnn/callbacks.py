@@ -172,6 +172,9 @@ class TimeBudget(keras.callbacks.Callback):
 # ----- reliability: step backups, non-finite guard, checkpoints, data health ----------
 
 BACKUP_KEEP = 2  # the newest backup plus the previous good one
+# dynamic_growth_steps of the fixed-scale (x1) LossScaleOptimizer that only detects
+# non-finite gradients (mrcnn.runner.guard_optimizer): a growth that never comes.
+FIXED_SCALE_GROWTH_STEPS = 2**31 - 1
 
 
 def _write_tb_scalars(writer_holder: dict, log_dir: str, scalars: dict[str, float], step: int) -> None:
@@ -449,6 +452,10 @@ class NonFiniteGuard(keras.callbacks.Callback):
         bad_terms = [k for k, v in values.items() if not math.isfinite(v)]
         optimizer = getattr(self.model, "optimizer", None)
         scale = getattr(optimizer, "dynamic_scale", None)
+        if scale is not None and getattr(optimizer, "dynamic_growth_steps", 0) < FIXED_SCALE_GROWTH_STEPS:
+            # A real loss scaler (float16): its overflow skips are its own business and
+            # its scale is not ours to reset; only non-finite logged losses count here.
+            scale = None
         skipped_update = scale is not None and float(np.asarray(scale)) < 1.0
         if skipped_update:
             scale.assign(1.0)

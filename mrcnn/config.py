@@ -32,6 +32,7 @@ RESIZE_MODES = ("square", "pad32")
 ROI_ALIGN_IMPLEMENTATIONS = ("auto", "portable", "custom")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("step", "cosine")
+MIXED_PRECISIONS = (None, "float16", "bfloat16")
 
 
 def flip_map_from_names(names) -> tuple[tuple[int, int], ...]:
@@ -278,6 +279,11 @@ class Config:
     # Planned length of the run in global steps; None = not known in advance.
     TOTAL_STEPS: int | None = None
     GRADIENT_CLIP_NORM: float | None = None
+    # Half-precision compute for the backbone, FPN and heads (Keras "mixed_float16" /
+    # "mixed_bfloat16" policies: float32 variables); anchors, boxes, proposals, NMS,
+    # RoIAlign, losses and detections stay float32 (mrcnn/layers/precision.py).
+    # "float16" trains with dynamic loss scaling (keras LossScaleOptimizer).
+    MIXED_PRECISION: str | None = None
     STEPS_PER_EPOCH: int = 1000
     VALIDATION_STEPS: int = 50
     # Reliability (docs/reliability.md). Back up weights + optimizer + data position
@@ -488,6 +494,8 @@ class Config:
     def _validate_optimizer(self, fail) -> None:
         if self.OPTIMIZER not in OPTIMIZERS:
             fail("OPTIMIZER", f"choose one of {OPTIMIZERS}")
+        if self.MIXED_PRECISION not in MIXED_PRECISIONS:
+            fail("MIXED_PRECISION", f"choose one of {MIXED_PRECISIONS}")
         if self.LR_SCHEDULE not in LR_SCHEDULES:
             fail("LR_SCHEDULE", f"choose one of {LR_SCHEDULES}")
         ref = self.LR_REFERENCE_BATCH

@@ -92,7 +92,7 @@ def portable_model(model):
     """
     from mrcnn.model import MaskRCNN
 
-    if model.config.ROI_ALIGN_IMPLEMENTATION == "portable":
+    if model.config.ROI_ALIGN_IMPLEMENTATION == "portable" and model.config.MIXED_PRECISION is None:
         return model
     clone = MaskRCNN(portable_config(model.config), name=model.name)
     clone.set_weights(model.get_weights())
@@ -100,7 +100,14 @@ def portable_model(model):
 
 
 def portable_config(config: Config) -> Config:
-    """A copy of ``config`` (same class) with ``ROI_ALIGN_IMPLEMENTATION="portable"``.
+    """A copy of ``config`` (same class) with ``ROI_ALIGN_IMPLEMENTATION="portable"`` and
+    ``MIXED_PRECISION=None``.
+
+    Exports compute in float32 whatever the training policy: the variables are
+    float32 under every policy (so nothing of the weights is lost), and float32 is
+    what every runtime's CPU kernels take (ONNX Runtime, OpenVINO and LiteRT have
+    no bfloat16 convolutions to convert to; TF Serving's CPU build is slower in
+    half precision).
 
     Adaptive sampling (``ROI_ALIGN_SAMPLING_RATIO = 0``, Detectron2) has no
     stock-ops form: such a model cannot be exported as is.
@@ -114,6 +121,7 @@ def portable_config(config: Config) -> Config:
         )
     config = copy.copy(config)
     config.ROI_ALIGN_IMPLEMENTATION = "portable"
+    config.MIXED_PRECISION = None
     config.validate()
     return config
 

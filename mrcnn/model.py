@@ -42,6 +42,7 @@ from mrcnn.config import Config
 from mrcnn.layers.anchors import AnchorGenerator
 from mrcnn.layers.backbone import ResNet
 from mrcnn.layers.fpn import FPN
+from mrcnn.layers.precision import dtype_policy_scope, policy_name
 from mrcnn.layers.roi_heads import RoIHeads
 from mrcnn.layers.rpn import RPN
 from mrcnn.ops.mask_formats import box_masks_to_rle, paste_masks_in_boxes
@@ -66,22 +67,27 @@ class MaskRCNN(keras.Model):
 
     def __init__(self, config: Config, **kwargs):
         kwargs.setdefault("name", "mask_rcnn")
+        # The model and its coordinate stages are float32 whatever keras' global policy;
+        # Config.MIXED_PRECISION alone decides the compute stages' (layers/precision.py).
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         config.validate()
         self.config = config
-        self.backbone = ResNet(
-            config.BACKBONE,
-            norm=config.BACKBONE_NORM,
-            stride_in_1x1=config.STRIDE_IN_1X1,
-            base_width=config.BACKBONE_BASE_WIDTH,
-            gn_groups=config.GROUP_NORM_GROUPS,
-            freeze_stages=config.FREEZE_BACKBONE_STAGES,
-            name="backbone",
-        )
-        self.fpn = FPN(config.FPN_CHANNELS, name="fpn")
-        self.anchor_generator = AnchorGenerator.from_model_config(config, name="anchor_generator")
-        self.rpn = RPN.from_model_config(config, name="rpn")
-        self.roi_heads = RoIHeads.from_model_config(config, name="roi_heads")
+        with dtype_policy_scope(policy_name(config.MIXED_PRECISION)):
+            self.backbone = ResNet(
+                config.BACKBONE,
+                norm=config.BACKBONE_NORM,
+                stride_in_1x1=config.STRIDE_IN_1X1,
+                base_width=config.BACKBONE_BASE_WIDTH,
+                gn_groups=config.GROUP_NORM_GROUPS,
+                freeze_stages=config.FREEZE_BACKBONE_STAGES,
+                name="backbone",
+            )
+            self.fpn = FPN(config.FPN_CHANNELS, name="fpn")
+        with dtype_policy_scope("float32"):  # each builds its own heads under the compute policy
+            self.anchor_generator = AnchorGenerator.from_model_config(config, name="anchor_generator")
+            self.rpn = RPN.from_model_config(config, name="rpn")
+            self.roi_heads = RoIHeads.from_model_config(config, name="roi_heads")
         self.loss_trackers = {
             name: keras.metrics.Mean(name=name) for name in ("loss", *config.LOSS_NAMES)
         }
@@ -109,14 +115,18 @@ class MaskRCNN(keras.Model):
     def compile(self, optimizer=None, **kwargs):
         """Compile with SGD + warm-up/step schedule from the Config unless given an optimizer.
 
+        With ``MIXED_PRECISION="float16"`` the optimizer (given or made) gets dynamic
+        loss scaling (:func:`mrcnn.training.with_loss_scaling`).
+
         Losses come from the model itself; ``jit_compile`` is off because the
         custom RoIAlign op and NMS have no XLA kernels.
         """
-        from mrcnn.training import make_optimizer
+        from mrcnn.training import make_optimizer, with_loss_scaling
 
         kwargs.setdefault("jit_compile", False)
         _warn_if_portable_gradients(self.config.ROI_ALIGN_IMPLEMENTATION)
-        super().compile(optimizer=optimizer or make_optimizer(self.config), **kwargs)
+        optimizer = with_loss_scaling(optimizer or make_optimizer(self.config), self.config)
+        super().compile(optimizer=optimizer, **kwargs)
 
     @property
     def metrics(self):

@@ -43,6 +43,7 @@ import keras
 import tensorflow as tf
 
 from mrcnn.callbacks import (
+    FIXED_SCALE_GROWTH_STEPS,
     CocoEvaluationCallback,
     DataHealthLogger,
     EpochCheckpoint,
@@ -100,8 +101,9 @@ def guard_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.O
     advance on a skipped step.
     """
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        return optimizer
-    return keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=1.0, dynamic_growth_steps=2**31 - 1)
+        return optimizer  # float16's dynamic scaler skips non-finite steps already
+    return keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=1.0,
+                                               dynamic_growth_steps=FIXED_SCALE_GROWTH_STEPS)
 
 
 def _archive_previous(out_dir: str) -> str | None:

@@ -229,7 +229,8 @@ def make_optimizer(config: Config, total_steps: int | None = None, epochs: int |
 
     "sgd" is :class:`TorchSGD` (torch semantics, coupled L2); "adamw" is Keras'
     AdamW (decoupled by definition) with norm parameters excluded when
-    WEIGHT_DECAY_NORM is 0.
+    WEIGHT_DECAY_NORM is 0. With ``MIXED_PRECISION="float16"`` it is wrapped in a
+    dynamic ``keras.optimizers.LossScaleOptimizer``.
     """
     total = planned_steps(config, total_steps, epochs)
     schedule = make_schedule(config, total)
@@ -243,14 +244,30 @@ def make_optimizer(config: Config, total_steps: int | None = None, epochs: int |
         )
         if not config.WEIGHT_DECAY_NORM:
             optimizer.exclude_from_weight_decay(var_names=[NORM_VARIABLE_PATTERN])
+    else:
+        optimizer = TorchSGD(
+            learning_rate=schedule,
+            momentum=config.LEARNING_MOMENTUM,
+            weight_decay=config.WEIGHT_DECAY,
+            norm_weight_decay=config.WEIGHT_DECAY_NORM,
+            global_clipnorm=config.GRADIENT_CLIP_NORM,
+        )
+    if verbose and config.MIXED_PRECISION == "float16":
+        print("[mrcnn] float16 compute: dynamic loss scaling (initial 2^15)", flush=True)
+    return with_loss_scaling(optimizer, config)
+
+
+def with_loss_scaling(optimizer: keras.optimizers.Optimizer, config: Config) -> keras.optimizers.Optimizer:
+    """``optimizer`` in a dynamic ``LossScaleOptimizer`` when ``config.MIXED_PRECISION`` is
+    "float16" and it is not one already; else ``optimizer`` itself.
+
+    float16 gradients underflow without scaling; bfloat16 has float32's exponent range
+    and needs none. Dynamic: from 2^15, x2 after 2000 finite steps, /2 and the step
+    skipped on an overflow.
+    """
+    if config.MIXED_PRECISION != "float16" or isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         return optimizer
-    return TorchSGD(
-        learning_rate=schedule,
-        momentum=config.LEARNING_MOMENTUM,
-        weight_decay=config.WEIGHT_DECAY,
-        norm_weight_decay=config.WEIGHT_DECAY_NORM,
-        global_clipnorm=config.GRADIENT_CLIP_NORM,
-    )
+    return keras.optimizers.LossScaleOptimizer(optimizer)
 
 
 def default_callbacks(

@@ -2,6 +2,7 @@
 
     python scripts/bench_train.py [--steps 5] [--roi-align portable|custom|auto]
     python scripts/bench_train.py --scaling [--steps 5] [--backbone resnet18] [--size 256]
+    python scripts/bench_train.py --precision float32 bfloat16 [--steps 5] [--size 512]
 
 Random images with 5 boxes each; prints steps/s (median over the timed steps
 after one warm-up step) and, when the custom op is built, the same with each
@@ -16,6 +17,12 @@ set before TensorFlow starts), timed through ``model.fit``. Scaling efficiency
 share the same cores, so the numbers show only the overheads (the all-reduce,
 the second input pipeline, the gRPC ring), not a speed-up; on N GPUs or N
 machines each replica has its own device.
+
+``--precision``: the same step under each ``Config.MIXED_PRECISION`` given
+("float32" = None, "bfloat16", "float16"), the models built side by side from
+the same weights and their steps interleaved; prints s/step and the ratio to
+float32. On a CPU, half precision pays only where it has native kernels
+(bfloat16 with AVX512_BF16 / AMX; float16 convolutions fall back to Eigen).
 """
 
 from __future__ import annotations
@@ -40,13 +47,17 @@ def main() -> None:
     parser.add_argument("--roi-align", nargs="*", default=None,
                         help="implementations to compare (default: portable, plus custom when built)")
     parser.add_argument("--scaling", action="store_true", help="1 vs 2 replicas (logical CPUs, 2 workers)")
-    parser.add_argument("--size", type=int, default=512, help="image side (--scaling)")
+    parser.add_argument("--size", type=int, default=512, help="image side (--scaling, --precision)")
+    parser.add_argument("--precision", nargs="+", choices=("float32", "bfloat16", "float16"),
+                        help="compare these MIXED_PRECISION settings, interleaved")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return scaling_child(args)
     if args.scaling:
         return scaling(args)
+    if args.precision:
+        return precision(args)
 
     import keras
     import numpy as np
@@ -202,6 +213,43 @@ def scaling(args: argparse.Namespace) -> None:
     print(f"{'setting':52s} {'replicas':>8s} {'s/step':>8s} {'images/s':>9s} {'efficiency':>10s}")
     for label, replicas, step, ips in rows:
         print(f"{label:52s} {replicas:8d} {step:8.2f} {ips:9.3f} {ips / (replicas * single):10.2f}")
+
+
+# ----- float32 vs half precision -----------------------------------------------------------
+def precision(args: argparse.Namespace) -> None:
+    import tensorflow as tf
+
+    from mrcnn import Config, MaskRCNN
+
+    impl = args.roi_align[0] if args.roi_align else "auto"
+    batch = _batch(2, args.size)
+    data = iter(tf.data.Dataset.from_tensors(batch).repeat())
+    steps, initial = {}, None
+    for name in args.precision:
+        config = Config(NUM_CLASSES=91, BACKBONE=args.backbone, IMAGE_MIN_DIM=args.size, IMAGE_MAX_DIM=args.size,
+                        IMAGES_PER_GPU=2, ROI_ALIGN_IMPLEMENTATION=impl, FREEZE_BACKBONE_STAGES=2,
+                        MIXED_PRECISION=None if name == "float32" else name)
+        model = MaskRCNN(config)
+        if initial is None:
+            initial = model.get_weights()
+        model.set_weights(initial)
+        model.compile()
+        model.make_train_function()
+        model.train_function(data)  # trace + first step
+        steps[name] = model.train_function
+    times = {name: [] for name in steps}
+    for _ in range(args.steps):
+        for name, step in steps.items():
+            t = time.perf_counter()
+            float(step(data)["loss"])
+            times[name].append(time.perf_counter() - t)
+    base = statistics.median(times[args.precision[0]])
+    print(f"{args.backbone}-FPN, 2 images of {args.size}x{args.size}, RoIAlign {impl}, "
+          f"{args.steps} interleaved steps each (median)")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"  {name:9s} {median:7.2f} s/step  {base / median:5.2f}x vs {args.precision[0]}  "
+              f"{[round(v, 2) for v in values]}")
 
 
 if __name__ == "__main__":

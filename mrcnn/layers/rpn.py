@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from mrcnn import losses
 from mrcnn.layers.box_coder import BoxCoder
+from mrcnn.layers.precision import dtype_policy_scope, policy_name, to_float32
 from mrcnn.layers.targets import rpn_targets
 from mrcnn.ops import boxes as box_ops
 from mrcnn.ops.nms import batched_nms
@@ -24,7 +25,7 @@ class RPNHead(keras.layers.Layer):
 
     Input: list of [B, h, w, C] maps. Output: (logits [B, sum(h*w*A)],
     deltas [B, sum(h*w*A), 4] as (dy, dx, dh, dw)), flattened level by level in
-    anchor order (row, column, anchor).
+    anchor order (row, column, anchor); float32 under any dtype policy.
     """
 
     def __init__(self, num_anchors: int = 3, channels: int = 256, **kwargs):
@@ -49,8 +50,8 @@ class RPNHead(keras.layers.Layer):
         for feature_map in features:
             t = self.conv(feature_map)
             batch = tf.shape(t)[0]
-            logits.append(tf.reshape(self.cls_logits(t), [batch, -1]))
-            deltas.append(tf.reshape(self.bbox_pred(t), [batch, -1, 4]))
+            logits.append(tf.reshape(to_float32(self.cls_logits(t)), [batch, -1]))
+            deltas.append(tf.reshape(to_float32(self.bbox_pred(t)), [batch, -1, 4]))
         return logits, deltas
 
     def get_config(self):
@@ -133,11 +134,12 @@ class RPN(keras.layers.Layer):
         positive_iou: float = 0.7,
         negative_iou: float = 0.3,
         box_loss_beta: float = 1.0 / 9.0,
+        head_dtype: str = "float32",
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.settings = {
-            "num_anchors": int(num_anchors), "channels": int(channels),
+            "num_anchors": int(num_anchors), "channels": int(channels), "head_dtype": str(head_dtype),
             "pre_nms_top_n_train": int(pre_nms_top_n_train), "pre_nms_top_n_test": int(pre_nms_top_n_test),
             "post_nms_top_n_train": int(post_nms_top_n_train), "post_nms_top_n_test": int(post_nms_top_n_test),
             "nms_threshold": float(nms_threshold), "min_size": float(min_size),
@@ -146,7 +148,8 @@ class RPN(keras.layers.Layer):
             "positive_iou": float(positive_iou), "negative_iou": float(negative_iou),
             "box_loss_beta": float(box_loss_beta),
         }
-        self.head = RPNHead(num_anchors, channels, name="head")
+        with dtype_policy_scope(head_dtype):  # e.g. "mixed_bfloat16" (Config.MIXED_PRECISION)
+            self.head = RPNHead(num_anchors, channels, name="head")
         self.box_coder = BoxCoder(box_weights, name="box_coder")
 
     @classmethod
@@ -166,6 +169,7 @@ class RPN(keras.layers.Layer):
             positive_iou=config.RPN_POSITIVE_IOU,
             negative_iou=config.RPN_NEGATIVE_IOU,
             box_loss_beta=config.RPN_BOX_LOSS_BETA,
+            head_dtype=policy_name(config.MIXED_PRECISION),
             **kwargs,
         )
 
