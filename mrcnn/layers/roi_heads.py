@@ -14,6 +14,7 @@ from mrcnn import losses
 from mrcnn.layers.box_coder import BoxCoder
 from mrcnn.layers.detection import Detections, detect_boxes
 from mrcnn.layers.pooler import RoIPooler, pooler_settings
+from mrcnn.layers.precision import dtype_policy_scope, policy_name, to_float32
 from mrcnn.layers.targets import RoITargets, roi_targets
 from mrcnn.ops.keypoints import heatmaps_to_keypoints
 
@@ -81,8 +82,8 @@ class BoxHead(keras.layers.Layer):
         flat_size = pooled.shape[2] * pooled.shape[3] * pooled.shape[4]
         x = tf.reshape(pooled, [shape[0], shape[1], flat_size])
         x = self.fc7(self.fc6(x))
-        logits = self.cls_score(x)
-        deltas = tf.reshape(self.bbox_pred(x), [shape[0], shape[1], self.num_classes, 4])
+        logits = to_float32(self.cls_score(x))
+        deltas = tf.reshape(to_float32(self.bbox_pred(x)), [shape[0], shape[1], self.num_classes, 4])
         return logits, deltas
 
     def get_config(self):
@@ -117,7 +118,7 @@ class MaskHead(keras.layers.Layer):
         self.logits.build((None, 2 * h, 2 * w, self.channels))
 
     def call(self, pooled):
-        return _per_roi(self._fcn, pooled)
+        return to_float32(_per_roi(self._fcn, pooled))
 
     def _fcn(self, x):
         for conv in self.convs:
@@ -169,7 +170,7 @@ class KeypointHead(keras.layers.Layer):
     def _fcn(self, x):
         for conv in self.convs:
             x = conv(x)
-        x = self.deconv(x)
+        x = to_float32(self.deconv(x))  # the x2 bilinear and the softmax in float32
         size = 2 * x.shape[1]
         return tf.image.resize(x, [size, size], method="bilinear", antialias=False)
 
@@ -238,6 +239,7 @@ class RoIHeads(keras.layers.Layer):
         keypoint_conv_channels: int = 512,
         keypoint_num_convs: int = 8,
         keypoint_heatmap_size: int = 56,
+        head_dtype: str = "float32",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -257,6 +259,7 @@ class RoIHeads(keras.layers.Layer):
             "num_keypoints": int(num_keypoints),
             "keypoint_pool_size": int(keypoint_pool_size), "keypoint_conv_channels": int(keypoint_conv_channels),
             "keypoint_num_convs": int(keypoint_num_convs), "keypoint_heatmap_size": int(keypoint_heatmap_size),
+            "head_dtype": str(head_dtype),
         }
         pooling = {
             "strides": strides, "sampling_ratio": sampling_ratio, "aligned": aligned,
@@ -268,17 +271,22 @@ class RoIHeads(keras.layers.Layer):
         self.num_mask_rois = int(batch_size_per_image * positive_fraction)
         self.box_coder = BoxCoder(box_weights, name="box_coder")
         self.box_pooler = RoIPooler(pool_size, name="box_pooler", **pooling)
-        self.box_head = BoxHead(num_classes, fc_size, name="box_head")
         self.mask_pooler = self.mask_head = None
+        self.keypoint_pooler = self.keypoint_head = None
         if mask_head:
             self.mask_pooler = RoIPooler(mask_pool_size, name="mask_pooler", **pooling)
-            self.mask_head = MaskHead(num_classes, mask_conv_channels, mask_num_convs, name="mask_head")
-        self.keypoint_pooler = self.keypoint_head = None
         if num_keypoints:
             self.keypoint_pooler = RoIPooler(keypoint_pool_size, name="keypoint_pooler", **pooling)
-            self.keypoint_head = KeypointHead(
-                num_keypoints, keypoint_conv_channels, keypoint_num_convs, name="keypoint_head"
-            )
+        # The heads compute under head_dtype (Config.MIXED_PRECISION); the poolers and this
+        # layer stay float32, so RoIAlign always samples float32 features at float32 boxes.
+        with dtype_policy_scope(head_dtype):
+            self.box_head = BoxHead(num_classes, fc_size, name="box_head")
+            if mask_head:
+                self.mask_head = MaskHead(num_classes, mask_conv_channels, mask_num_convs, name="mask_head")
+            if num_keypoints:
+                self.keypoint_head = KeypointHead(
+                    num_keypoints, keypoint_conv_channels, keypoint_num_convs, name="keypoint_head"
+                )
 
     @classmethod
     def from_model_config(cls, config: Config, **kwargs) -> RoIHeads:
@@ -315,6 +323,7 @@ class RoIHeads(keras.layers.Layer):
             keypoint_conv_channels=config.KEYPOINT_HEAD_CONV_CHANNELS,
             keypoint_num_convs=config.KEYPOINT_HEAD_NUM_CONVS,
             keypoint_heatmap_size=config.KEYPOINT_HEATMAP_SIZE,
+            head_dtype=policy_name(config.MIXED_PRECISION),
             **kwargs,
         )
 
@@ -368,7 +377,7 @@ class RoIHeads(keras.layers.Layer):
                 box_pred, roi.deltas, positive, roi.valid, self.settings["box_loss_beta"]
             ),
         }
-        m = self.num_mask_rois
+        m = roi.mask_slots  # the slots that hold positives (see roi_targets)
         if self.mask_head is not None:
             logits = self.mask_logits(features, roi.rois[:, :m], roi.class_ids[:, :m])
             values["mask_loss"] = losses.mask_loss(logits, roi.masks, positive[:, :m])

@@ -93,11 +93,14 @@ class RoITargets(NamedTuple):
     valid: tf.Tensor  # [B, S] bool
     class_ids: tf.Tensor  # [B, S] int32 (0 = background)
     deltas: tf.Tensor  # [B, S, 4] regression targets (box-head weights)
-    masks: tf.Tensor | None  # [B, num_mask_rois, mh, mw] float32 0/1 targets (meaningful for positives)
-    # [B, num_mask_rois, K] int32 heatmap cell (row * m + col) of each keypoint, and
+    masks: tf.Tensor | None  # [B, M, mh, mw] float32 0/1 targets (meaningful for positives)
+    # [B, M, K] int32 heatmap cell (row * m + col) of each keypoint, and
     # whether it is a target (labelled, inside a positive RoI); None without keypoints.
     keypoint_targets: tf.Tensor | None = None
     keypoint_valid: tf.Tensor | None = None
+    # M: the slots the mask/keypoint targets cover (int32 scalar; the batch's largest
+    # positive count, at most num_mask_rois): the first M sampled RoIs.
+    mask_slots: tf.Tensor | int | None = None
 
 
 def roi_targets(
@@ -126,8 +129,9 @@ def roi_targets(
       gt_masks: [B, G, mh, mw] uint8/float; mini masks (in their box's frame) when
         ``mini_mask`` else full masks in input-image pixels.
       box_coder: encodes the regression targets (default weights (10, 10, 5, 5)).
-      num_mask_rois: mask and keypoint targets are built for the first this many
-        sampled slots only (positives come first; default all).
+      num_mask_rois: mask and keypoint targets are built for the first
+        ``mask_slots`` sampled slots only: the batch's largest positive count, at
+        most this many (positives come first; default num_samples).
       gt_masks: may be None (no mask head): ``masks`` is then None.
       gt_keypoints: optional [B, G, K, 3] (x, y, v) continuous input pixels; each
         positive RoI's matched GT keypoints are mapped into its ``heatmap_size``
@@ -147,7 +151,12 @@ def roi_targets(
     matched_class = tf.gather(gt_class_ids, gt_index, batch_dims=1)
     class_ids = tf.where(is_pos, matched_class, 0)
     deltas = tf.where(is_pos[..., None], _encode(box_coder, (10.0, 10.0, 5.0, 5.0), matched_boxes, rois), 0.0)
-    m = num_samples if num_mask_rois is None else num_mask_rois
+    # Positives fill the first slots, so the mask and keypoint branches need only as many
+    # slots as the batch's busiest image has positives (torchvision runs its mask head
+    # on the positives alone): a dynamic count, at most num_mask_rois. With a handful
+    # of objects per image that is a fraction of the 128 slots a fixed shape would take.
+    most = num_samples if num_mask_rois is None else num_mask_rois
+    m = tf.minimum(tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(is_pos, tf.int32), axis=1)), 0), most)
     masks = None
     if gt_masks is not None:
         masks = _mask_targets(rois[:, :m], gt_index[:, :m], matched_boxes[:, :m], gt_masks, mask_shape,
@@ -161,7 +170,7 @@ def roi_targets(
         )
         kp_valid = kp_valid & (is_pos & valid)[:, :m, None]
     return RoITargets(
-        tf.stop_gradient(rois), valid, class_ids, tf.stop_gradient(deltas), masks, kp_targets, kp_valid
+        tf.stop_gradient(rois), valid, class_ids, tf.stop_gradient(deltas), masks, kp_targets, kp_valid, m
     )
 
 
