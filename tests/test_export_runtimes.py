@@ -271,3 +271,40 @@ def test_cli_export_format_litert_from_files(tiny_model, tmp_path):
     assert set(interpreter.get_signature_list()["serving_default"]["outputs"]) == {
         "detection_boxes", "detection_scores", "detection_classes", "num_detections", "detection_masks",
     }
+
+
+class KeypointExportConfig(ExportConfig):
+    NAME = "export_keypoints_test"
+    NUM_KEYPOINTS = 3
+    KEYPOINT_NAMES = ("head", "left_hand", "right_hand")
+    KEYPOINT_HEAD_CONV_CHANNELS = 16
+    KEYPOINT_HEAD_NUM_CONVS = 2
+
+
+@pytest.fixture(scope="module")
+def keypoint_model():
+    keras.utils.set_random_seed(3)
+    return MaskRCNN(KeypointExportConfig())
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino", "litert"])
+def test_keypoint_model_on_each_runtime(fmt, keypoint_model, tmp_path):
+    """A keypoint model's export on each runtime alone: detections, masks and keypoints as detect()'s."""
+    if fmt == "onnx":
+        pytest.importorskip("tf2onnx")
+    pytest.importorskip(RUNTIME_MODULE[fmt])
+    model_path = exporters.export_model(keypoint_model, tmp_path / "export", fmt)[0]
+    images = [_image(96, 130), _image(120, 64)]
+    arrays = {f"img{i}": im[None] for i, im in enumerate(images)}
+    out = run_client(fmt, model_path, {f"img{i}": f"img{i}" for i in range(len(images))}, arrays, tmp_path)
+    assert not out["tensorflow_imported"] and not out["mrcnn_imported"]
+    for i, image in enumerate(images):
+        expected = keypoint_model.detect([image])[0]
+        assert_parity(out, f"img{i}", 0, image, expected, keypoint_model.config)
+        n = len(expected["scores"])
+        h, w = image.shape[:2]
+        # Served: (y, x) normalised, pixel-edge frame; detect(): (x, y) pixel-index frame.
+        yx = out[f"img{i}/detection_keypoints"][0, :n] * np.array([h, w], np.float32) - 0.5
+        np.testing.assert_allclose(yx[..., ::-1], expected["keypoints"][..., :2], atol=0.5)
+        np.testing.assert_allclose(out[f"img{i}/detection_keypoint_scores"][0, :n], expected["keypoints"][..., 2],
+                                   atol=1e-3)
