@@ -99,7 +99,7 @@ class RoITargets(NamedTuple):
     keypoint_targets: tf.Tensor | None = None
     keypoint_valid: tf.Tensor | None = None
     # M: the slots the mask/keypoint targets cover (int32 scalar; the batch's largest
-    # positive count, at most num_mask_rois): the first M sampled RoIs.
+    # positive count, at least 1, at most num_mask_rois): the first M sampled RoIs.
     mask_slots: tf.Tensor | int | None = None
 
 
@@ -155,8 +155,11 @@ def roi_targets(
     # slots as the batch's busiest image has positives (torchvision runs its mask head
     # on the positives alone): a dynamic count, at most num_mask_rois. With a handful
     # of objects per image that is a fraction of the 128 slots a fixed shape would take.
+    # At least one slot: a batch without positives (a crop with no object) must not make
+    # the heads' tensors empty, since oneDNN's Conv2DBackpropFilter fails on an empty batch
+    # ("Missing 1-th output"); the extra slot is not positive and carries no loss.
     most = num_samples if num_mask_rois is None else num_mask_rois
-    m = tf.minimum(tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(is_pos, tf.int32), axis=1)), 0), most)
+    m = tf.minimum(tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(is_pos, tf.int32), axis=1)), 1), most)
     masks = None
     if gt_masks is not None:
         masks = _mask_targets(rois[:, :m], gt_index[:, :m], matched_boxes[:, :m], gt_masks, mask_shape,
