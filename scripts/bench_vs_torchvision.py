@@ -1,6 +1,7 @@
 """Side by side with torchvision: the same weights, the same photos, one process.
 
     python scripts/bench_vs_torchvision.py [--images 3] [--runs 3] [--threads 2]
+    python scripts/bench_vs_torchvision.py --train [--steps 3] [--size 512] [--threads 2]
 
 torchvision's ``maskrcnn_resnet50_fpn`` (91 classes) is initialised at random
 (seeded), saved, converted with ``mrcnn.convert.convert_torchvision`` and loaded
@@ -17,6 +18,14 @@ torchvision==0.28.0``; torchvision's RoIAlign and NMS then run through
 ``tests/torchvision_shim.py`` (pure PyTorch), since a CPU-only torch from PyPI
 has no torchvision C++ kernels: torchvision's RoIAlign here is slower than its
 compiled kernel would be, so the per-stage table says where that matters.
+
+``--train``: one SGD step (momentum 0.9, weight decay 1e-4) of each, interleaved,
+on the same batch: 2 images of ``--size`` px with 5 instances each (random
+smooth textures with rectangle and ellipse masks), 91 classes, frozen BN, the
+stem and stage 1 frozen (torchvision ``trainable_backbone_layers=3``, built
+explicitly: torchvision ignores that argument and switches to trainable
+BatchNorm when no pretrained weights are given), the same converted random
+weights, and then our step split into stages (see ``train_profile``).
 """
 
 from __future__ import annotations
@@ -42,7 +51,15 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--train", action="store_true", help="compare one training step instead")
+    parser.add_argument("--steps", type=int, default=3, help="--train: timed steps per side")
+    parser.add_argument("--size", type=int, default=512, help="--train: image side")
+    parser.add_argument("--bfloat16", action="store_true",
+                        help="--train: ours with MIXED_PRECISION='bfloat16', torchvision under torch.autocast bf16")
     args = parser.parse_args()
+    if args.train:
+        train(args)
+        return
 
     paths = sorted(glob.glob(os.path.join(TINY_COCO, "*.jpg")))[: args.images]
     if not paths:
@@ -197,6 +214,222 @@ def main() -> None:
     box_ours = _median_ms(stages["ours"]["box head+NMS"])
     box_tv = _median_ms(stages["torchvision"]["box head+NMS"])
     print(f"{'e2e w/o box+NMS':<16} {a - box_ours:>9.0f} {b - box_tv:>15.0f} {(b - box_tv) / (a - box_ours):>8.2f}x")
+
+
+# ----------------------------------------------------------------------------- training
+def _train_batch(size: int, instances: int = 5, images: int = 2, seed: int = 0):
+    """Images [B, size, size, 3] float32 0-255, boxes [B, G, 4] (y1, x1, y2, x2), class ids
+    [B, G] in 1..90, full masks [B, G, size, size] uint8 (rectangles and ellipses)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, (images, size // 32, size // 32, 3))
+    pics = np.kron(coarse, np.ones((1, 32, 32, 1))) + rng.normal(0, 20, (images, size, size, 3))
+    pics = np.clip(np.round(pics), 0, 255).astype(np.float32)
+    boxes = np.zeros((images, instances, 4), np.float32)
+    masks = np.zeros((images, instances, size, size), np.uint8)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for b in range(images):
+        for g in range(instances):
+            h, w = rng.uniform(0.1, 0.5, 2) * size
+            y1, x1 = rng.uniform(0, size - h), rng.uniform(0, size - w)
+            y1, x1, y2, x2 = int(y1), int(x1), int(y1 + h), int(x1 + w)
+            if g % 2:
+                cy, cx, ry, rx = (y1 + y2) / 2, (x1 + x2) / 2, (y2 - y1) / 2, (x2 - x1) / 2
+                masks[b, g] = ((yy + 0.5 - cy) / ry) ** 2 + ((xx + 0.5 - cx) / rx) ** 2 <= 1.0
+            else:
+                masks[b, g, y1:y2, x1:x2] = 1
+            rows, cols = np.flatnonzero(masks[b, g].any(1)), np.flatnonzero(masks[b, g].any(0))
+            boxes[b, g] = [rows[0], cols[0], rows[-1] + 1, cols[-1] + 1]
+    classes = rng.integers(1, 91, (images, instances)).astype(np.int32)
+    return pics, boxes, classes, masks
+
+
+def train(args: argparse.Namespace) -> None:
+    import numpy as np
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from torchvision_shim import import_torchvision
+
+    tv = import_torchvision()
+    import keras
+
+    from mrcnn.configs import TorchvisionCOCO
+    from mrcnn.convert import convert_state_dict
+    from mrcnn.data.loader import minimize_masks
+    from mrcnn.model import MaskRCNN
+    from mrcnn.training import TorchSGD
+
+    lr, momentum, decay = 0.0025, 0.9, 1e-4
+    torch.manual_seed(0)
+    resnet = tv.models.resnet50(weights=None, norm_layer=tv.ops.misc.FrozenBatchNorm2d)
+    backbone = tv.models.detection.backbone_utils._resnet_fpn_extractor(resnet, trainable_layers=3)
+    net = tv.models.detection.MaskRCNN(backbone, num_classes=91, min_size=args.size, max_size=args.size).train()
+    params = [p for p in net.parameters() if p.requires_grad]
+    sgd = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=decay)
+
+    config = TorchvisionCOCO(IMAGE_MIN_DIM=args.size, IMAGE_MAX_DIM=args.size, FREEZE_BACKBONE_STAGES=2,
+                             IMAGES_PER_GPU=2, MAX_GT_INSTANCES=5, WARMUP_STEPS=0,
+                             MIXED_PRECISION="bfloat16" if args.bfloat16 else None)
+    model = MaskRCNN(config)
+    convert_state_dict(model, {k: v.numpy() for k, v in net.state_dict().items()}, "torchvision")
+    # WEIGHT_DECAY_NORM: frozen BN has no trainable parameter, so both decay the same set.
+    model.compile(optimizer=TorchSGD(learning_rate=lr, momentum=momentum, weight_decay=decay))
+
+    pics, boxes, classes, masks = _train_batch(args.size)
+    gt_masks = masks if config.MINI_MASK_SHAPE is None else np.stack(
+        [minimize_masks(m.transpose(1, 2, 0).astype(bool), b, config.MINI_MASK_SHAPE) for m, b in zip(masks, boxes)])
+    batch = {"images": tf.constant(pics), "image_sizes": tf.constant([[args.size, args.size]] * 2, tf.int32),
+             "gt_boxes": tf.constant(boxes), "gt_class_ids": tf.constant(classes),
+             "gt_masks": tf.constant(gt_masks)}
+    tv_images = [torch.from_numpy(p).permute(2, 0, 1) / 255.0 for p in pics]
+    tv_targets = [{"boxes": torch.from_numpy(b[:, [1, 0, 3, 2]]), "labels": torch.from_numpy(c).long(),
+                   "masks": torch.from_numpy(m)} for b, c, m in zip(boxes, classes, masks)]
+
+    def ours_step():
+        model.train_on_batch(batch, return_dict=True)
+
+    def tv_step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bfloat16):
+            losses = net(tv_images, tv_targets)
+        sgd.zero_grad()
+        sum(losses.values()).backward()
+        sgd.step()
+
+    for step in (ours_step, tv_step):  # warm-up: tracing, oneDNN caches, allocator
+        step()
+    times = {"ours": [], "torchvision": []}
+    for _ in range(args.steps):
+        for name, step in (("ours", ours_step), ("torchvision", tv_step)):
+            t = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t)
+    a, b = statistics.median(times["ours"]), statistics.median(times["torchvision"])
+    print(f"training step, R50-FPN, 91 classes, 2 images {args.size}x{args.size} with 5 instances, SGD, "
+          f"{args.threads} threads each, {args.steps} interleaved steps (median)")
+    print(f"torchvision's RoIAlign runs through tests/torchvision_shim.py (pure PyTorch); ours: "
+          f"RoIAlign {config.ROI_ALIGN_IMPLEMENTATION}, mini masks {config.MINI_MASK_SHAPE}; "
+          f"{'bfloat16 (ours MIXED_PRECISION, torchvision autocast)' if args.bfloat16 else 'float32'}")
+    print(f"  ours        {a:7.2f} s/step   {[round(t, 2) for t in times['ours']]}")
+    print(f"  torchvision {b:7.2f} s/step   {[round(t, 2) for t in times['torchvision']]}")
+    print(f"  speed-up    {b / a:7.2f}x")
+    train_profile(model, batch, keras, runs=max(1, args.steps - 1))
+
+
+def train_profile(model, batch, keras, runs: int = 2) -> None:
+    """Our training step split into stages, each a traced function timed alone.
+
+    backbone + FPN forward, and forward + backward of a loss on its outputs; the RPN
+    (head, proposals, anchor targets, losses) forward and forward + backward given
+    the features; RoI sampling and targets (mask targets included, no gradient);
+    the box branch (RoIAlign 7x7, head, losses) and the mask branch (RoIAlign 14x14,
+    head, loss) forward + backward given the features and the sample; the optimizer
+    update alone; and the whole step. Stage times add up to about the step.
+    """
+    import tensorflow as tf
+
+    from mrcnn import losses as loss_fns
+
+    images, sizes = batch["images"], batch["image_sizes"]
+    targets = {"gt_boxes": batch["gt_boxes"], "gt_class_ids": batch["gt_class_ids"],
+               "gt_masks": batch["gt_masks"], "gt_keypoints": None}
+    heads, rpn = model.roi_heads, model.rpn
+    trunk = model.backbone.trainable_variables + model.fpn.trainable_variables
+
+    @tf.function
+    def features_forward():
+        return model.features(images, sizes, training=True)
+
+    @tf.function
+    def features_backward():
+        with tf.GradientTape() as tape:
+            feats = model.features(images, sizes, training=True)
+            loss = tf.add_n([tf.reduce_mean(f) for f in feats])
+        return tape.gradient(loss, trunk)
+
+    feats = [tf.constant(f) for f in features_forward()]
+    anchors = model.anchor_generator(images, feats)
+
+    @tf.function
+    def rpn_forward():
+        return rpn(feats, anchors, sizes, targets=targets)
+
+    @tf.function
+    def rpn_backward():
+        with tf.GradientTape() as tape:
+            tape.watch(feats)
+            _, _, values = rpn(feats, anchors, sizes, targets=targets)
+            loss = tf.add_n(list(values.values()))
+        return tape.gradient(loss, rpn.trainable_variables + feats)
+
+    proposals, valid, _ = rpn_forward()
+
+    @tf.function
+    def sample():
+        return heads.sample(proposals, valid, targets)
+
+    roi = sample()
+
+    @tf.function
+    def box_backward():
+        with tf.GradientTape() as tape:
+            tape.watch(feats)
+            logits, deltas = heads.box_forward(feats, roi.rois)
+            positive = roi.valid & (roi.class_ids > 0)
+            pred = tf.gather(deltas, roi.class_ids, batch_dims=2)
+            loss = loss_fns.classifier_loss(logits, roi.class_ids, roi.valid) + loss_fns.box_regression_loss(
+                pred, roi.deltas, positive, roi.valid, heads.settings["box_loss_beta"])
+        return tape.gradient(loss, heads.box_head.trainable_variables + feats)
+
+    # Before mask_slots existed the mask branch ran on every num_mask_rois slot.
+    m = roi.mask_slots if getattr(roi, "mask_slots", None) is not None else heads.num_mask_rois
+
+    @tf.function
+    def mask_backward():
+        with tf.GradientTape() as tape:
+            tape.watch(feats)
+            logits = heads.mask_logits(feats, roi.rois[:, :m], roi.class_ids[:, :m])
+            positive = roi.valid & (roi.class_ids > 0)
+            loss = loss_fns.mask_loss(logits, roi.masks, positive[:, :m])
+        return tape.gradient(loss, heads.mask_head.trainable_variables + feats)
+
+    variables = model.trainable_variables
+    zeros = [tf.zeros_like(v) for v in variables]
+
+    @tf.function
+    def update():
+        model.optimizer.apply_gradients(zip(zeros, variables))
+
+    def whole():
+        model.train_on_batch(batch)
+
+    stages = [("backbone+FPN forward", features_forward), ("backbone+FPN fwd+bwd", features_backward),
+              ("RPN forward (given features)", rpn_forward), ("RPN fwd+bwd", rpn_backward),
+              ("RoI sampling + targets", sample), ("box branch fwd+bwd", box_backward),
+              ("mask branch fwd+bwd", mask_backward), ("optimizer update", update), ("whole step", whole)]
+    for _, fn in stages:
+        fn()  # trace
+    results = {name: [] for name, _ in stages}
+    for _ in range(runs):
+        for name, fn in stages:
+            t = time.perf_counter()
+            out = fn()
+            if out is not None:
+                tf.nest.map_structure(lambda x: x.numpy() if hasattr(x, "numpy") else x, out)
+            results[name].append(time.perf_counter() - t)
+    print(f"our step by stage (median of {runs}; the mask branch runs on {int(m)} slots per image, "
+          f"of {heads.num_mask_rois} possible)")
+    for name, values in results.items():
+        print(f"  {name:<30} {statistics.median(values):7.2f} s")
+    parts = ("backbone+FPN fwd+bwd", "RPN fwd+bwd", "RoI sampling + targets", "box branch fwd+bwd",
+             "mask branch fwd+bwd", "optimizer update")
+    print(f"  {'sum of the parts':<30} {sum(statistics.median(results[p]) for p in parts):7.2f} s")
 
 
 if __name__ == "__main__":

@@ -125,10 +125,10 @@ def test_bfloat16_training_reaches_the_float32_loss(tmp_path):
     """200 steps on shapes: the last 100 steps' mean loss within 10 % of float32's; the
     bfloat16-trained weights export (float32 graph) and serve what a float32 model detects."""
     train = ShapesDataset()
-    train.load_shapes(8, seed=3)  # few images: a steady descent, comparable between runs
+    train.load_shapes(8, height=64, width=64, seed=3)  # few images: a steady descent, comparable between runs
     losses, models = {}, {}
     for policy in (None, "bfloat16"):
-        config = TinyConfig(MIXED_PRECISION=policy, STEPS_PER_EPOCH=50)
+        config = TinyConfig(MIXED_PRECISION=policy, STEPS_PER_EPOCH=50, IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64)
         keras.utils.set_random_seed(0)
         model = MaskRCNN(config)
         model.compile()
@@ -152,7 +152,7 @@ def test_bfloat16_training_reaches_the_float32_loss(tmp_path):
     image = train.load_image(0)
     out = loaded.signatures["serving_default"](input_tensor=tf.constant(image[None]))
     assert out["detection_boxes"].dtype == out["detection_masks"].dtype == tf.float32
-    float32_model = MaskRCNN(TinyConfig(ROI_ALIGN_IMPLEMENTATION="portable"))
+    float32_model = MaskRCNN(TinyConfig(ROI_ALIGN_IMPLEMENTATION="portable", IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64))
     float32_model.load_weights(str(weights))
     expected = float32_model.detect([image])[0]
     n = int(out["num_detections"][0])
