@@ -162,7 +162,9 @@ def test_invisible_and_out_of_box_keypoints_are_not_targets():
                     positive_fraction=0.5, gt_keypoints=tf.constant(gt_kps), heatmap_size=56)
     assert t.masks is None
     cls, kv = t.class_ids.numpy()[0], t.keypoint_valid.numpy()[0]
-    for slot in range(4):
+    # Targets cover the first mask_slots slots: the positives (first), none beyond.
+    assert kv.shape[0] == int(t.mask_slots) == int(np.sum(cls > 0)) == 2 and not np.any(cls[2:] > 0)
+    for slot in range(kv.shape[0]):
         if cls[slot] > 0:
             assert kv[slot].tolist() == [True, False]
             col, row = t.keypoint_targets.numpy()[0, slot, 0] % 56, t.keypoint_targets.numpy()[0, slot, 0] // 56
