@@ -362,11 +362,13 @@ def train_profile(model, batch, keras, runs: int = 2) -> None:
 
     @tf.function
     def rpn_backward():
+        # The proposals are returned too: the RPN losses no longer read the dense head
+        # (RPNHead.at_anchors), and a function that dropped them would not run it.
         with tf.GradientTape() as tape:
             tape.watch(feats)
-            _, _, values = rpn(feats, anchors, sizes, targets=targets)
+            proposals, _, values = rpn(feats, anchors, sizes, targets=targets)
             loss = tf.add_n(list(values.values()))
-        return tape.gradient(loss, rpn.trainable_variables + feats)
+        return proposals, tape.gradient(loss, rpn.trainable_variables + feats)
 
     proposals, valid, _ = rpn_forward()
 

@@ -54,6 +54,58 @@ class RPNHead(keras.layers.Layer):
             deltas.append(tf.reshape(to_float32(self.bbox_pred(t)), [batch, -1, 4]))
         return logits, deltas
 
+    def at_anchors(self, features, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """The head's outputs at a few anchors only, computed from their 3x3 neighbourhoods.
+
+        features: one [B, h_l, w_l, C] map per level; indices: [B, S] int32 anchor
+        indices in the order of :meth:`call`'s outputs concatenated over the levels
+        (level, row, column, anchor). Returns (logits [B, S], deltas [B, S, 4])
+        float32: the values ``call`` gives at those anchors (to float32 rounding).
+
+        Why: the RPN losses read only the sampled anchors (256 per image of the
+        ~65k at 512x512), so the gradient of the dense head is zero almost
+        everywhere. Differentiating this gather-and-matmul instead of the dense
+        3x3 convolution gives the same gradients (for the weights and the
+        features) for S x 9 x C x C multiply-adds instead of two dense
+        convolutions over every level: the RPN's backward pass almost vanishes.
+        """
+        num_anchors = self.num_anchors
+        batch = tf.shape(indices)[0]
+        channels = features[0].shape[-1]
+        heights = tf.stack([tf.shape(f)[1] for f in features])
+        widths = tf.stack([tf.shape(f)[2] for f in features])
+        anchor_counts = heights * widths * num_anchors
+        anchor_starts = tf.cumsum(anchor_counts, exclusive=True)
+        # Every level zero-padded by one pixel (the conv's "same" padding) and flattened
+        # into one [B, sum((h+2)(w+2)), C] table, so one gather serves all levels.
+        padded_starts = tf.cumsum((heights + 2) * (widths + 2), exclusive=True)
+        table = tf.concat(
+            [tf.reshape(tf.pad(f, [[0, 0], [1, 1], [1, 1], [0, 0]]), [batch, -1, channels]) for f in features],
+            axis=1,
+        )
+        level = tf.reduce_sum(tf.cast(indices[..., None] >= anchor_starts[1:], tf.int32), axis=-1)
+        local = indices - tf.gather(anchor_starts, level)
+        position, anchor = local // num_anchors, local % num_anchors
+        width = tf.gather(widths, level)
+        row, col = position // width, position % width
+        # The padded pixel (row, col) is the top-left of the output pixel's 3x3 window.
+        corner = tf.gather(padded_starts, level) + row * (width + 2) + col
+        dy, dx = tf.meshgrid(tf.range(3), tf.range(3), indexing="ij")
+        window = corner[..., None] + tf.reshape(dy, [-1]) * (width + 2)[..., None] + tf.reshape(dx, [-1])
+        patches = tf.gather(table, tf.reshape(window, [batch, -1]), batch_dims=1)  # [B, S*9, C]
+        dtype = self.conv.compute_dtype
+        patches = tf.cast(tf.reshape(patches, [-1, 9 * channels]), dtype)  # (ky, kx, c): the kernel's order
+        kernel = tf.cast(tf.reshape(self.conv.kernel, [9 * channels, self.channels]), dtype)
+        hidden = tf.nn.relu(tf.matmul(patches, kernel) + tf.cast(self.conv.bias, dtype))
+
+        def pointwise(conv):
+            kernel = tf.cast(tf.reshape(conv.kernel, [self.channels, -1]), dtype)
+            return to_float32(tf.matmul(hidden, kernel) + tf.cast(conv.bias, dtype))
+
+        logits = tf.reshape(pointwise(self.cls_logits), [batch, -1, num_anchors])
+        deltas = tf.reshape(pointwise(self.bbox_pred), [batch, -1, num_anchors, 4])
+        return tf.gather(logits, anchor, batch_dims=2), tf.gather(deltas, anchor, batch_dims=2)
+
     def get_config(self):
         return {**super().get_config(), "num_anchors": self.num_anchors, "channels": self.channels}
 
@@ -186,16 +238,19 @@ class RPN(keras.layers.Layer):
             nms_threshold=s["nms_threshold"], min_size=s["min_size"], box_coder=self.box_coder,
         )
 
-    def losses_for(self, logits, deltas, anchors, gt_boxes, gt_class_ids) -> dict[str, tf.Tensor]:
-        """Sample anchors against the ground truth and return the two RPN losses (scalars)."""
+    def losses_for(self, features, anchors, gt_boxes, gt_class_ids) -> dict[str, tf.Tensor]:
+        """Sample anchors against the ground truth and return the two RPN losses (scalars).
+
+        The head is evaluated again at the sampled anchors only
+        (:meth:`RPNHead.at_anchors`), so only that small computation is differentiated.
+        """
         s = self.settings
         t = rpn_targets(
             tf.concat(anchors, axis=0), gt_boxes, gt_class_ids,
             num_samples=s["batch_size_per_image"], positive_fraction=s["positive_fraction"],
             positive_iou=s["positive_iou"], negative_iou=s["negative_iou"], box_coder=self.box_coder,
         )
-        sampled_logits = tf.gather(tf.concat(logits, axis=1), t.indices, batch_dims=1)
-        sampled_deltas = tf.gather(tf.concat(deltas, axis=1), t.indices, batch_dims=1)
+        sampled_logits, sampled_deltas = self.head.at_anchors(features, t.indices)
         return {
             "rpn_class_loss": losses.rpn_class_loss(sampled_logits, t.labels, t.valid),
             "rpn_box_loss": losses.box_regression_loss(
@@ -204,6 +259,8 @@ class RPN(keras.layers.Layer):
         }
 
     def call(self, features, anchors, image_sizes, targets=None):
+        # The dense outputs only select proposals (no gradient flows through them);
+        # the losses recompute the head at the sampled anchors (losses_for).
         logits, deltas = self.head(features)
         proposals, _, valid = self.proposals(
             logits, deltas, anchors, image_sizes, training_limits=targets is not None
@@ -212,7 +269,7 @@ class RPN(keras.layers.Layer):
             return proposals, valid, {}
         gt_boxes = tf.cast(targets["gt_boxes"], tf.float32)
         gt_class_ids = tf.cast(targets["gt_class_ids"], tf.int32)
-        return proposals, valid, self.losses_for(logits, deltas, anchors, gt_boxes, gt_class_ids)
+        return proposals, valid, self.losses_for(features, anchors, gt_boxes, gt_class_ids)
 
     def get_config(self):
         # Plain lists: Keras wraps the attribute dict's lists into tracked containers.
