@@ -41,6 +41,7 @@ from keras.src.losses.loss import scale_loss_for_distribution
 from mrcnn.config import Config
 from mrcnn.layers.anchors import AnchorGenerator
 from mrcnn.layers.backbone import ResNet
+from mrcnn.layers.conv import resolve_training_conv, winograd_scope
 from mrcnn.layers.fpn import FPN
 from mrcnn.layers.precision import dtype_policy_scope, policy_name
 from mrcnn.layers.roi_heads import RoIHeads
@@ -93,6 +94,12 @@ class MaskRCNN(keras.Model):
         }
         self._predict_fn = None
         self._build_weights()
+
+    @property
+    def training_conv_algorithm(self) -> str:
+        """"winograd" or "direct": how ``train_step`` computes the 3x3 convolutions here
+        (``Config.TRAINING_CONV_ALGORITHM`` resolved on this host, see layers/conv.py)."""
+        return resolve_training_conv(self.config.TRAINING_CONV_ALGORITHM, self.config.MIXED_PRECISION)
 
     # ----- construction ---------------------------------------------------------------
     def _build_weights(self) -> None:
@@ -210,7 +217,7 @@ class MaskRCNN(keras.Model):
 
     def train_step(self, data):
         inputs = data[0] if isinstance(data, tuple) else data
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, winograd_scope(self.training_conv_algorithm == "winograd"):
             loss_values = self.compute_losses(inputs, training=True)
             total = self._total_loss(loss_values)
             # Gradients are summed over replicas, so each replica's loss is divided

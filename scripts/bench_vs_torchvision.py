@@ -1,7 +1,7 @@
 """Side by side with torchvision: the same weights, the same photos, one process.
 
     python scripts/bench_vs_torchvision.py [--images 3] [--runs 3] [--threads 2]
-    python scripts/bench_vs_torchvision.py --train [--steps 3] [--size 512] [--threads 2]
+    python scripts/bench_vs_torchvision.py --train [--steps 3] [--size 512] [--threads 2] [--conv direct winograd]
 
 torchvision's ``maskrcnn_resnet50_fpn`` (91 classes) is initialised at random
 (seeded), saved, converted with ``mrcnn.convert.convert_torchvision`` and loaded
@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--train", action="store_true", help="compare one training step instead")
     parser.add_argument("--steps", type=int, default=3, help="--train: timed steps per side")
     parser.add_argument("--size", type=int, default=512, help="--train: image side")
+    parser.add_argument("--conv", nargs="+", default=["auto"], choices=["auto", "direct", "winograd"],
+                        help="--train: our Config.TRAINING_CONV_ALGORITHM; several = one model each, interleaved")
     parser.add_argument("--bfloat16", action="store_true",
                         help="--train: ours with MIXED_PRECISION='bfloat16', torchvision under torch.autocast bf16")
     args = parser.parse_args()
@@ -274,13 +276,18 @@ def train(args: argparse.Namespace) -> None:
     params = [p for p in net.parameters() if p.requires_grad]
     sgd = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=decay)
 
-    config = TorchvisionCOCO(IMAGE_MIN_DIM=args.size, IMAGE_MAX_DIM=args.size, FREEZE_BACKBONE_STAGES=2,
-                             IMAGES_PER_GPU=2, MAX_GT_INSTANCES=5, WARMUP_STEPS=0,
-                             MIXED_PRECISION="bfloat16" if args.bfloat16 else None)
-    model = MaskRCNN(config)
-    convert_state_dict(model, {k: v.numpy() for k, v in net.state_dict().items()}, "torchvision")
-    # WEIGHT_DECAY_NORM: frozen BN has no trainable parameter, so both decay the same set.
-    model.compile(optimizer=TorchSGD(learning_rate=lr, momentum=momentum, weight_decay=decay))
+    state = {k: v.numpy() for k, v in net.state_dict().items()}
+    models = {}
+    for algorithm in args.conv:
+        config = TorchvisionCOCO(IMAGE_MIN_DIM=args.size, IMAGE_MAX_DIM=args.size, FREEZE_BACKBONE_STAGES=2,
+                                 IMAGES_PER_GPU=2, MAX_GT_INSTANCES=5, WARMUP_STEPS=0,
+                                 MIXED_PRECISION="bfloat16" if args.bfloat16 else None,
+                                 TRAINING_CONV_ALGORITHM=algorithm)
+        model = MaskRCNN(config)
+        convert_state_dict(model, state, "torchvision")
+        # WEIGHT_DECAY_NORM: frozen BN has no trainable parameter, so both decay the same set.
+        model.compile(optimizer=TorchSGD(learning_rate=lr, momentum=momentum, weight_decay=decay))
+        models[f"ours ({model.training_conv_algorithm})"] = model
 
     pics, boxes, classes, masks = _train_batch(args.size)
     gt_masks = masks if config.MINI_MASK_SHAPE is None else np.stack(
@@ -292,9 +299,6 @@ def train(args: argparse.Namespace) -> None:
     tv_targets = [{"boxes": torch.from_numpy(b[:, [1, 0, 3, 2]]), "labels": torch.from_numpy(c).long(),
                    "masks": torch.from_numpy(m)} for b, c, m in zip(boxes, classes, masks)]
 
-    def ours_step():
-        model.train_on_batch(batch, return_dict=True)
-
     def tv_step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bfloat16):
             losses = net(tv_images, tv_targets)
@@ -302,24 +306,27 @@ def train(args: argparse.Namespace) -> None:
         sum(losses.values()).backward()
         sgd.step()
 
-    for step in (ours_step, tv_step):  # warm-up: tracing, oneDNN caches, allocator
+    steps = {name: (lambda m=model: m.train_on_batch(batch, return_dict=True)) for name, model in models.items()}
+    steps["torchvision"] = tv_step
+    for step in steps.values():  # warm-up: tracing, oneDNN caches, allocator
         step()
-    times = {"ours": [], "torchvision": []}
+    times = {name: [] for name in steps}
     for _ in range(args.steps):
-        for name, step in (("ours", ours_step), ("torchvision", tv_step)):
+        for name, step in steps.items():
             t = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - t)
-    a, b = statistics.median(times["ours"]), statistics.median(times["torchvision"])
+    medians = {name: statistics.median(values) for name, values in times.items()}
     print(f"training step, R50-FPN, 91 classes, 2 images {args.size}x{args.size} with 5 instances, SGD, "
           f"{args.threads} threads each, {args.steps} interleaved steps (median)")
     print(f"torchvision's RoIAlign runs through tests/torchvision_shim.py (pure PyTorch); ours: "
           f"RoIAlign {config.ROI_ALIGN_IMPLEMENTATION}, mini masks {config.MINI_MASK_SHAPE}; "
           f"{'bfloat16 (ours MIXED_PRECISION, torchvision autocast)' if args.bfloat16 else 'float32'}")
-    print(f"  ours        {a:7.2f} s/step   {[round(t, 2) for t in times['ours']]}")
-    print(f"  torchvision {b:7.2f} s/step   {[round(t, 2) for t in times['torchvision']]}")
-    print(f"  speed-up    {b / a:7.2f}x")
-    train_profile(model, batch, keras, runs=max(1, args.steps - 1))
+    for name, values in times.items():
+        speed_up = "" if name == "torchvision" else f"   {medians['torchvision'] / medians[name]:.2f}x torchvision"
+        print(f"  {name:<17} {medians[name]:7.2f} s/step   {[round(t, 2) for t in values]}{speed_up}")
+    for model in models.values():
+        train_profile(model, batch, keras, runs=max(1, args.steps - 1))
 
 
 def train_profile(model, batch, keras, runs: int = 2) -> None:
@@ -415,8 +422,12 @@ def train_profile(model, batch, keras, runs: int = 2) -> None:
               ("RPN forward (given features)", rpn_forward), ("RPN fwd+bwd", rpn_backward),
               ("RoI sampling + targets", sample), ("box branch fwd+bwd", box_backward),
               ("mask branch fwd+bwd", mask_backward), ("optimizer update", update), ("whole step", whole)]
-    for _, fn in stages:
-        fn()  # trace
+    # Traced as train_step traces: inside the scope that picks the training convolution.
+    from mrcnn.layers.conv import winograd_scope
+
+    with winograd_scope(model.training_conv_algorithm == "winograd"):
+        for _, fn in stages:
+            fn()  # trace
     results = {name: [] for name, _ in stages}
     for _ in range(runs):
         for name, fn in stages:
@@ -426,7 +437,7 @@ def train_profile(model, batch, keras, runs: int = 2) -> None:
                 tf.nest.map_structure(lambda x: x.numpy() if hasattr(x, "numpy") else x, out)
             results[name].append(time.perf_counter() - t)
     print(f"our step by stage (median of {runs}; the mask branch runs on {int(m)} slots per image, "
-          f"of {heads.num_mask_rois} possible)")
+          f"of {heads.num_mask_rois} possible; 3x3 convolutions: {model.training_conv_algorithm})")
     for name, values in results.items():
         print(f"  {name:<30} {statistics.median(values):7.2f} s")
     parts = ("backbone+FPN fwd+bwd", "RPN fwd+bwd", "RoI sampling + targets", "box branch fwd+bwd",

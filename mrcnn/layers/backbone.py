@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import keras
 
+from mrcnn.layers.conv import Conv3x3
 from mrcnn.layers.norm import make_norm
 
 # name: (block type, blocks per stage, groups, width per group)
@@ -24,16 +25,13 @@ ARCHITECTURES = {
 
 
 def _conv(filters, kernel, stride, name, groups=1):
-    return keras.layers.Conv2D(
-        filters,
-        kernel,
-        strides=stride,
-        padding="valid",
-        use_bias=False,
-        groups=groups,
-        kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal"),
-        name=name,
-    )
+    init = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+    if kernel == 3 and stride == 1 and groups == 1:
+        # Symmetric "same" padding equals the explicit pad at stride 1; Conv3x3 can then
+        # train by Winograd (layers/conv.py).
+        return Conv3x3(filters, use_bias=False, kernel_initializer=init, name=name)
+    return keras.layers.Conv2D(filters, kernel, strides=stride, padding="valid", use_bias=False,
+                               groups=groups, kernel_initializer=init, name=name)
 
 
 class _ConvNorm(keras.layers.Layer):
@@ -41,8 +39,8 @@ class _ConvNorm(keras.layers.Layer):
 
     def __init__(self, filters, kernel, stride, norm, groups_norm, name, relu=True, groups=1):
         super().__init__(name=name)
-        self.pad = (kernel - 1) // 2
         self.conv = _conv(filters, kernel, stride, name=f"{name}_conv", groups=groups)
+        self.pad = 0 if isinstance(self.conv, Conv3x3) else (kernel - 1) // 2
         self.norm = make_norm(norm, f"{name}_norm", groups_norm)
         self.relu = relu
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from mrcnn.layers.conv import Conv3x3
+
 
 def upsample_nearest_to(x: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
     """Nearest-neighbour resize of [B, h, w, C] to ``size`` (H, W), PyTorch's rule.
@@ -40,8 +42,7 @@ class FPN(keras.layers.Layer):
             for i in range(4)
         ]
         self.output_convs = [
-            keras.layers.Conv2D(channels, 3, padding="same", kernel_initializer=init,
-                                name=f"fpn_layer{i + 2}")
+            Conv3x3(channels, kernel_initializer=init, name=f"fpn_layer{i + 2}")
             for i in range(4)
         ]
 

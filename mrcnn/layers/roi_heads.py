@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from mrcnn import losses
 from mrcnn.layers.box_coder import BoxCoder
+from mrcnn.layers.conv import Conv3x3
 from mrcnn.layers.detection import Detections, detect_boxes
 from mrcnn.layers.pooler import RoIPooler, pooler_settings
 from mrcnn.layers.precision import dtype_policy_scope, policy_name, to_float32
@@ -33,8 +34,7 @@ def _he_fan_out() -> keras.initializers.Initializer:
 def _relu_conv_stack(channels: int, count: int, prefix: str) -> list[keras.layers.Layer]:
     """``count`` x (3x3 conv, same padding, + ReLU), named ``{prefix}1..{prefix}{count}``."""
     return [
-        keras.layers.Conv2D(channels, 3, padding="same", activation="relu", kernel_initializer=_he_fan_out(),
-                            name=f"{prefix}{i + 1}")
+        Conv3x3(channels, activation="relu", kernel_initializer=_he_fan_out(), name=f"{prefix}{i + 1}")
         for i in range(count)
     ]
 

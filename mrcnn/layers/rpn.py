@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from mrcnn import losses
 from mrcnn.layers.box_coder import BoxCoder
+from mrcnn.layers.conv import Conv3x3
 from mrcnn.layers.precision import dtype_policy_scope, policy_name, to_float32
 from mrcnn.layers.targets import rpn_targets
 from mrcnn.ops import boxes as box_ops
@@ -33,8 +34,7 @@ class RPNHead(keras.layers.Layer):
         self.num_anchors = num_anchors
         self.channels = channels
         init = keras.initializers.RandomNormal(stddev=0.01)
-        self.conv = keras.layers.Conv2D(channels, 3, padding="same", activation="relu",
-                                        kernel_initializer=init, name="rpn_conv")
+        self.conv = Conv3x3(channels, activation="relu", kernel_initializer=init, name="rpn_conv")
         self.cls_logits = keras.layers.Conv2D(num_anchors, 1, kernel_initializer=init, name="rpn_cls_logits")
         self.bbox_pred = keras.layers.Conv2D(4 * num_anchors, 1, kernel_initializer=init, name="rpn_bbox_pred")
 

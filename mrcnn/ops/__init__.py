@@ -1,4 +1,5 @@
-"""Pure tensor functions (no Keras state): boxes, anchors, NMS, sampling, RoIAlign, masks, keypoints.
+"""Pure tensor functions (no Keras state): boxes, anchors, NMS, sampling, RoIAlign, masks, keypoints,
+Winograd 3x3 convolution.
 
 This is the lowest floor of the package: it imports only TensorFlow and NumPy, never
 ``mrcnn.layers`` or the model. ``from mrcnn.ops import roi_align`` is the RoIAlign
@@ -26,6 +27,7 @@ from mrcnn.ops.masks import paste_masks
 from mrcnn.ops.nms import batched_nms
 from mrcnn.ops.roi_pooling import fpn_levels, multilevel_roi_align, roi_align, roi_align_portable
 from mrcnn.ops.sampling import sample_balanced
+from mrcnn.ops.winograd import conv3x3_winograd
 
 __all__ = [
     "base_anchors",
@@ -34,6 +36,7 @@ __all__ = [
     "box_iou",
     "boxes_min_side",
     "clip_boxes",
+    "conv3x3_winograd",
     "decode_boxes",
     "encode_boxes",
     "flip_keypoints",
