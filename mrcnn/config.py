@@ -287,9 +287,11 @@ class Config:
     MIXED_PRECISION: str | None = None
     # How the training step computes the 3x3 stride-1 convolutions (FPN outputs, RPN
     # head, ResNet blocks, mask/keypoint heads): "winograd" (F(4x4, 3x3) in stock TF
-    # ops: forward + backward ~0.5x the direct time on a CPU, relative error ~1e-5),
-    # "direct", or "auto" = "winograd" in float32 on a host without a GPU. Inference,
-    # validation and exports always use the direct convolution (mrcnn/layers/conv.py).
+    # ops: forward + backward 0.5-0.8x the direct time on a CPU for layers of >= 128
+    # channels, relative error ~1e-5), "direct", or "auto" = Winograd for the layers
+    # where it is faster (>= 128 channels, maps >= 14x14), in float32, on a host
+    # without a GPU. Inference, validation and exports always use the direct
+    # convolution (mrcnn/layers/conv.py).
     TRAINING_CONV_ALGORITHM: str = "auto"
     STEPS_PER_EPOCH: int = 1000
     VALIDATION_STEPS: int = 50

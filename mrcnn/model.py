@@ -97,8 +97,8 @@ class MaskRCNN(keras.Model):
 
     @property
     def training_conv_algorithm(self) -> str:
-        """"winograd" or "direct": how ``train_step`` computes the 3x3 convolutions here
-        (``Config.TRAINING_CONV_ALGORITHM`` resolved on this host, see layers/conv.py)."""
+        """How ``train_step`` computes the 3x3 convolutions on this host: "direct", "winograd"
+        or "winograd-large" (``Config.TRAINING_CONV_ALGORITHM`` resolved, see layers/conv.py)."""
         return resolve_training_conv(self.config.TRAINING_CONV_ALGORITHM, self.config.MIXED_PRECISION)
 
     # ----- construction ---------------------------------------------------------------
@@ -217,7 +217,7 @@ class MaskRCNN(keras.Model):
 
     def train_step(self, data):
         inputs = data[0] if isinstance(data, tuple) else data
-        with tf.GradientTape() as tape, winograd_scope(self.training_conv_algorithm == "winograd"):
+        with tf.GradientTape() as tape, winograd_scope(self.training_conv_algorithm):
             loss_values = self.compute_losses(inputs, training=True)
             total = self._total_loss(loss_values)
             # Gradients are summed over replicas, so each replica's loss is divided

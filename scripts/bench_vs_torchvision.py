@@ -425,7 +425,7 @@ def train_profile(model, batch, keras, runs: int = 2) -> None:
     # Traced as train_step traces: inside the scope that picks the training convolution.
     from mrcnn.layers.conv import winograd_scope
 
-    with winograd_scope(model.training_conv_algorithm == "winograd"):
+    with winograd_scope(model.training_conv_algorithm):
         for _, fn in stages:
             fn()  # trace
     results = {name: [] for name, _ in stages}

@@ -71,10 +71,58 @@ def test_conv3x3_is_direct_outside_the_scope_and_winograd_inside():
 
 def test_auto_resolves_by_precision_and_device():
     assert not tf.config.list_logical_devices("GPU")  # the CPU test machines
-    assert resolve_training_conv("auto", None) == "winograd"
+    assert resolve_training_conv("auto", None) == "winograd-large"
     assert resolve_training_conv("auto", "bfloat16") == "direct"
     assert resolve_training_conv("direct", None) == "direct"
     assert resolve_training_conv("winograd", "float16") == "winograd"
+
+
+def test_auto_computes_by_winograd_only_where_it_pays():
+    """"winograd-large" (what "auto" resolves to on a CPU): >= 128 channels in and out on a
+    map of >= 14x14 (or of unknown size); smaller layers were measured slower by Winograd."""
+    cases = [((2, 32, 32, 128), 128, True), ((40, 14, 14, 256), 256, True), ((2, 32, 32, 64), 128, False),
+             ((2, 32, 32, 128), 64, False), ((4, 8, 8, 256), 256, False)]
+    for shape, filters, expected in cases:
+        layer = Conv3x3(filters)
+        layer.build(shape)
+        with winograd_scope("winograd-large"):
+            assert layer._computes_by_winograd(tf.zeros(shape)) is expected, (shape, filters)
+        with winograd_scope("winograd"):
+            assert layer._computes_by_winograd(tf.zeros(shape))
+        assert not layer._computes_by_winograd(tf.zeros(shape))  # outside any scope
+
+    layer = Conv3x3(128)
+    layer.build((None, None, None, 128))
+    decisions = []
+    traced = tf.function(lambda x: decisions.append(layer._computes_by_winograd(x)) or x)
+    with winograd_scope("winograd-large"):
+        traced.get_concrete_function(tf.TensorSpec([None, None, None, 128]))
+    assert decisions == [True]  # a map of unknown size (inference-like tracing) counts as large
+    with pytest.raises(ValueError, match="mode"):
+        with winograd_scope("fast"):
+            pass
+
+
+def test_small_networks_train_direct_under_auto():
+    """The tests' and the demo's narrow networks (<= 64 channels) have no layer where
+    Winograd pays: "auto" traces the same step as "direct"."""
+    import sys
+
+    sys.path.insert(0, __import__("os").path.dirname(__file__))
+    from conftest import TinyConfig
+
+    from mrcnn.model import MaskRCNN
+
+    model = MaskRCNN(TinyConfig(IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64, MINI_MASK_SHAPE=None))
+    model.compile()
+    assert model.training_conv_algorithm == "winograd-large"
+    masks = np.zeros([2, 6, 64, 64], np.float32)
+    masks[:, 0, 8:40, 10:30] = 1
+    batch = {"images": tf.zeros([2, 64, 64, 3]), "image_sizes": tf.constant([[64, 64], [64, 64]]),
+             "gt_boxes": tf.constant([[[8, 10, 40, 30]] + [[0, 0, 0, 0]] * 5] * 2, tf.float32),
+             "gt_class_ids": tf.constant([[1, 0, 0, 0, 0, 0]] * 2), "gt_masks": tf.constant(masks)}
+    counts = _op_counts(tf.function(model.train_step), batch)
+    assert counts["BatchMatMulV2"] == 0 and counts["Conv2DBackpropFilter"] > 0
 
 
 def test_config_rejects_an_unknown_algorithm():

@@ -13,6 +13,8 @@ own round trip):
   :class:`RoIPooler` and a head per branch (:class:`BoxHead`, :class:`MaskHead`,
   :class:`KeypointHead`), the head losses, inference post-processing.
 - :class:`BoxCoder` -- the (dy, dx, dh, dw) encoding and its weights.
+- :class:`Conv3x3` -- the 3x3 stride-1 convolution of the blocks, FPN, RPN and heads
+  (Winograd in the training step, ``Config.TRAINING_CONV_ALGORITHM``).
 
 Imports go one way: ``mrcnn.ops`` (and ``mrcnn.losses``) -> ``mrcnn.layers`` -> ``mrcnn.model``.
 """
@@ -20,6 +22,7 @@ Imports go one way: ``mrcnn.ops`` (and ``mrcnn.losses``) -> ``mrcnn.layers`` -> 
 from mrcnn.layers.anchors import AnchorGenerator
 from mrcnn.layers.backbone import ResNet
 from mrcnn.layers.box_coder import BoxCoder
+from mrcnn.layers.conv import Conv3x3
 from mrcnn.layers.fpn import FPN
 from mrcnn.layers.norm import FrozenBatchNorm
 from mrcnn.layers.pooler import RoIPooler
@@ -32,6 +35,7 @@ __all__ = [
     "AnchorGenerator",
     "BoxCoder",
     "BoxHead",
+    "Conv3x3",
     "FrozenBatchNorm",
     "KeypointHead",
     "MaskHead",

@@ -2,9 +2,10 @@
 
 A ``keras.layers.Conv2D`` (same weights, names and checkpoints) that computes by
 Winograd F(4x4, 3x3) (:func:`mrcnn.ops.winograd.conv3x3_winograd`) inside
-:func:`winograd_scope` ``(True)`` when it computes in float32, and as the plain
-convolution otherwise. ``MaskRCNN.train_step`` opens that scope when
-``Config.TRAINING_CONV_ALGORITHM`` resolves to "winograd" (:func:`resolve_training_conv`);
+:func:`winograd_scope` when it computes in float32 (and, in the "winograd-large"
+mode, when the layer is large enough for it to pay), and as the plain convolution
+otherwise. ``MaskRCNN.train_step`` opens that scope with
+``Config.TRAINING_CONV_ALGORITHM`` resolved on this host (:func:`resolve_training_conv`);
 inference, validation losses and exports always run the direct convolution, so
 ``detect()``, the SavedModel and every exported runtime compute the same numbers.
 
@@ -27,27 +28,46 @@ from mrcnn.ops.winograd import conv3x3_winograd
 _state = threading.local()
 
 
+# Where "auto" computes by Winograd: measured per layer on a 2-core AVX-512 CPU
+# (scripts/bench_winograd.py), forward + backward against the direct convolution:
+# 0.49x at 128x128x256, 0.75x at 32x32x256, 0.77x at 64x64x128, 0.83x for 40 RoIs of
+# 14x14x256, but 1.1-2.3x with 32 or 64 channels and 1.3-2x on maps of 8x8 or less.
+MIN_CHANNELS = 128
+MIN_AREA = 14 * 14
+RESOLVED_ALGORITHMS = ("direct", "winograd", "winograd-large")
+
+
 @contextlib.contextmanager
-def winograd_scope(enabled: bool) -> Iterator[None]:
-    """``Conv3x3`` layers called (traced) inside compute by Winograd when ``enabled``."""
-    previous = getattr(_state, "enabled", False)
-    _state.enabled = bool(enabled)
+def winograd_scope(mode: str | bool) -> Iterator[None]:
+    """``Conv3x3`` layers called (traced) inside compute by Winograd according to ``mode``.
+
+    ``mode``: "winograd" (True) every float32 ``Conv3x3``; "winograd-large" those with
+    at least ``MIN_CHANNELS`` input and output channels on maps of at least
+    ``MIN_AREA`` pixels (or of unknown size); "direct" (False) none.
+    """
+    mode = {True: "winograd", False: "direct"}.get(mode, mode)
+    if mode not in RESOLVED_ALGORITHMS:
+        raise ValueError(f"winograd_scope mode must be one of {RESOLVED_ALGORITHMS}, got {mode!r}")
+    previous = winograd_mode()
+    _state.mode = mode
     try:
         yield
     finally:
-        _state.enabled = previous
+        _state.mode = previous
 
 
-def winograd_enabled() -> bool:
-    return getattr(_state, "enabled", False)
+def winograd_mode() -> str:
+    """The mode of the innermost :func:`winograd_scope` of this thread ("direct" outside)."""
+    return getattr(_state, "mode", "direct")
 
 
 def resolve_training_conv(algorithm: str, mixed_precision: str | None) -> str:
-    """``Config.TRAINING_CONV_ALGORITHM`` -> "winograd" or "direct" on this host.
+    """``Config.TRAINING_CONV_ALGORITHM`` -> "direct", "winograd" or "winograd-large" here.
 
-    "auto" is "winograd" when the step computes in float32 and TensorFlow sees no
-    GPU: cuDNN picks its own (Winograd among them) on a GPU, and half-precision
-    Winograd transforms would lose too many bits.
+    "auto" is "winograd-large" (Winograd where it is faster, see ``MIN_CHANNELS``) when
+    the step computes in float32 and TensorFlow sees no GPU, else "direct": cuDNN picks
+    its own algorithms (Winograd among them) on a GPU, and half-precision Winograd
+    transforms would lose too many bits.
     """
     if algorithm not in TRAINING_CONV_ALGORITHMS:
         raise ValueError(f"TRAINING_CONV_ALGORITHM must be one of {TRAINING_CONV_ALGORITHMS}, got {algorithm!r}")
@@ -55,12 +75,12 @@ def resolve_training_conv(algorithm: str, mixed_precision: str | None) -> str:
         return algorithm
     if mixed_precision is not None or tf.config.list_logical_devices("GPU"):
         return "direct"
-    return "winograd"
+    return "winograd-large"
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
 class Conv3x3(keras.layers.Conv2D):
-    """3x3 conv, stride 1, "same" (zero) padding; Winograd inside ``winograd_scope(True)``.
+    """3x3 conv, stride 1, "same" (zero) padding; Winograd inside :func:`winograd_scope`.
 
     Input [B, H, W, C] -> [B, H, W, filters]; the kernel is [3, 3, C, filters] as
     ``keras.layers.Conv2D``'s.
@@ -72,8 +92,18 @@ class Conv3x3(keras.layers.Conv2D):
         kwargs.pop("padding", None)
         super().__init__(filters, 3, strides=1, padding="same", **kwargs)
 
+    def _computes_by_winograd(self, inputs) -> bool:
+        mode = winograd_mode()
+        if mode == "direct" or self.groups != 1 or inputs.dtype != tf.float32:
+            return False
+        if mode == "winograd":
+            return True
+        height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
+        large_map = height is None or width is None or height * width >= MIN_AREA
+        return large_map and channels is not None and min(channels, self.filters) >= MIN_CHANNELS
+
     def convolution_op(self, inputs, kernel):
-        if winograd_enabled() and self.groups == 1 and inputs.dtype == tf.float32:
+        if self._computes_by_winograd(inputs):
             return conv3x3_winograd(inputs, kernel)
         return super().convolution_op(inputs, kernel)
 

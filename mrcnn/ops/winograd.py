@@ -14,7 +14,7 @@ oneDNN convolution runs near the machine's peak forward, but its backward (input
 and kernel gradients) costs ~3x the forward. The gradient of this function is two
 more batched matrix products of the same size plus the transposed transforms, so
 forward + backward of a 256-channel 3x3 convolution on a 128x128 map takes ~0.5x
-the direct convolution's time (``scripts/bench_train.py --conv``).
+the direct convolution's time (``scripts/bench_winograd.py``).
 
 Every slice is ``tf.slice`` (its gradient is a ``Pad``); Python slicing would make
 ``StridedSlice`` ops whose gradients dominate the backward pass.
