@@ -1,5 +1,8 @@
 """Training-step parity with torchvision's Mask R-CNN, from recorded fixtures (no torch needed).
 
+The training step runs twice: with direct 3x3 convolutions and with every one by Winograd
+(``TRAINING_CONV_ALGORITHM="winograd"``).
+
 The fixtures (tests/fixtures/parity_torchvision/, written by
 scripts/record_parity_fixtures.py) hold a small torchvision ``MaskRCNN`` with
 ``maskrcnn_resnet50_fpn``'s structure and key names (ResNet-50 at base width 4,
@@ -65,11 +68,11 @@ def _load_fixtures() -> dict[str, np.ndarray]:
     return out
 
 
-def _config(rec):
+def _config(rec, conv: str = "auto"):
     from mrcnn.configs import TorchvisionCOCO
 
     return TorchvisionCOCO(
-        NAME="parity", NUM_CLASSES=rec.NUM_CLASSES, CLASS_NAMES=None,
+        NAME="parity", TRAINING_CONV_ALGORITHM=conv, NUM_CLASSES=rec.NUM_CLASSES, CLASS_NAMES=None,
         BACKBONE_BASE_WIDTH=rec.WIDTH, FPN_CHANNELS=rec.FPN, FPN_FC_LAYERS_SIZE=rec.FC,
         MASK_HEAD_CONV_CHANNELS=rec.MASK_CH, FREEZE_BACKBONE_STAGES=0, IMAGES_PER_GPU=1,
         IMAGE_MIN_DIM=rec.IMAGE, IMAGE_MAX_DIM=rec.IMAGE, MINI_MASK_SHAPE=None,
@@ -113,8 +116,10 @@ def _split(ref, prefix):
     return {k[len(prefix):]: v for k, v in ref.items() if k.startswith(prefix)}
 
 
-@pytest.fixture(scope="module")
-def parity(reference):
+# "winograd": every 3x3 stride-1 convolution of the step by Winograd F(4x4, 3x3) (this
+# narrow model has none that "auto" would pick on its own).
+@pytest.fixture(scope="module", params=["direct", "winograd"])
+def parity(reference, request):
     import tensorflow as tf
 
     from mrcnn.convert import convert_state_dict
@@ -127,8 +132,9 @@ def parity(reference):
 
     # No enable_op_determinism (process-wide): the stock-ops RoIAlign's racy CPU gradient
     # (when the custom op is not built) reorders float sums, ~1e-7, far below TOL.
-    config = _config(rec)
+    config = _config(rec, request.param)
     model = MaskRCNN(config)
+    assert model.training_conv_algorithm == request.param
     convert_state_dict(model, state, "torchvision")
     reference = MaskRCNN(config)
     model.compile(optimizer=TorchSGD(learning_rate=rec.LR, momentum=rec.MOMENTUM,
