@@ -287,8 +287,8 @@ class Config:
     MIXED_PRECISION: str | None = None
     # How the training step computes the 3x3 stride-1 convolutions (FPN outputs, RPN
     # head, ResNet blocks, mask/keypoint heads): "winograd" (F(4x4, 3x3) in stock TF
-    # ops: forward + backward 0.5-0.8x the direct time on a CPU for layers of >= 128
-    # channels, relative error ~1e-5), "direct", or "auto" = Winograd for the layers
+    # ops: forward + backward 0.44-0.89x the direct time on a CPU for layers of >= 128
+    # channels, relative error ~1.5e-5), "direct", or "auto" = Winograd for the layers
     # where it is faster (>= 128 channels, maps >= 14x14), in float32, on a host
     # without a GPU. Inference, validation and exports always use the direct
     # convolution (mrcnn/layers/conv.py).

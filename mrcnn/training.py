@@ -259,14 +259,23 @@ def make_optimizer(config: Config, total_steps: int | None = None, epochs: int |
 
 def with_loss_scaling(optimizer: keras.optimizers.Optimizer, config: Config) -> keras.optimizers.Optimizer:
     """``optimizer`` in a dynamic ``LossScaleOptimizer`` when ``config.MIXED_PRECISION`` is
-    "float16" and it is not one already; else ``optimizer`` itself.
+    "float16" and it is not one already (the fixed x1 guard of ``runner.guard_optimizer``
+    is replaced by one around the same inner optimizer); else ``optimizer`` itself.
 
     float16 gradients underflow without scaling; bfloat16 has float32's exponent range
     and needs none. Dynamic: from 2^15, x2 after 2000 finite steps, /2 and the step
     skipped on an overflow.
     """
-    if config.MIXED_PRECISION != "float16" or isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+    if config.MIXED_PRECISION != "float16":
         return optimizer
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        from mrcnn.callbacks import FIXED_SCALE_GROWTH_STEPS
+
+        if optimizer.dynamic_growth_steps < FIXED_SCALE_GROWTH_STEPS:
+            return optimizer  # a real (dynamic) scaler already
+        # runner.guard_optimizer's x1 non-finite guard: float16 needs a real scale, and
+        # the dynamic scaler skips non-finite steps as well.
+        optimizer = optimizer.inner_optimizer
     return keras.optimizers.LossScaleOptimizer(optimizer)
 
 

@@ -95,6 +95,14 @@ def test_float16_loss_scaling_unscales_gradients_and_skips_overflows():
     assert not isinstance(model32.optimizer, keras.optimizers.LossScaleOptimizer)
     assert isinstance(model16.optimizer, keras.optimizers.LossScaleOptimizer)
     assert model16.optimizer.initial_scale == 2.0**15
+    # The runner's x1 non-finite guard, given by a user, becomes a real scaler of the same SGD.
+    from mrcnn.runner import guard_optimizer
+
+    sgd = keras.optimizers.SGD(0.01)
+    guarded = MaskRCNN(config16)
+    guarded.compile(optimizer=guard_optimizer(sgd))
+    assert guarded.optimizer.initial_scale == 2.0**15 and guarded.optimizer.inner_optimizer is sgd
+    assert guarded.optimizer.dynamic_growth_steps < 2**31 - 1
 
     after32, after16 = _step(model32, batch), _step(model16, batch)
     update32 = np.concatenate([(a - b).ravel() for a, b in zip(after32, initial)])

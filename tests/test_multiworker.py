@@ -138,6 +138,7 @@ def test_single_process_strategies_batch_and_paths(tiny_config):
     assert scaled.BATCH_SIZE == 3 and config.GPU_COUNT == 1
     line = distribute.describe(scaled, one)
     assert "1 replica(s) x 3 image(s) = global batch 3" in line and f"{0.02 * 3 / 16:g}" in line
+    assert "3x3 convolutions winograd-large (TRAINING_CONV_ALGORITHM 'auto')" in line  # CPU host, float32
     assert distribute.final_weights_path("/o", info) == os.path.join("/o", "final.weights.h5")
     other = distribute.WorkerInfo("worker", 2, 3, False)
     assert distribute.final_weights_path("/o", other) == os.path.join("/o", "workers", "2", "final.weights.h5")

@@ -30,7 +30,7 @@ _state = threading.local()
 
 # Where "auto" computes by Winograd: measured per layer on a 2-core AVX-512 CPU
 # (scripts/bench_winograd.py), forward + backward against the direct convolution:
-# 0.49x at 128x128x256, 0.75x at 32x32x256, 0.77x at 64x64x128, 0.83x for 40 RoIs of
+# 0.55x at 128x128x256, 0.77x at 32x32x256, 0.85x at 64x64x128, 0.89x for 40 RoIs of
 # 14x14x256, but 1.1-2.3x with 32 or 64 channels and 1.3-2x on maps of 8x8 or less.
 MIN_CHANNELS = 128
 MIN_AREA = 14 * 14
