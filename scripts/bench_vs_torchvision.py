@@ -25,7 +25,9 @@ smooth textures with rectangle and ellipse masks), 91 classes, frozen BN, the
 stem and stage 1 frozen (torchvision ``trainable_backbone_layers=3``, built
 explicitly: torchvision ignores that argument and switches to trainable
 BatchNorm when no pretrained weights are given), the same converted random
-weights, and then our step split into stages (see ``train_profile``).
+weights, and then our step split into stages (see ``train_profile``). ``--conv``: one
+of our models per ``Config.TRAINING_CONV_ALGORITHM`` value ("direct", "auto",
+"winograd"), all interleaved with torchvision, each profiled.
 """
 
 from __future__ import annotations
