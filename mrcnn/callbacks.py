@@ -285,6 +285,10 @@ class StepBackup(keras.callbacks.Callback):
         rng: a ``tf.random.Generator`` (the RoI/anchor sampling generator, see
             :func:`mrcnn.ops.sampling.set_sampling_generator`) whose state is
             saved as ``rng_state``.
+        metric_sums: a mid-epoch backup's ``metric_sums`` (the running loss means'
+            totals and counts since the epoch began), put back at the start of the
+            first epoch this ``fit`` runs, so that the resumed epoch logs the mean
+            over all its steps, as the uninterrupted run does.
     """
 
     def __init__(
@@ -298,10 +302,12 @@ class StepBackup(keras.callbacks.Callback):
         guard: NonFiniteGuard | None = None,
         restore: bool = False,
         rng: Any = None,
+        metric_sums: dict[str, list[float]] | None = None,
     ) -> None:
         super().__init__()
         self.restore = restore
         self.rng = rng
+        self.metric_sums = metric_sums
         self.backup_dir = os.fspath(backup_dir)
         self.every_steps = int(every_steps)
         self.steps_per_epoch = int(steps_per_epoch)
@@ -328,6 +334,11 @@ class StepBackup(keras.callbacks.Callback):
             if self.guard is not None:
                 self.guard.step = self.step
             print(f"[mrcnn] restored {state['weights_path']}; fit continues at epoch {epoch + 1}", flush=True)
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.metric_sums:  # fit has just reset the metrics: continue the interrupted epoch's sums
+            _set_metric_sums(self.model, self.metric_sums)
+        self.metric_sums = None
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self.step += 1
@@ -365,6 +376,9 @@ class StepBackup(keras.callbacks.Callback):
         }
         if self.rng is not None:
             state["rng_state"] = [int(v) for v in self.rng.state.numpy().reshape(-1)]
+        sums = _metric_sums(self.model)
+        if sums:
+            state["metric_sums"] = sums
         # The JSON is the commit marker: written after its weights file is in place.
         state_path = os.path.join(self.backup_dir, f"{stem}.json")
         write_json(state_path, state)
@@ -393,6 +407,31 @@ class StepBackup(keras.callbacks.Callback):
                         os.remove(os.path.join(self.backup_dir, name))
                     except OSError:
                         pass
+
+
+def _mean_metrics(model: keras.Model) -> list[keras.metrics.Metric]:
+    """The model's running means (``total``/``count`` variables), unless under a multi-worker
+    strategy: reading or writing them there would be a cross-worker collective that only
+    this worker's callback runs."""
+    import tensorflow as tf
+
+    strategy = getattr(model, "distribute_strategy", None)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return []
+    return [m for m in model.metrics if hasattr(m, "total") and hasattr(m, "count")]
+
+
+def _metric_sums(model: keras.Model) -> dict[str, list[float]]:
+    """{metric name: [total, count]} of the running means (the loss trackers)."""
+    return {m.name: [float(m.total.numpy()), float(m.count.numpy())] for m in _mean_metrics(model)}
+
+
+def _set_metric_sums(model: keras.Model, sums: dict[str, list[float]]) -> None:
+    for m in _mean_metrics(model):
+        if m.name in sums:
+            total, count = sums[m.name]
+            m.total.assign(total)
+            m.count.assign(count)
 
 
 class NonFiniteLossError(RuntimeError):

@@ -258,7 +258,7 @@ def _run_training(
             model.compile(optimizer=guard_optimizer(make_optimizer(config, total_steps=epochs * spe)))
         distribute.enable_multi_worker_fit(model, strategy)
 
-        start_step = 0
+        start_step, metric_sums = 0, None
         if backups:
             with strategy.scope():  # the optimizer's slots are created while restoring
                 state = restore_backup(model, shared_backup_dir)
@@ -266,6 +266,8 @@ def _run_training(
                 raise ResumeError(
                     f"no backup in {backup_dir} loads (all torn or corrupt); restart with --restart")
             start_step = int(state["step"])
+            if start_step % spe:  # mid-epoch: the epoch's running loss means go on from the backup's
+                metric_sums = state.get("metric_sums")
             if "rng_state" in state:
                 rng.reset(tf.constant(state["rng_state"], tf.int64))
             if verbose:
@@ -275,7 +277,8 @@ def _run_training(
         distribute.check_same_start(strategy, start_step, shared_backup_dir)
         guard = NonFiniteGuard(config.SKIP_NONFINITE_STEPS, initial_step=start_step)
         backup = StepBackup(backup_dir, config.BACKUP_EVERY_STEPS, spe, epochs, initial_step=start_step,
-                            extra_state={"seed": int(seed), "batch_size": batch}, guard=guard, rng=rng)
+                            extra_state={"seed": int(seed), "batch_size": batch}, guard=guard, rng=rng,
+                            metric_sums=metric_sums)
         stopper = SignalStop()
         budget = TimeBudget(max_minutes) if max_minutes else None
         cbs: list[keras.callbacks.Callback] = [guard, backup, stopper]
