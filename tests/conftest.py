@@ -6,6 +6,19 @@ import pytest  # noqa: E402
 
 from mrcnn import Config  # noqa: E402
 
+
+def traced_op_counts(fn, *args):
+    """collections.Counter of the op types in ``fn``'s traced graph (a tf.function), nested
+    functions (the gradient, tf.cond branches) included."""
+    import collections
+
+    graph = fn.get_concrete_function(*args).graph
+    counts = collections.Counter(op.type for op in graph.get_operations())
+    for function in graph._functions.values():  # noqa: SLF001 (the gradient is a nested function)
+        counts.update(node.op for node in function.definition.node_def)
+    return counts
+
+
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets")
 
 

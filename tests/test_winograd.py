@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import collections
-
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import TinyConfig, traced_op_counts
 
 from mrcnn.layers.conv import Conv3x3, resolve_training_conv, winograd_scope
 from mrcnn.layers.precision import dtype_policy_scope
@@ -106,11 +105,6 @@ def test_auto_computes_by_winograd_only_where_it_pays():
 def test_small_networks_train_direct_under_auto():
     """The tests' and the demo's narrow networks (<= 64 channels) have no layer where
     Winograd pays: "auto" traces the same step as "direct"."""
-    import sys
-
-    sys.path.insert(0, __import__("os").path.dirname(__file__))
-    from conftest import TinyConfig
-
     from mrcnn.model import MaskRCNN
 
     model = MaskRCNN(TinyConfig(IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64, MINI_MASK_SHAPE=None))
@@ -121,7 +115,7 @@ def test_small_networks_train_direct_under_auto():
     batch = {"images": tf.zeros([2, 64, 64, 3]), "image_sizes": tf.constant([[64, 64], [64, 64]]),
              "gt_boxes": tf.constant([[[8, 10, 40, 30]] + [[0, 0, 0, 0]] * 5] * 2, tf.float32),
              "gt_class_ids": tf.constant([[1, 0, 0, 0, 0, 0]] * 2), "gt_masks": tf.constant(masks)}
-    counts = _op_counts(tf.function(model.train_step), batch)
+    counts = traced_op_counts(tf.function(model.train_step), batch)
     assert counts["BatchMatMulV2"] == 0 and counts["Conv2DBackpropFilter"] > 0
 
 
@@ -130,14 +124,6 @@ def test_config_rejects_an_unknown_algorithm():
 
     with pytest.raises(ValueError, match="TRAINING_CONV_ALGORITHM"):
         Config(TRAINING_CONV_ALGORITHM="fft")
-
-
-def _op_counts(fn, *args) -> collections.Counter:
-    graph = fn.get_concrete_function(*args).graph
-    counts = collections.Counter(op.type for op in graph.get_operations())
-    for function in graph._functions.values():  # noqa: SLF001 (the gradient is a nested function)
-        counts.update(node.op for node in function.definition.node_def)
-    return counts
 
 
 def test_train_step_uses_winograd_and_inference_the_direct_convolution():
@@ -166,8 +152,8 @@ def test_train_step_uses_winograd_and_inference_the_direct_convolution():
         model = MaskRCNN(Config(TRAINING_CONV_ALGORITHM=algorithm, **config))
         model.compile()
         assert model.training_conv_algorithm == algorithm
-        counts = _op_counts(tf.function(model.train_step), batch)
-        inference = _op_counts(tf.function(lambda x, m=model: m({"images": x})), batch["images"])
+        counts = traced_op_counts(tf.function(model.train_step), batch)
+        inference = traced_op_counts(tf.function(lambda x, m=model: m({"images": x})), batch["images"])
         results[algorithm] = (counts, inference, model)
         # Same sampling in both runs: the op-level RNG is seeded per model by set_random_seed.
         tf.keras.utils.set_random_seed(0)

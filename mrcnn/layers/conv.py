@@ -22,7 +22,6 @@ from collections.abc import Iterator
 import keras
 import tensorflow as tf
 
-from mrcnn.config import TRAINING_CONV_ALGORITHMS
 from mrcnn.ops.winograd import conv3x3_winograd
 
 _state = threading.local()
@@ -69,9 +68,7 @@ def resolve_training_conv(algorithm: str, mixed_precision: str | None) -> str:
     its own algorithms (Winograd among them) on a GPU, and half-precision Winograd
     transforms would lose too many bits.
     """
-    if algorithm not in TRAINING_CONV_ALGORITHMS:
-        raise ValueError(f"TRAINING_CONV_ALGORITHM must be one of {TRAINING_CONV_ALGORITHMS}, got {algorithm!r}")
-    if algorithm != "auto":
+    if algorithm != "auto":  # "direct" / "winograd" (Config.validate checks the value)
         return algorithm
     if mixed_precision is not None or tf.config.list_logical_devices("GPU"):
         return "direct"
