@@ -1,5 +1,6 @@
 """detect() options: mask formats, DETECTION_MASK_MIN_SCORE, tiles, batches."""
 
+import keras
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
@@ -16,6 +17,7 @@ class _Config(TinyConfig):
 
 @pytest.fixture(scope="module")
 def model():
+    keras.utils.set_random_seed(0)
     return MaskRCNN(_Config())
 
 
@@ -61,6 +63,24 @@ def test_mask_min_score_skips_masks_below_it_and_keeps_the_rest(model, images):
     raw = gated({"images": np.stack([np.pad(images[0], ((0, 32), (0, 0), (0, 0)))]).astype(np.float32)})
     below = raw["scores"].numpy() < cut
     assert not raw["masks"].numpy()[below].any()
+
+
+@pytest.mark.parametrize("field", ["DETECTION_MASK_MIN_SCORE", "DETECTION_MIN_CONFIDENCE"])
+def test_an_image_without_masks_gives_empty_masks(model, images, field):
+    # No detection reaches 1.0, so no RoI needs a mask head (this once
+    # crashed: TensorFlow's CPU Conv2D returns its input for an empty batch).
+    empty = MaskRCNN(_Config(**{field: 1.0}))
+    empty.set_weights(model.get_weights())
+    out = empty.detect(images)
+    raw = empty({"images": np.stack([np.pad(images[0], ((0, 32), (0, 0), (0, 0)))]).astype(np.float32)})
+    assert not raw["masks"].numpy().any()
+    for r, image in zip(out, images):
+        assert r["masks"].shape[:2] == image.shape[:2]
+        assert not r["masks"].any()
+    if field == "DETECTION_MIN_CONFIDENCE":
+        assert all(len(r["scores"]) == 0 for r in out)
+    else:
+        assert all(len(r["scores"]) > 0 for r in out)
 
 
 def test_detect_with_tiles_maps_back_to_the_image(model):

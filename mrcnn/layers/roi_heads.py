@@ -43,7 +43,11 @@ def _per_roi(fcn, pooled: tf.Tensor) -> tf.Tensor:
     """Apply an image-to-image ``fcn`` to every RoI: [B, R, h, w, C] -> [B, R, h', w', C']."""
     shape = tf.shape(pooled)
     x = tf.reshape(pooled, tf.concat([[-1], shape[2:]], axis=0))
-    x = fcn(tf.ensure_shape(x, [None, *pooled.shape[2:]]))
+    # One zero RoI rides along: TensorFlow's CPU Conv2D returns its *input* for an
+    # empty batch, so a channel-changing conv (the logits) would break a call with
+    # no RoIs at all (an image without detections); a batch of one never does.
+    x = tf.concat([x, tf.zeros(tf.concat([[1], shape[2:]], axis=0), x.dtype)], axis=0)
+    x = fcn(tf.ensure_shape(x, [None, *pooled.shape[2:]]))[:-1]
     return tf.reshape(x, tf.concat([shape[:2], tf.shape(x)[1:]], axis=0))
 
 
