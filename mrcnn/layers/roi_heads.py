@@ -413,8 +413,8 @@ class RoIHeads(keras.layers.Layer):
         }
         if self.mask_head is not None:
             # Detections come sorted by score, so those that get a mask fill the first
-            # slots: the head runs on as many slots as the busiest image needs (none
-            # on an empty picture), not on all DETECTION_MAX_INSTANCES.
+            # slots: the head runs on as many slots as the busiest image needs (only
+            # _per_roi's zero RoI on an empty picture), not on all DETECTION_MAX_INSTANCES.
             with_mask = det.valid & (det.scores >= self.settings["mask_min_score"])
             count = tf.reduce_max(tf.reduce_sum(tf.cast(with_mask, tf.int32), axis=1))
             count = tf.maximum(count, 0)  # reduce_max of an empty batch is int32 min
