@@ -177,6 +177,13 @@ BACKUP_KEEP = 2  # the newest backup plus the previous good one
 FIXED_SCALE_GROWTH_STEPS = 2**31 - 1
 
 
+def is_nonfinite_guard(optimizer: Any) -> bool:
+    """True for ``runner.guard_optimizer``'s fixed x1 ``LossScaleOptimizer`` (a non-finite
+    step detector), False for a real dynamic loss scaler or a bare optimizer."""
+    return (isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+            and optimizer.dynamic_growth_steps >= FIXED_SCALE_GROWTH_STEPS)
+
+
 def _write_tb_scalars(writer_holder: dict, log_dir: str, scalars: dict[str, float], step: int) -> None:
     """Write float scalars for TensorBoard's "scalars" plugin (see CocoEvaluationCallback)."""
     import tensorflow as tf
@@ -491,7 +498,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
         bad_terms = [k for k, v in values.items() if not math.isfinite(v)]
         optimizer = getattr(self.model, "optimizer", None)
         scale = getattr(optimizer, "dynamic_scale", None)
-        if scale is not None and getattr(optimizer, "dynamic_growth_steps", 0) < FIXED_SCALE_GROWTH_STEPS:
+        if scale is not None and not is_nonfinite_guard(optimizer):
             # A real loss scaler (float16): its overflow skips are its own business and
             # its scale is not ours to reset; only non-finite logged losses count here.
             scale = None

@@ -268,14 +268,13 @@ def with_loss_scaling(optimizer: keras.optimizers.Optimizer, config: Config) -> 
     """
     if config.MIXED_PRECISION != "float16":
         return optimizer
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        from mrcnn.callbacks import FIXED_SCALE_GROWTH_STEPS
+    from mrcnn.callbacks import is_nonfinite_guard
 
-        if optimizer.dynamic_growth_steps < FIXED_SCALE_GROWTH_STEPS:
-            return optimizer  # a real (dynamic) scaler already
-        # runner.guard_optimizer's x1 non-finite guard: float16 needs a real scale, and
-        # the dynamic scaler skips non-finite steps as well.
+    if is_nonfinite_guard(optimizer):
+        # float16 needs a real scale, and the dynamic scaler skips non-finite steps as well.
         optimizer = optimizer.inner_optimizer
+    elif isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer  # a real (dynamic) scaler already
     return keras.optimizers.LossScaleOptimizer(optimizer)
 
 
