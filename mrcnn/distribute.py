@@ -43,6 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from mrcnn.config import Config
+from mrcnn.layers.conv import resolve_training_conv
 
 STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
 
@@ -177,12 +178,8 @@ def describe(config: Config, strategy: tf.distribute.Strategy) -> str:
     rule = (f" = LEARNING_RATE {config.LEARNING_RATE:g} x {config.BATCH_SIZE} / {ref}" if ref is not None
             else " (LR_REFERENCE_BATCH None: not scaled)")
     name = "MultiWorkerMirroredStrategy" if is_multi_worker(strategy) else type(strategy).__name__
-    conv = ""
-    if getattr(config, "TRAINING_CONV_ALGORITHM", None) is not None:
-        from mrcnn.layers.conv import resolve_training_conv
-
-        conv = (f"; 3x3 convolutions {resolve_training_conv(config.TRAINING_CONV_ALGORITHM, config.MIXED_PRECISION)}"
-                f" (TRAINING_CONV_ALGORITHM {config.TRAINING_CONV_ALGORITHM!r})")
+    conv = (f"; 3x3 convolutions {resolve_training_conv(config.TRAINING_CONV_ALGORITHM, config.MIXED_PRECISION)}"
+            f" (TRAINING_CONV_ALGORITHM {config.TRAINING_CONV_ALGORITHM!r})")
     return (f"[mrcnn] {name}: {where}{strategy.num_replicas_in_sync} replica(s) x "
             f"{config.IMAGES_PER_GPU} image(s) = global batch {config.BATCH_SIZE}; effective learning rate "
             f"{lr:g}{rule}{conv}")
