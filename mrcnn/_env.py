@@ -17,7 +17,7 @@ light (no TensorFlow import):
 2. **Keras deserialization of mrcnn objects.** ``keras.models.load_model("m.keras")`` finds
    custom classes only through ``@keras.saving.register_keras_serializable``, which runs
    when the defining module is imported. After ``import mrcnn``, the first import of Keras
-   also imports :mod:`mrcnn.model` and :mod:`mrcnn.training` (the model class and its
+   also imports :mod:`mrcnn.model` and :mod:`mrcnn.engine.training` (the model class and its
    learning-rate schedule), so a saved ``MaskRCNN`` loads with nothing else imported.
 """
 
@@ -33,7 +33,15 @@ import tempfile
 from collections.abc import Callable
 
 # Modules whose import registers mrcnn's Keras-serializable classes.
-_KERAS_MODULES = ("mrcnn.model", "mrcnn.training")
+_KERAS_MODULES = ("mrcnn.model", "mrcnn.engine.training")
+# Documented module paths of the flat layout before the packages (docs/api.md keeps them
+# importable): old name -> the module that holds those names now. The alias is the same
+# module object, so `mrcnn.training.make_optimizer is mrcnn.engine.training.make_optimizer`.
+MOVED_MODULES = {
+    "mrcnn.training": "mrcnn.engine.training",
+    "mrcnn.callbacks": "mrcnn.engine.callbacks",
+    "mrcnn.convert": "mrcnn.checkpoint.convert",
+}
 _ABSL_PREINIT = "WARNING: All log messages before absl::InitializeLog() is called"
 # absl/glog line header: severity letter, MMDD, time, thread id, file:line]
 _LOG_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ \S+:\d+\] ")
@@ -184,10 +192,37 @@ class _AfterImport(importlib.abc.MetaPathFinder):
         return spec
 
 
+class _AliasLoader(importlib.abc.Loader):
+    """Loads an old module path (``MOVED_MODULES``) as the module that replaced it."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._module = None
+
+    def create_module(self, spec):
+        self._module = importlib.import_module(self.target)
+        self._target_spec = self._module.__spec__
+        return self._module
+
+    def exec_module(self, module) -> None:
+        # importlib set __spec__ to the alias' spec; the module keeps its own name and spec.
+        module.__spec__ = self._target_spec
+
+
+class _MovedModules(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        new = MOVED_MODULES.get(fullname)
+        if new is None:
+            return None
+        return importlib.util.spec_from_loader(fullname, _AliasLoader(new))
+
+
 def install() -> None:
     """Install the hooks (idempotent); when TF/Keras are already imported, act at once."""
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL") is None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    if not any(isinstance(h, _MovedModules) for h in sys.meta_path):
+        sys.meta_path.append(_MovedModules())
     installed = {h.name for h in sys.meta_path if isinstance(h, _AfterImport)}
     if "tensorflow" not in sys.modules and "tensorflow" not in installed:
         sys.meta_path.insert(0, _AfterImport("tensorflow", _import_tensorflow_quietly))

@@ -124,7 +124,7 @@ def _build_model(config: Config, weights: str | None):
 
 def _start_config(config: Config, args: argparse.Namespace) -> Config:
     """``--init``: check the start (frozen_bn needs loaded weights) and resolve the frozen stages."""
-    from mrcnn import pretrained
+    from mrcnn.checkpoint import pretrained
 
     if args.init and args.weights:
         raise CLIError("--init and --weights both set: --weights FILE loads a whole model of this config, "
@@ -137,7 +137,7 @@ def _start_config(config: Config, args: argparse.Namespace) -> Config:
 
 def _start_model(config: Config, args: argparse.Namespace):
     """The model for ``mrcnn train``: ``--weights`` as before, else the ``--init`` start, with its report."""
-    from mrcnn import pretrained
+    from mrcnn.checkpoint import pretrained
 
     if args.weights:
         return _build_model(config, args.weights)
@@ -151,19 +151,19 @@ def _start_model(config: Config, args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    # Resumable, locked, atomic: see mrcnn.runner.run_training and docs/reliability.md.
-    from mrcnn.callbacks import NonFiniteLossError
+    # Resumable, locked, atomic: see mrcnn.engine.runner.run_training and docs/reliability.md.
     from mrcnn.data.check import DatasetCheckError
     from mrcnn.data.loader import BadSampleError
-    from mrcnn.runlock import RunLockedError
-    from mrcnn.runner import ResumeError, run_training
+    from mrcnn.engine.callbacks import NonFiniteLossError
+    from mrcnn.engine.runlock import RunLockedError
+    from mrcnn.engine.runner import ResumeError, run_training
 
     config = load_config(args.config)
     if args.deterministic:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    from mrcnn import distribute
+    from mrcnn.engine import distribute
 
     try:  # before anything runs TensorFlow: multi-worker sets up the cluster
         strategy = distribute.make_strategy(args.strategy)
@@ -362,7 +362,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from mrcnn import export
+    from mrcnn.export import saved_model as export
 
     try:
         export.run(args)
@@ -460,13 +460,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="SavedModel for TF Serving (stock TF ops only)")
-    from mrcnn import export
+    from mrcnn.export import saved_model as export
 
     export.add_arguments(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("convert-weights", help="torchvision/Detectron2 checkpoint -> Keras weights")
-    from mrcnn import convert
+    from mrcnn.checkpoint import convert
 
     convert.add_arguments(p)
     p.set_defaults(func=convert.run_convert)

@@ -126,7 +126,7 @@ class Config:
     # "v1.5"), True = on the first 1x1 conv (MSRA/Caffe, keras.applications).
     STRIDE_IN_1X1: bool = False
     # Stages whose weights are not trained: 0 = none, 1 = the stem, 2 = stem + C2, ...
-    # None = depends on the start (mrcnn.pretrained): 2 when the backbone comes from a
+    # None = depends on the start (mrcnn.checkpoint.pretrained): 2 when the backbone comes from a
     # pretrained start (imagenet/coco; torchvision trainable_backbone_layers=3, Detectron2
     # FREEZE_AT=2), 0 from scratch.
     FREEZE_BACKBONE_STAGES: int | None = None
@@ -256,7 +256,7 @@ class Config:
 
     # ----- training ---------------------------------------------------------------
     # "sgd": torch's SGD (L2 weight decay added to the gradient, through momentum;
-    # mrcnn.training.TorchSGD); "adamw": Keras AdamW (decoupled decay).
+    # mrcnn.engine.training.TorchSGD); "adamw": Keras AdamW (decoupled decay).
     OPTIMIZER: str = "sgd"
     # Learning rate for LR_REFERENCE_BATCH images per step (the paper: 0.02 for 16).
     # The rate used is LEARNING_RATE * BATCH_SIZE / LR_REFERENCE_BATCH (linear

@@ -1,7 +1,7 @@
 """Presets for COCO-trained weights converted from torchvision and Detectron2.
 
 Each preset carries every convention the source model was trained with, so that
-weights written by ``mrcnn convert-weights`` (see :mod:`mrcnn.convert` and
+weights written by ``mrcnn convert-weights`` (see :mod:`mrcnn.checkpoint.convert` and
 ``docs/weights.md``) give the source model's detections::
 
     mrcnn convert-weights --from torchvision maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth --out tv.weights.h5

@@ -150,7 +150,7 @@ def append_line(path: str | os.PathLike, line: str) -> None:
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
     """Delete ``.tmp-*`` files left in ``folder`` by a killed writer; returns their names.
 
-    Call it only while holding the folder's run lock (:mod:`mrcnn.runlock`), so a
+    Call it only while holding the folder's run lock (:mod:`mrcnn.engine.runlock`), so a
     live writer's temporary file is never removed.
     """
     folder = os.fspath(folder)

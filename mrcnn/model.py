@@ -123,12 +123,12 @@ class MaskRCNN(keras.Model):
         """Compile with SGD + warm-up/step schedule from the Config unless given an optimizer.
 
         With ``MIXED_PRECISION="float16"`` the optimizer (given or made) gets dynamic
-        loss scaling (:func:`mrcnn.training.with_loss_scaling`).
+        loss scaling (:func:`mrcnn.engine.training.with_loss_scaling`).
 
         Losses come from the model itself; ``jit_compile`` is off because the
         custom RoIAlign op and NMS have no XLA kernels.
         """
-        from mrcnn.training import make_optimizer, with_loss_scaling
+        from mrcnn.engine.training import make_optimizer, with_loss_scaling
 
         kwargs.setdefault("jit_compile", False)
         _warn_if_portable_gradients(self.config.ROI_ALIGN_IMPLEMENTATION)
@@ -267,7 +267,7 @@ class MaskRCNN(keras.Model):
             compressed RLE dicts). "box"/"rle" never allocate H x W x N.
           tile_size, tile_overlap: when ``tile_size`` is set, each image is run as
             overlapping tiles and the detections merged across seams
-            (:func:`mrcnn.tiling.detect_tiled`; for images much larger than the
+            (:func:`mrcnn.inference.tiling.detect_tiled`; for images much larger than the
             network input: slides, aerial photos).
         Returns:
           One dict per image: "rois" float32 [N, 4] (y1, x1, y2, x2) in the original
@@ -286,7 +286,7 @@ class MaskRCNN(keras.Model):
         images = _as_image_list(images)
         batch_size = batch_size or self.config.BATCH_SIZE
         if tile_size is not None:
-            from mrcnn.tiling import detect_tiled
+            from mrcnn.inference.tiling import detect_tiled
 
             return [detect_tiled(self, image, tile_size=tile_size, tile_overlap=tile_overlap,
                                  batch_size=batch_size, mask_format=mask_format, verbose=verbose)

@@ -124,7 +124,7 @@ def main() -> None:
         t_one = _time(lambda: model.detect([image], mask_format="box"), 1)[0]
         t_tiles = _time(lambda: model.detect([image], mask_format="box", tile_size=800, tile_overlap=128), 1)[0]
         rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        from mrcnn.tiling import tile_grid
+        from mrcnn.inference.tiling import tile_grid
 
         n = len(tile_grid(image.shape, 800, 128))
         print(f"[tiles] 2000x3000: one resized pass {t_one:.1f} s; {n} tiles of 800 px {t_tiles:.1f} s "

@@ -4,7 +4,7 @@
 ResNet-50-FPN, NUM_CLASSES=91, 800/1333 input: by default ``TorchvisionCOCO`` with a
 random torchvision ``maskrcnn_resnet50_fpn`` state dict (generated with NumPy, no torch
 needed: ``scripts/record_parity_fixtures.full_size_state_dict``) converted by
-``mrcnn.convert.convert_state_dict`` (``--weights random`` = the default Config's Keras
+``mrcnn.checkpoint.convert.convert_state_dict`` (``--weights random`` = the default Config's Keras
 initialisation); one 800x1333 image per call: ``detect()`` with the stock-ops RoIAlign
 and (when built) the custom op, the exported SavedModel's two signatures, and the ONNX /
 OpenVINO / LiteRT files on their runtimes (those installed; ``--formats`` picks), all in
@@ -41,8 +41,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from mrcnn import export  # noqa: E402
 from mrcnn.config import Config  # noqa: E402
+from mrcnn.export import saved_model as export  # noqa: E402
 from mrcnn.model import MaskRCNN  # noqa: E402
 from mrcnn.ops.masks import paste_masks  # noqa: E402
 
@@ -70,7 +70,7 @@ def timed(fns: dict, runs: int) -> dict:
 
 def export_runtime(model, fmt: str, folder: Path, batch: np.ndarray):
     """Export ``model`` for ``fmt`` and load it on its runtime: (call -> outputs dict, files, export s)."""
-    from mrcnn.deploy.exporters import export_model
+    from mrcnn.export.runtimes import export_model
 
     start = time.perf_counter()
     files = export_model(model, folder, fmt, overwrite=True)
@@ -128,8 +128,8 @@ def torchvision_model(args) -> MaskRCNN:
     sys.path.insert(0, HERE)
     from record_parity_fixtures import full_size_state_dict
 
+    from mrcnn.checkpoint.convert import convert_state_dict
     from mrcnn.configs import TorchvisionCOCO
-    from mrcnn.convert import convert_state_dict
 
     config = TorchvisionCOCO(IMAGES_PER_GPU=1, ROI_ALIGN_IMPLEMENTATION=args.implementation,
                              IMAGE_MIN_DIM=args.min_dim, IMAGE_MAX_DIM=args.max_dim)

@@ -128,7 +128,7 @@ def scaling_child(args: argparse.Namespace) -> None:
     """One measurement: ``--child one|mirrored|multi-worker``; prints ``RESULT {json}``."""
     mode = args.child
     if mode == "multi-worker":
-        from mrcnn import distribute
+        from mrcnn.engine import distribute
 
         strategy = distribute.make_strategy("multi-worker")
     import keras

@@ -4,7 +4,7 @@
     python scripts/bench_vs_torchvision.py --train [--steps 3] [--size 512] [--threads 2] [--conv direct winograd]
 
 torchvision's ``maskrcnn_resnet50_fpn`` (91 classes) is initialised at random
-(seeded), saved, converted with ``mrcnn.convert.convert_torchvision`` and loaded
+(seeded), saved, converted with ``mrcnn.checkpoint.convert.convert_torchvision`` and loaded
 into ``MaskRCNN(TorchvisionCOCO())``; both run on real COCO photos from
 ``../shared/datasets/tiny_coco`` at 800 px (torchvision's resize rule, which
 ours reproduces), interleaved, with the same number of intra-op threads. The
@@ -83,8 +83,8 @@ def main() -> None:
 
     tv = import_torchvision()
 
+    from mrcnn.checkpoint.convert import convert_torchvision
     from mrcnn.configs import TorchvisionCOCO
-    from mrcnn.convert import convert_torchvision
     from mrcnn.data.pipeline import prepare_image_batch
     from mrcnn.model import MaskRCNN
     from mrcnn.ops.masks import paste_masks
@@ -264,11 +264,11 @@ def train(args: argparse.Namespace) -> None:
     tv = import_torchvision()
     import keras
 
+    from mrcnn.checkpoint.convert import convert_state_dict
     from mrcnn.configs import TorchvisionCOCO
-    from mrcnn.convert import convert_state_dict
     from mrcnn.data.loader import minimize_masks
+    from mrcnn.engine.training import TorchSGD
     from mrcnn.model import MaskRCNN
-    from mrcnn.training import TorchSGD
 
     lr, momentum, decay = 0.0025, 0.9, 1e-4
     torch.manual_seed(0)
@@ -343,7 +343,7 @@ def train_profile(model, batch, keras, runs: int = 2) -> None:
     """
     import tensorflow as tf
 
-    from mrcnn import losses as loss_fns
+    from mrcnn.ops import losses as loss_fns
 
     images, sizes = batch["images"], batch["image_sizes"]
     targets = {"gt_boxes": batch["gt_boxes"], "gt_class_ids": batch["gt_class_ids"],

@@ -96,7 +96,7 @@ def test_presets_validate_and_round_trip():
 
 
 def test_export_refuses_adaptive_sampling_with_a_clear_message():
-    from mrcnn.export import portable_config
+    from mrcnn.export.saved_model import portable_config
 
     with pytest.raises(ValueError, match="no stock-ops RoIAlign"):
         portable_config(Config(ROI_ALIGN_SAMPLING_RATIO=0, ROI_ALIGN_IMPLEMENTATION="custom"))

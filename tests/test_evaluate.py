@@ -281,7 +281,7 @@ def test_per_class_ap_matches_precision_array(hand: HandDrawnDataset) -> None:
 
 
 def test_callback_adds_logs_and_tensorboard(hand: HandDrawnDataset, tmp_path: Path) -> None:
-    from mrcnn.callbacks import CocoEvaluationCallback
+    from mrcnn.engine.callbacks import CocoEvaluationCallback
 
     class FakeModel:
         def detect(self, images):

@@ -13,7 +13,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from mrcnn import weights as W
+from mrcnn.checkpoint import imagenet as W
 from samples.coco.coco import CocoConfig
 from tests.pth_writer import write_pth
 
@@ -232,7 +232,7 @@ def test_download_checks_hash(tmp_path, monkeypatch):
 
 # ----- COCO sample ----------------------------------------------------------------------------------
 def test_coco_config_is_the_1x_schedule():
-    from mrcnn.training import make_schedule
+    from mrcnn.engine.training import make_schedule
 
     c = CocoConfig()
     assert c.BATCH_SIZE == 16 and c.LEARNING_RATE == 0.02 and c.effective_lr() == pytest.approx(0.02)

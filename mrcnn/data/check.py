@@ -17,7 +17,7 @@ kind                   meaning
 ``bad annotation``     anything else ``load_mask``/``load_keypoints`` get wrong
 =====================  ==============================================================
 
-Used by ``mrcnn train`` (``--check sample|all``, see :func:`mrcnn.runner.run_training`)
+Used by ``mrcnn train`` (``--check sample|all``, see :func:`mrcnn.engine.runner.run_training`)
 and ``build_dataset(..., check=True)``.
 """
 

@@ -135,12 +135,12 @@ def load_instance(dataset: Any, image_id: int, config: Config) -> dict[str, np.n
 
     * ``"raise"`` (default): a bad sample raises :class:`BadSampleError` naming its
       image id and path (also kept in ``last_bad_sample`` so that
-      :func:`mrcnn.runner.run_training` reports it instead of a TF traceback).
+      :func:`mrcnn.engine.runner.run_training` reports it instead of a TF traceback).
     * ``"skip"``: the sample is replaced by the next good image in
       ``dataset.image_ids`` order (deterministic, so a resumed run replaces it the
       same way), counted in ``counters["bad_samples_skipped"]`` and its id added
       to ``skipped_ids`` (logged at each epoch end by
-      :class:`mrcnn.callbacks.DataHealthLogger`). Each bad id is counted once
+      :class:`mrcnn.engine.callbacks.DataHealthLogger`). Each bad id is counted once
       and then remembered, so it is not re-read every epoch.
     """
     global last_bad_sample

@@ -244,7 +244,7 @@ def build_dataset(
         ds = ds.repeat()
     ds = ds.enumerate()
     if start_element:
-        # Skip ids, not loaded images (mrcnn.runner resumes with this; see docs/reliability.md).
+        # Skip ids, not loaded images (mrcnn.engine.runner resumes with this; see docs/reliability.md).
         ds = ds.skip(int(start_element))
     ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 

@@ -16,7 +16,7 @@ own round trip):
 - :class:`Conv3x3` -- the 3x3 stride-1 convolution of the blocks, FPN, RPN and heads
   (Winograd in the training step, ``Config.TRAINING_CONV_ALGORITHM``).
 
-Imports go one way: ``mrcnn.ops`` (and ``mrcnn.losses``) -> ``mrcnn.layers`` -> ``mrcnn.model``.
+Imports go one way: ``mrcnn.ops`` (and ``mrcnn.ops.losses``) -> ``mrcnn.layers`` -> ``mrcnn.model``.
 """
 
 from mrcnn.layers.anchors import AnchorGenerator

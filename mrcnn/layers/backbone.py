@@ -133,7 +133,7 @@ class ResNet(keras.layers.Layer):
             self.stages.append(blocks)
             self.stage_channels.append(in_channels)
         # Stage 1 is the stem, 2..5 the residual stages (C2..C5), as Detectron2 counts.
-        freeze_stages = freeze_stages or 0  # None: decided by the start (mrcnn.pretrained), 0 until then
+        freeze_stages = freeze_stages or 0  # None: decided by the start (mrcnn.checkpoint.pretrained), 0 until then
         if freeze_stages >= 1:
             self.stem.trainable = False
         for i, blocks in enumerate(self.stages):

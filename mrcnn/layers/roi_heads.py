@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 import keras
 import tensorflow as tf
 
-from mrcnn import losses
 from mrcnn.layers.box_coder import BoxCoder
 from mrcnn.layers.conv import Conv3x3
 from mrcnn.layers.detection import Detections, detect_boxes
 from mrcnn.layers.pooler import RoIPooler, pooler_settings
 from mrcnn.layers.precision import dtype_policy_scope, policy_name, to_float32
 from mrcnn.layers.targets import RoITargets, roi_targets
+from mrcnn.ops import losses
 from mrcnn.ops.keypoints import heatmaps_to_keypoints
 
 if TYPE_CHECKING:

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 import keras
 import tensorflow as tf
 
-from mrcnn import losses
 from mrcnn.layers.box_coder import BoxCoder
 from mrcnn.layers.conv import Conv3x3
 from mrcnn.layers.precision import dtype_policy_scope, policy_name, to_float32
 from mrcnn.layers.targets import rpn_targets
 from mrcnn.ops import boxes as box_ops
+from mrcnn.ops import losses
 from mrcnn.ops.nms import batched_nms
 
 if TYPE_CHECKING:

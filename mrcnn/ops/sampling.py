@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-# Opt-in resumable randomness (set by mrcnn.runner.run_training): a
+# Opt-in resumable randomness (set by mrcnn.engine.runner.run_training): a
 # tf.random.Generator whose state the step backup saves and restores, so that a
 # resumed process draws the samples the uninterrupted one would have drawn (a
 # stateful tf.random.uniform kernel restarts its stream in a new process). Not

@@ -11,7 +11,7 @@
 IMAGES_PER_GPU`` = 8 x 2), torch-semantics SGD at lr 0.02 per 16 images with
 momentum 0.9 and L2 weight decay 1e-4 (not on norm parameters), linear warm-up
 over 1000 steps from lr x 0.001, 90k steps (``TOTAL_STEPS``) with lr x 0.1 at 2/3
-and 8/9 of them (60k and 80k, :func:`mrcnn.training.auto_lr_steps`), short side
+and 8/9 of them (60k and 80k, :func:`mrcnn.engine.training.auto_lr_steps`), short side
 drawn from 640..800 (Detectron2's ``MIN_SIZE_TRAIN``; 800 at inference), long
 side <= 1333, padded to a multiple of 32, frozen batch norm and the stem + C2
 frozen (``FREEZE_BACKBONE_STAGES=2``, torchvision's ``trainable_backbone_layers=3``),
@@ -23,7 +23,7 @@ linear scaling rule (Goyal et al. 2017): the rate follows the batch by itself
 multiplied by 16/B, so the schedule covers the same number of images.
 
 ImageNet weights: ``--imagenet-weights FILE`` (a torchvision ``.pth``, read
-without torch by :mod:`mrcnn.weights`); without it the official file is
+without torch by :mod:`mrcnn.checkpoint.imagenet`); without it the official file is
 downloaded, which fails here (no internet) with a message saying where to put it.
 """
 
@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mrcnn.config import Config  # noqa: E402
-from mrcnn.runs import find_run_config, make_config, parse_set, write_json  # noqa: E402
+from mrcnn.engine.runs import find_run_config, make_config, parse_set, write_json  # noqa: E402
 
 PAPER_BATCH_SIZE = 16
 
@@ -109,16 +109,16 @@ def _strategy(gpu_count: int):
 
 def cmd_train(args: argparse.Namespace) -> str:
 
-    from mrcnn.callbacks import TimeBudget
-    from mrcnn.data.coco import CocoDataset
-    from mrcnn.data.pipeline import build_dataset
-    from mrcnn.model import MaskRCNN
-    from mrcnn.training import default_callbacks, make_optimizer
-    from mrcnn.weights import (
+    from mrcnn.checkpoint.imagenet import (
         ImageNetWeightsUnavailable,
         download_imagenet_weights,
         load_imagenet_backbone,
     )
+    from mrcnn.data.coco import CocoDataset
+    from mrcnn.data.pipeline import build_dataset
+    from mrcnn.engine.callbacks import TimeBudget
+    from mrcnn.engine.training import default_callbacks, make_optimizer
+    from mrcnn.model import MaskRCNN
 
     config = make_config(CocoConfig, args.set, args.config)
     if args.gpus is not None or args.images_per_gpu is not None:
@@ -161,9 +161,9 @@ def cmd_train(args: argparse.Namespace) -> str:
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from mrcnn.data.coco import CocoDataset
+    from mrcnn.engine.runs import json_ready
     from mrcnn.evaluate import evaluate_dataset, format_metrics
     from mrcnn.model import MaskRCNN
-    from mrcnn.runs import json_ready
 
     config = make_config(CocoConfig, args.set, args.config or find_run_config(args.weights))
     dataset = CocoDataset(args.annotations, args.images)

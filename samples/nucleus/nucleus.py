@@ -49,7 +49,7 @@ if __package__ in (None, ""):  # run as a script: make `mrcnn` importable
 
 from mrcnn.config import Config  # noqa: E402
 from mrcnn.data.dataset import Dataset, read_rgb_file  # noqa: E402
-from mrcnn.runs import build_model, find_run_config, make_config, parse_set, write_json  # noqa: E402
+from mrcnn.engine.runs import build_model, find_run_config, make_config, parse_set, write_json  # noqa: E402
 
 SOURCE = "nucleus"
 CLASS_NAMES: tuple[str, ...] = ("BG", "nucleus")
@@ -274,11 +274,11 @@ def config_for_weights(args: argparse.Namespace) -> NucleusConfig:
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     import keras
 
-    from mrcnn.callbacks import TimeBudget
     from mrcnn.data.pipeline import build_dataset
+    from mrcnn.engine.callbacks import TimeBudget
+    from mrcnn.engine.runs import MetricCurve
+    from mrcnn.engine.training import default_callbacks, make_optimizer
     from mrcnn.fileio import atomic_save_weights
-    from mrcnn.runs import MetricCurve
-    from mrcnn.training import default_callbacks, make_optimizer
 
     config = make_config(NucleusConfig, args.set, args.config)
     out = Path(args.out)
@@ -315,8 +315,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from mrcnn.engine.runs import json_ready
     from mrcnn.evaluate import evaluate_dataset, format_metrics
-    from mrcnn.runs import json_ready
 
     config = config_for_weights(args)
     dataset = NucleusDataset().load_nucleus(args.dataset, args.subset, limit=args.limit)

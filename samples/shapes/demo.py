@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import keras
 
-    from mrcnn.callbacks import TimeBudget
     from mrcnn.cli import json_ready
     from mrcnn.data.pipeline import build_dataset
     from mrcnn.data.synthetic import ShapesDataset, ShapesDemoConfig
+    from mrcnn.engine.callbacks import TimeBudget
     from mrcnn.evaluate import evaluate_dataset, format_metrics
     from mrcnn.model import MaskRCNN
     from mrcnn.visualize import draw_grid, draw_instances, save_image

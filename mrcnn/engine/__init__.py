@@ -1,0 +1,11 @@
+"""The training run: callbacks and their one builder, backups wiring, non-finite
+handling, optimizer and schedule, strategies, run folder and lock.
+
+Imports run one way: ``engine`` uses ``model``, ``data``, ``checkpoint`` and below; nothing
+below imports ``engine`` (docs/architecture.md).
+"""
+
+from mrcnn.engine.runner import TrainResult, run_training
+from mrcnn.engine.training import default_callbacks, make_optimizer
+
+__all__ = ["TrainResult", "default_callbacks", "make_optimizer", "run_training"]

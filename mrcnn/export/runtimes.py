@@ -1,0 +1,247 @@
+"""``export_model(model, output_dir, format)``: ONNX, OpenVINO IR and LiteRT files.
+
+What each format traces (docs/serving.md has the ops and the reasons):
+
+* onnx: gather RoIAlign, float64 resize rule, ``tf2onnx.convert.from_function``;
+* openvino: gather RoIAlign, gather resize, int32 resize rule, flat mask pick,
+  ``openvino.convert_model`` on the traced function;
+* litert: gather RoIAlign, int32 resize rule, ``tf.lite.TFLiteConverter`` (builtins only).
+
+Each writes into a staging folder next to ``output_dir`` and moves the files into
+place only after the conversion succeeded, so a failed export leaves no partial
+model file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import types
+from collections.abc import Sequence
+from pathlib import Path
+
+import tensorflow as tf
+
+from mrcnn.config import Config, load_config
+from mrcnn.export.formats import FORMATS, require
+from mrcnn.export.graph import serving_function
+from mrcnn.export.saved_model import INPUT_NAME, LABELS_FILE, class_names_for, portable_config
+
+MODEL_FILES = {
+    "onnx": ("model.onnx",),
+    "openvino": ("model.xml", "model.bin"),
+    "litert": ("model.tflite",),
+}
+ONNX_OPSET = 18
+
+
+def export_config(config: Config) -> Config:
+    """The Config every export builds its model with: the stock-ops RoIAlign
+    (``ROI_ALIGN_IMPLEMENTATION="portable"``), as for the SavedModel."""
+    return portable_config(config)
+
+
+def model_for(model, fmt: str):
+    """The model the ``fmt`` export traces: ``model`` or a rebuilt copy (same weights).
+
+    Every format gets a copy whose RoI poolers run the gather-based RoIAlign
+    (:mod:`mrcnn.ops.roi_align_gather`, same numbers within 2e-5): LiteRT has no
+    CropAndResize builtin, OpenVINO's CropAndResize conversion fails on an FPN level
+    that receives no box, and tf2onnx turns CropAndResize into a per-box Loop that ran
+    2.4x slower than detect() on ONNX Runtime. The caller's model is never changed.
+    """
+    from mrcnn.model import MaskRCNN
+
+    config = export_config(model.config)
+    gather = fmt in ("onnx", "openvino", "litert")
+    if config.ROI_ALIGN_IMPLEMENTATION == model.config.ROI_ALIGN_IMPLEMENTATION and not gather:
+        return model
+    clone = MaskRCNN(config, name=model.name)
+    clone.set_weights(model.get_weights())
+    if gather:
+        use_gather_roi_align(clone)
+    return clone
+
+
+def use_gather_roi_align(model) -> int:
+    """Make every :class:`~mrcnn.layers.pooler.RoIPooler` of ``model`` pool with
+    :func:`~mrcnn.ops.roi_align_gather.multilevel_roi_align_gather` (same settings).
+
+    An export-time switch on the export's own copy of the model, so that neither the
+    Config nor the training graph knows about it. Returns the number of poolers.
+    """
+    from mrcnn.layers.pooler import RoIPooler
+    from mrcnn.ops.roi_align_gather import multilevel_roi_align_gather
+
+    def gather_call(pooler, features, boxes):
+        return multilevel_roi_align_gather(
+            list(features)[: len(pooler.strides)], boxes, pooler.output_size,
+            strides=pooler.strides, sampling_ratio=pooler.sampling_ratio, aligned=pooler.aligned,
+            canonical_level=pooler.canonical_level, canonical_size=pooler.canonical_size,
+        )
+
+    poolers = [layer for layer in model._flatten_layers() if isinstance(layer, RoIPooler)]
+    if not poolers:
+        raise RuntimeError("no RoIPooler found in the model; cannot switch its RoIAlign for export")
+    for pooler in poolers:
+        pooler.call = types.MethodType(gather_call, pooler)
+    return len(poolers)
+
+
+def _convert_onnx(serve, staging: Path, model) -> None:
+    del model  # traced through ``serve``
+    tf2onnx = require("tf2onnx", "onnx")
+    require("onnx", "onnx")
+    path = staging / "model.onnx"
+    tf2onnx.convert.from_function(
+        serve, input_signature=serve.input_signature, opset=ONNX_OPSET, output_path=str(path)
+    )
+    _check_onnx(path)
+
+
+def _check_onnx(path: Path) -> None:
+    """The written ONNX model has the contract's input and output names."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inputs = [i.name for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output]
+    if inputs != [INPUT_NAME] or "detection_boxes" not in outputs:
+        raise RuntimeError(f"unexpected ONNX signature: inputs {inputs}, outputs {outputs}")
+
+
+@contextlib.contextmanager
+def _flat_mask_pick():
+    """While tracing for OpenVINO: pick each detection's mask channel with a plain
+    Gather on a flattened table instead of ``tf.gather(..., batch_dims=2)``, which
+    OpenVINO's converter either rejects (transpose-sinking pass) or turns into wrong
+    masks. Same values. Patched on the module for the duration of the trace only.
+    """
+    from mrcnn.layers import roi_heads
+
+    if not hasattr(roi_heads, "_pick_class_channel"):
+        raise RuntimeError("mrcnn.layers.roi_heads._pick_class_channel is gone; update the OpenVINO export")
+    original = roi_heads._pick_class_channel
+
+    def flat_pick(mask_logits, class_ids):
+        # [B, R, mh, mw, K] -> rows (b, r, k) of a [B*R*K, mh, mw] table, one plain
+        # Gather of row (b * R + r) * K + class: exact, and OpenVINO converts it right
+        # (its conversions of the batched gather, of tf.one_hot and of a one-hot
+        # product over the last axis all gave wrong masks, tested on 2026.4).
+        k = mask_logits.shape[-1]
+        per_class = tf.transpose(mask_logits, [0, 1, 4, 2, 3])
+        shape = tf.shape(per_class)
+        table = tf.reshape(per_class, tf.concat([[-1], shape[3:]], 0))
+        rows = tf.reshape(tf.range(shape[0] * shape[1]) * k, tf.shape(class_ids))
+        return tf.gather(table, rows + tf.cast(class_ids, tf.int32))
+
+    roi_heads._pick_class_channel = flat_pick
+    try:
+        yield
+    finally:
+        roi_heads._pick_class_channel = original
+
+
+def _convert_openvino(serve, staging: Path, model) -> None:
+    del model  # traced through ``serve``
+    ov = require("openvino", "openvino")
+    with _flat_mask_pick():
+        concrete = serve.get_concrete_function()
+        ov_model = ov.convert_model(concrete)
+    # OpenVINO takes the output names from the traced function's dict keys.
+    names = {n for port in ov_model.outputs for n in port.get_names()}
+    expected = set(concrete.structured_outputs)
+    if not expected <= names:
+        raise RuntimeError(f"OpenVINO model outputs {sorted(names)}, expected {sorted(expected)}")
+    ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
+    # compress_to_fp16=False: keep the float32 weights (the default halves model.bin).
+    ov.save_model(ov_model, str(staging / "model.xml"), compress_to_fp16=False)
+
+
+def _convert_litert(serve, staging: Path, model) -> None:
+    from mrcnn.export.saved_model import _tf_variable
+
+    # Through a SavedModel with a serving_default signature, so that the .tflite file
+    # has a signature (named inputs/outputs) for the interpreter's signature runner.
+    module = tf.Module()
+    module.model_variables = [_tf_variable(v) for v in model.variables]
+    module.serve = serve
+    saved = staging / "saved_model"
+    tf.saved_model.save(module, str(saved), signatures={"serving_default": serve.get_concrete_function()})
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    # Builtins only: a model that needs the Flex (select TF ops) delegate would not
+    # run on the plain ai-edge-litert interpreter.
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    (staging / "model.tflite").write_bytes(converter.convert())
+
+
+CONVERTERS = {"onnx": _convert_onnx, "openvino": _convert_openvino, "litert": _convert_litert}
+
+
+def export_model(
+    model,
+    output_dir: str | os.PathLike,
+    fmt: str,
+    *,
+    class_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> list[str]:
+    """Write ``model`` for runtime ``fmt`` ("onnx", "openvino", "litert") into ``output_dir``.
+
+    Args:
+      model: a :class:`mrcnn.model.MaskRCNN` (any RoIAlign implementation; the export
+        rebuilds it with the one the format needs, same weights).
+      output_dir: folder for the model file(s) and ``labels.txt``; created if needed.
+      fmt: the format; see :data:`MODEL_FILES` for the files each writes.
+      class_names: NUM_CLASSES names, index 0 = background (default from the Config).
+      overwrite: replace existing model files of that format.
+    Returns:
+      The paths of the written model files.
+    Raises:
+      MissingRuntimeError: the converter package is not installed (names the extra).
+      FileExistsError: a model file exists and ``overwrite`` is False.
+    """
+    if fmt not in CONVERTERS:
+        raise ValueError(f"format must be one of {FORMATS[1:]} here, got {fmt!r}")
+    output_dir = Path(output_dir)
+    targets = [output_dir / name for name in MODEL_FILES[fmt]]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} exists; pass overwrite=True (--overwrite)")
+    names = class_names_for(model.config, class_names)
+    if fmt == "onnx":
+        require("tf2onnx", fmt)
+    elif fmt == "openvino":
+        require("openvino", fmt)
+    traced = model_for(model, fmt)
+    serve = serving_function(traced, float64=fmt == "onnx", gather_resize=fmt == "openvino")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".export-{fmt}-", dir=output_dir))
+    try:
+        CONVERTERS[fmt](serve, staging, traced)
+        (staging / LABELS_FILE).write_text("".join(n + "\n" for n in names), encoding="utf-8")
+        for name in (*MODEL_FILES[fmt], LABELS_FILE):
+            os.replace(staging / name, output_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [str(t) for t in targets]
+
+
+def export_model_from_files(
+    weights_path: str | os.PathLike,
+    config: str | Config,
+    output_dir: str | os.PathLike,
+    fmt: str,
+    *,
+    class_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> list[str]:
+    """Build the model from ``config``, load ``weights_path`` and :func:`export_model` it."""
+    from mrcnn.model import MaskRCNN
+
+    config = export_config(load_config(config))
+    model = MaskRCNN(config)
+    model.load_weights(str(weights_path))
+    return export_model(model, output_dir, fmt, class_names=class_names, overwrite=overwrite)

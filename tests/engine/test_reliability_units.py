@@ -1,0 +1,341 @@
+"""Reliability pieces with real faults: run locks, atomic writes under kill and a full file
+system, torn backups, non-finite losses, bad samples, time-budget stops."""
+
+import glob
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from mrcnn import MaskRCNN
+from mrcnn.data import loader
+from mrcnn.data.check import DatasetCheckError, check_dataset
+from mrcnn.data.dataset import Dataset
+from mrcnn.data.loader import BadSampleError
+from mrcnn.engine.callbacks import NonFiniteLossError, StepBackup, list_backups, restore_backup
+from mrcnn.engine.runlock import RunLock, RunLockedError
+from mrcnn.engine.runner import run_training
+from mrcnn.fileio import atomic_save_weights, write_json
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env():
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES="")
+
+
+# ----- lock ------------------------------------------------------------------------------
+def test_second_run_into_the_same_folder_is_refused_and_a_dead_owner_is_taken_over(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from mrcnn.engine.runlock import RunLock
+            RunLock({str(tmp_path)!r}).acquire()
+            print("locked", flush=True)
+            time.sleep(120)
+        """)], env=_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError, match=f"in use by another training run \\(pid {holder.pid}"):
+            RunLock(tmp_path).acquire()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # The SIGKILLed owner left its lock file: stale, taken over with a warning.
+    assert os.path.exists(tmp_path / "run.lock")
+    with pytest.warns(UserWarning, match=f"stale lock .* pid {holder.pid}"):
+        with RunLock(tmp_path) as lock:
+            assert open(lock.path).read().split()[0] == str(os.getpid())
+    assert not os.path.exists(tmp_path / "run.lock")
+
+
+# ----- atomic writes ------------------------------------------------------------------------
+WRITER = textwrap.dedent("""
+    import sys, resource, signal
+    from mrcnn.fileio import atomic_write
+    path, size, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    if limit:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # then write() fails with EFBIG, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    try:
+        with atomic_write(path, "wb") as f:
+            for _ in range(size // 65536):
+                f.write(b"n" * 65536)
+    except OSError as exc:
+        print("OSError", exc.errno, flush=True)
+        sys.exit(1)
+    print("done", flush=True)
+""")
+
+
+def test_kill_during_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "state.json"
+    write_json(target, {"good": 1})
+    env = dict(_env(), MRCNN_TEST_WRITE_DELAY="30")
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target), str(4 << 20), "0"], env=env)
+    deadline = time.monotonic() + 60
+    while not glob.glob(str(tmp_path / ".tmp-state.json.*")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)  # inside the injected delay: data written, rename pending
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert open(target).read().replace(" ", "").replace("\n", "") == '{"good":1}'
+    assert glob.glob(str(tmp_path / ".tmp-state.json.*"))  # the torn temporary, never under the real name
+
+
+def test_write_that_runs_out_of_space_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "final.bin"
+    target.write_bytes(b"old")
+    # RLIMIT_FSIZE makes write() fail with EFBIG past 1 MB: the same code path as ENOSPC.
+    out = subprocess.run([sys.executable, "-c", WRITER, str(target), str(4 << 20), str(1 << 20)],
+                         env=_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stdout.startswith("OSError"), out.stdout + out.stderr
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["final.bin"]
+
+
+def _tiny_model(tiny_config, **overrides):
+    config = tiny_config(IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64, **overrides)
+    model = MaskRCNN(config)
+    model.compile()
+    model.optimizer.build(model.trainable_variables)
+    return config, model
+
+
+def test_torn_backup_falls_back_to_the_previous_one_with_a_warning(tmp_path, tiny_config):
+    config, model = _tiny_model(tiny_config)
+    backup = StepBackup(tmp_path, every_steps=10, steps_per_epoch=15, planned_epochs=3, extra_state={"seed": 1})
+    backup.set_model(model)
+    kernel = model.trainable_variables[0]
+    first = kernel.numpy().copy()
+    backup.step = 10
+    backup.save()
+    kernel.assign(first + 1.0)
+    backup.step = 20
+    backup.save()
+    assert [s["step"] for s in list_backups(tmp_path)] == [20, 10]
+    # Tear the newest weights file (what a crash of a non-atomic writer leaves).
+    newest = tmp_path / "step_00000020.weights.h5"
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])
+    kernel.assign(first * 0.0)
+    with pytest.warns(UserWarning, match="torn backup .*step_00000020"):
+        state = restore_backup(model, tmp_path)
+    assert state["step"] == 10
+    np.testing.assert_array_equal(kernel.numpy(), first)
+
+
+def test_atomic_save_weights_holds_optimizer_state(tmp_path, tiny_config):
+    _, model = _tiny_model(tiny_config)
+    model.optimizer.iterations.assign(37)
+    atomic_save_weights(model, str(tmp_path / "w.weights.h5"))
+    with h5py.File(tmp_path / "w.weights.h5") as f:
+        names = []
+        f.visit(names.append)
+    assert any("optimizer" in n for n in names)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+
+
+# ----- non-finite loss ----------------------------------------------------------------------
+def _shapes(n=4, seed=11):
+    from samples.shapes.shapes import ShapesDataset
+
+    ds = ShapesDataset()
+    ds.load_shapes(n, seed=seed)
+    return ds
+
+
+def _all_weight_files_finite(folder):
+    files = glob.glob(os.path.join(folder, "**", "*.weights.h5"), recursive=True)
+    for path in files:
+        with h5py.File(path) as f:
+            bad = []
+
+            def visit(name, obj, bad=bad):
+                if isinstance(obj, h5py.Dataset) and obj.dtype.kind == "f" and not np.all(np.isfinite(obj[()])):
+                    bad.append(name)
+            f.visititems(visit)
+            assert not bad, (path, bad[:5])
+    return files
+
+
+@pytest.mark.slow
+def test_huge_learning_rate_stops_within_one_step_and_files_stay_finite(tmp_path, tiny_config, capsys):
+    config = tiny_config(IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64, LEARNING_RATE=1e4, LR_REFERENCE_BATCH=None,
+                         WARMUP_STEPS=0, GRADIENT_CLIP_NORM=None, BACKUP_EVERY_STEPS=1)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at global step (\d+)") as info:
+        run_training(lambda: MaskRCNN(config), _shapes(), config, tmp_path / "run", epochs=2,
+                     steps_per_epoch=5, seed=3, tensorboard=False, verbose=0)
+    step = int(info.value.args[0].split("global step ")[1].split()[0])
+    assert 2 <= step <= 10
+    assert "loss" in info.value.args[0] and "the update was not applied" in info.value.args[0]
+    # Backups exist for every finite step before it (BACKUP_EVERY_STEPS=1) and none after.
+    steps = [s["step"] for s in list_backups(tmp_path / "run" / "backup")]
+    assert max(steps) == step - 1
+    files = _all_weight_files_finite(tmp_path / "run")
+    assert files and not os.path.exists(tmp_path / "run" / "final.weights.h5")
+
+
+@pytest.mark.slow
+def test_skip_nonfinite_steps_skips_then_stops_after_n_in_a_row(tmp_path, tiny_config, capsys):
+    config = tiny_config(IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64, LEARNING_RATE=1e4, LR_REFERENCE_BATCH=None,
+                         WARMUP_STEPS=0, GRADIENT_CLIP_NORM=None, SKIP_NONFINITE_STEPS=2)
+    with pytest.raises(NonFiniteLossError, match="3 non-finite steps in a row"):
+        run_training(lambda: MaskRCNN(config), _shapes(), config, tmp_path / "run", epochs=3,
+                     steps_per_epoch=5, seed=3, tensorboard=False, verbose=0)
+    printed = capsys.readouterr().out
+    assert "update skipped (1 in a row, 1 in all)" in printed
+    assert "update skipped (2 in a row, 2 in all)" in printed
+    _all_weight_files_finite(tmp_path / "run")
+
+
+# ----- clean stop by time budget ----------------------------------------------------------------
+def _sha(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.mark.slow
+def test_time_budget_stop_keeps_the_backup_and_the_same_call_resumes(tmp_path, tiny_config):
+    config = tiny_config(IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64, BACKUP_EVERY_STEPS=0)
+    out = tmp_path / "run"
+    shapes = _shapes()
+
+    def call(**kw):
+        return run_training(lambda: MaskRCNN(config), shapes, config, out, epochs=2, steps_per_epoch=3,
+                            seed=4, tensorboard=False, verbose=0, **kw)
+
+    first = call(max_minutes=1e-6)  # the budget is spent after the first step
+    assert (first.status, first.step) == ("stopped", 1)
+    assert [s["step"] for s in list_backups(out / "backup")] == [1]
+    assert not os.listdir(out / "checkpoints") if os.path.isdir(out / "checkpoints") else True
+    done = call()
+    assert done.start_step == 1 and done.status == "complete" and done.step == 6
+    assert sorted(os.listdir(out / "checkpoints")) == ["epoch_001.weights.h5", "epoch_002.weights.h5"]
+    again = call()
+    assert again.status == "already_complete"
+    with pytest.raises(Exception, match="nothing to resume"):
+        run_training(lambda: MaskRCNN(config), shapes, config, tmp_path / "empty", epochs=1,
+                     steps_per_epoch=3, resume="require", verbose=0)
+
+
+# ----- bad samples ------------------------------------------------------------------------------
+class FileShapes(Dataset):
+    """Shapes rendered to JPEG files; masks and class ids kept in memory."""
+
+    def __init__(self, folder, n=6, bad=True):
+        super().__init__()
+        self.add_class("s", 1, "square")
+        rng = np.random.default_rng(0)
+        self._gt = {}
+        for i in range(n):
+            image = np.full((64, 64, 3), 40, np.uint8)
+            y, x = rng.integers(4, 30, 2)
+            image[y : y + 24, x : x + 24] = (200, 90, 30)
+            path = os.path.join(folder, f"img_{i}.jpg")
+            Image.fromarray(image).save(path, quality=95)
+            mask = np.zeros((64, 64, 1), bool)
+            mask[y : y + 24, x : x + 24, 0] = True
+            self._gt[i] = (mask, np.array([1], np.int32))
+            self.add_image("s", i, path)
+        if bad:
+            raw = open(self.image_info[1]["path"], "rb").read()
+            open(self.image_info[1]["path"], "wb").write(raw[: len(raw) // 3])  # truncated JPEG
+            self._gt[3] = (np.zeros((32, 64, 1), bool), np.array([1], np.int32))  # wrong-size mask
+            self._gt[4] = (self._gt[4][0], np.array([4], np.int32))  # class id 4 >= NUM_CLASSES=4
+        self.prepare()
+
+    def load_image(self, image_id):
+        return np.asarray(Image.open(self.image_info[image_id]["path"]).convert("RGB"))
+
+    def load_mask(self, image_id):
+        return self._gt[image_id]
+
+
+BAD = {1: "unreadable image", 3: "mask size", 4: "class id"}
+
+
+def test_preflight_check_reports_every_bad_sample_by_id(tmp_path, tiny_config):
+    ds = FileShapes(tmp_path)
+    report = check_dataset(ds, tiny_config(IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64), sample=None)
+    assert report.checked == 6
+    assert {p.image_id: p.kind for p in report.problems} == BAD
+    table = report.table()
+    assert "3 bad" in table and "img_1.jpg" in table and "NUM_CLASSES=4" in table
+    assert check_dataset(ds, tiny_config(), sample=2, seed=0).checked == 2
+
+
+def test_bad_sample_raise_names_the_image_and_skip_finishes_the_epoch(tmp_path, tiny_config, capsys):
+    ds = FileShapes(tmp_path)
+    config = tiny_config(IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64)
+    loader.reset_counters()
+    with pytest.raises(DatasetCheckError, match=r"image ids \[1, 3, 4\]"):
+        run_training(lambda: MaskRCNN(config), ds, config, tmp_path / "pre", epochs=1, steps_per_epoch=3,
+                     check="all", verbose=0, tensorboard=False)
+    with pytest.raises(BadSampleError) as info:
+        run_training(lambda: MaskRCNN(config), ds, config, tmp_path / "raise", epochs=1, steps_per_epoch=3,
+                     seed=1, verbose=0, tensorboard=False)
+    assert info.value.image_id in BAD
+    assert f"image id {info.value.image_id}" in str(info.value)
+    assert f"img_{info.value.image_id}.jpg" in str(info.value) and "Traceback" not in str(info.value)
+
+    loader.reset_counters()
+    skip = tiny_config(IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64, ON_BAD_SAMPLE="skip")
+    with pytest.warns(UserWarning, match="skipped"):
+        result = run_training(lambda: MaskRCNN(skip), ds, skip, tmp_path / "skip", epochs=1,
+                              steps_per_epoch=3, seed=1, verbose=0, tensorboard=False)
+    assert result.status == "complete"
+    counts, ids = loader.counters_snapshot()
+    assert counts["bad_samples_skipped"] == 3 and sorted(ids) == [1, 3, 4]
+    printed = capsys.readouterr().out
+    assert "epoch 1: " in printed and "bad samples skipped: 3" in printed
+    assert "skipped image ids: [" in printed
+    loader.reset_counters()
+
+
+def test_build_dataset_check_raises_with_every_bad_id(tmp_path, tiny_config):
+    from mrcnn.data.pipeline import build_dataset
+
+    ds = FileShapes(tmp_path)
+    with pytest.raises(DatasetCheckError, match=r"image ids \[1, 3, 4\]") as info:
+        build_dataset(ds, tiny_config(), training=True, check="all")
+    assert {p.image_id: p.kind for p in info.value.report.problems} == BAD
+
+
+def test_decompression_bomb_names_the_path(tmp_path, tiny_config, monkeypatch):
+    import PIL.Image
+
+    ds = FileShapes(tmp_path, n=2, bad=False)
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)  # 64x64 is then > 2x the limit
+    loader.reset_counters()
+    with pytest.raises(BadSampleError, match=r"image id 0 \(path '.*img_0.jpg'\).*DecompressionBombError"):
+        loader.load_instance(ds, 0, tiny_config())
+    report = check_dataset(ds, tiny_config(), sample=None)
+    assert [(p.image_id, p.kind) for p in report.problems] == [(0, "unreadable image"), (1, "unreadable image")]
+    loader.reset_counters()
+
+
+def test_cli_resume_with_nothing_to_resume_and_restart_moves_the_old_run(tmp_path, capsys):
+    from mrcnn import cli
+    from mrcnn.engine.runner import _archive_previous
+
+    out = tmp_path / "run"
+    code = cli.main(["train", "--config", "samples.shapes.shapes:ShapesDemoConfig", "--dataset", "shapes",
+                     "--train-images", "2", "--val-images", "1", "--out", str(out), "--resume", "--check", "none"])
+    assert code == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert not os.path.exists(out / "run.lock")  # released on the error
+    # --restart keeps the previous run's files, out of the way.
+    (out / "backup").mkdir()
+    (out / "backup" / "step_00000010.json").write_text("{}")
+    (out / "final.weights.h5").write_bytes(b"w")
+    moved = _archive_previous(str(out))
+    assert sorted(os.listdir(moved)) == ["backup", "final.weights.h5"]
+    assert not os.path.exists(out / "backup") and not os.path.exists(out / "final.weights.h5")
