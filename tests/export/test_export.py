@@ -381,11 +381,13 @@ def test_load_config_specs(tmp_path):
         export.load_config("mrcnn.config")
     with pytest.raises(ValueError, match="not a mrcnn.config.Config"):
         export.load_config("mrcnn.export.saved_model:export_saved_model")
-    parser = __import__("argparse").ArgumentParser()
-    export.add_arguments(parser)
-    args = parser.parse_args(["--weights", "w.h5", "--config", "m:C", "--output", "out"])
-    assert (args.version, args.overwrite) == (1, False)
-    args = parser.parse_args(["--weights", "w", "--config", "m:C", "--output", "o", "--no-version-dir"])
+    # The `mrcnn export` options live with the other commands' in mrcnn/cli.py.
+    from mrcnn.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["export", "--weights", "w.h5", "--config", "m:C", "--output", "out"])
+    assert (args.version, args.overwrite, args.format) == (1, False, "saved_model")
+    args = parser.parse_args(["export", "--weights", "w", "--config", "m:C", "--output", "o", "--no-version-dir"])
     assert args.version is None
 
 

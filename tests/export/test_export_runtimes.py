@@ -253,15 +253,15 @@ def test_cli_export_format_litert_from_files(tiny_model, tmp_path):
     """``mrcnn export --format litert`` (weights file + config JSON) writes model.tflite and
     labels.txt, builtin ops only; --format with a SavedModel-only flag still parses."""
     pytest.importorskip("ai_edge_litert")
-    from mrcnn.export import saved_model as export
+    from mrcnn.cli import main
 
     weights = tmp_path / "w.weights.h5"
     tiny_model.save_weights(str(weights))
     config = tmp_path / "config.json"
     config.write_text(json.dumps(tiny_model.config.to_dict()))
     out = tmp_path / "out"
-    assert export.main(["--weights", str(weights), "--config", str(config), "--output", str(out),
-                        "--format", "litert"]) == 0
+    assert main(["export", "--weights", str(weights), "--config", str(config), "--output", str(out),
+                 "--format", "litert"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["labels.txt", "model.tflite"]
     from ai_edge_litert.interpreter import Interpreter
 
