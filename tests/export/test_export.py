@@ -134,12 +134,15 @@ def run_client(export_dir: str, requests: dict, arrays: dict, tmp_path: Path) ->
         return {k: data[k] for k in data.files}
 
 
-def assert_parity(out: dict, prefix: str, index: int, image: np.ndarray, expected: dict, config):
-    """Exported outputs (row ``index`` of request ``prefix``) == detect()'s result."""
+def assert_parity(out: dict, prefix: str, index: int, image: np.ndarray, expected: dict, config,
+                  empty_ok: bool = False):
+    """Exported outputs (row ``index`` of request ``prefix``) == detect()'s result
+    (``empty_ok``: detect() may find nothing, and then so must the export)."""
     assert f"{prefix}/error" not in out, str(out.get(f"{prefix}/error"))
     h, w = image.shape[:2]
     n = int(out[f"{prefix}/num_detections"][index])
-    assert n == len(expected["scores"]) and n > 0
+    assert n == len(expected["scores"]) and (n > 0 or empty_ok)
+    assert np.all(out[f"{prefix}/detection_boxes"][index, n:] == 0)
     boxes = out[f"{prefix}/detection_boxes"][index, :n] * np.array([h, w, h, w], np.float32)
     np.testing.assert_allclose(boxes, expected["rois"], atol=0.5)
     np.testing.assert_allclose(out[f"{prefix}/detection_scores"][index, :n], expected["scores"], atol=1e-4)
