@@ -150,7 +150,8 @@ def assert_parity(out: dict, prefix: str, index: int, image: np.ndarray, expecte
     np.testing.assert_array_equal(classes[:n], expected["class_ids"].astype(np.float32))
     assert np.all(classes[n:] == 0) and np.all(out[f"{prefix}/detection_scores"][index, n:] == 0)
     masks = out[f"{prefix}/detection_masks"][index, :n]
-    assert masks.shape == (n, 28, 28) and masks.min() >= 0 and masks.max() <= 1
+    assert masks.shape == (n, 28, 28) and np.all((masks >= 0) & (masks <= 1))
+    assert np.all(out[f"{prefix}/detection_masks"][index, n:] == 0)
     pasted = paste_masks(masks, boxes, (h, w), config.DETECTION_MASK_THRESHOLD)
     for i in range(n):
         a, b = pasted[..., i], expected["masks"][..., i]
