@@ -117,26 +117,46 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
-def atomic_save_weights(model: Any, path: str | os.PathLike) -> None:
+def atomic_save_weights(model: Any, path: str | os.PathLike, include_optimizer: bool = True) -> None:
     """``model.save_weights(path)`` through a temporary ``.weights.h5`` in the same folder.
 
     Keras insists on the ``.weights.h5`` suffix, so the temporary name keeps it.
-    The saved file holds the model's variables and, when the model is compiled,
-    the optimizer's (slots and ``iterations``, hence the schedule position).
+    The saved file holds the model's variables and, when the model is compiled and
+    ``include_optimizer`` is True, the optimizer's (slots and ``iterations``, hence the
+    schedule position): what a backup needs. With ``include_optimizer=False`` the
+    file holds the model's variables only (half the size with SGD momentum): what a
+    weights file for a new start needs (Keras' h5 layout with its ``optimizer``
+    group left out; it loads with ``model.load_weights``).
     """
     path = os.fspath(path)
     if not path.endswith(".weights.h5"):
         raise ValueError(f"weights path must end in .weights.h5, got {path!r}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = _temp_path(path, suffix=".weights.h5")
+    full = _temp_path(path, suffix=".weights.h5") if not include_optimizer else tmp
     try:
-        model.save_weights(tmp, overwrite=True)
+        model.save_weights(full, overwrite=True)
+        if full != tmp:
+            _copy_without_optimizer(full, tmp)
+            os.remove(full)
         _fsync_file(tmp)
         _commit(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+        for name in {tmp, full}:
+            with contextlib.suppress(OSError):
+                os.remove(name)
         raise
+
+
+def _copy_without_optimizer(src_path: str, dst_path: str) -> None:
+    import h5py
+
+    with h5py.File(src_path, "r") as src, h5py.File(dst_path, "w") as dst:
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+        for key in src.keys():
+            if key != "optimizer":
+                src.copy(src[key], dst, name=key)
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:

@@ -109,6 +109,7 @@ def _strategy(gpu_count: int):
 
 def cmd_train(args: argparse.Namespace) -> str:
 
+    from mrcnn.checkpoint.backups import save_weights_file
     from mrcnn.checkpoint.imagenet import (
         ImageNetWeightsUnavailable,
         download_imagenet_weights,
@@ -116,8 +117,8 @@ def cmd_train(args: argparse.Namespace) -> str:
     )
     from mrcnn.data.coco import CocoDataset
     from mrcnn.data.pipeline import build_dataset
-    from mrcnn.engine.callbacks import TimeBudget
-    from mrcnn.engine.training import default_callbacks, make_optimizer
+    from mrcnn.engine import default_callbacks, make_optimizer
+    from mrcnn.fileio import write_text
     from mrcnn.model import MaskRCNN
 
     config = make_config(CocoConfig, args.set, args.config)
@@ -133,7 +134,7 @@ def cmd_train(args: argparse.Namespace) -> str:
             raise SystemExit(f"coco.py train: {exc}") from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(config.to_json(), encoding="utf-8")
+    write_text(out / "config.json", config.to_json())
 
     dataset = CocoDataset(args.annotations, args.images)
     epochs = args.epochs or math.ceil(config.TOTAL_STEPS / config.STEPS_PER_EPOCH)
@@ -147,15 +148,12 @@ def cmd_train(args: argparse.Namespace) -> str:
             report = load_imagenet_backbone(model, weights_file)
             print(f"ImageNet backbone: {report['loaded']} arrays from {weights_file}")
         model.compile(optimizer=make_optimizer(config, epochs=epochs))
-    data = build_dataset(dataset, config, training=True, seed=args.seed)
-    callbacks = default_callbacks(str(out))
-    if args.max_minutes is not None:
-        callbacks.append(TimeBudget(args.max_minutes))
+    # The run folder hands the resume position to the input: the same command resumes at the step.
+    data = build_dataset(dataset, config, training=True, seed=args.seed, run_dir=out)
+    callbacks = default_callbacks(out, config=config, epochs=epochs, max_minutes=args.max_minutes or 0.0)
     model.fit(data, epochs=epochs, steps_per_epoch=config.STEPS_PER_EPOCH, callbacks=callbacks, verbose=2)
     final = out / "final.weights.h5"
-    from mrcnn.fileio import atomic_save_weights
-
-    atomic_save_weights(model, str(final))  # never a torn file
+    save_weights_file(model, final)  # atomic; model variables only (the resume state is in backup/)
     return str(final)
 
 

@@ -274,16 +274,17 @@ def config_for_weights(args: argparse.Namespace) -> NucleusConfig:
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     import keras
 
+    from mrcnn.checkpoint.backups import save_weights_file
     from mrcnn.data.pipeline import build_dataset
+    from mrcnn.engine import default_callbacks, make_optimizer
     from mrcnn.engine.callbacks import TimeBudget
     from mrcnn.engine.runs import MetricCurve
-    from mrcnn.engine.training import default_callbacks, make_optimizer
-    from mrcnn.fileio import atomic_save_weights
+    from mrcnn.fileio import write_text
 
     config = make_config(NucleusConfig, args.set, args.config)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(config.to_json(), encoding="utf-8")
+    write_text(out / "config.json", config.to_json())
     train_ds = NucleusDataset().load_nucleus(args.dataset, "train")
     val_ds = NucleusDataset().load_nucleus(args.dataset, "val")
     if len(train_ds) == 0:
@@ -296,7 +297,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     # With a time budget the run's length in steps is unknown: no automatic decay steps.
     model.compile(optimizer=make_optimizer(config, epochs=args.epochs))
     budget = TimeBudget(args.max_minutes if args.max_minutes is not None else float("inf"))
-    callbacks = [*default_callbacks(str(out)), budget]
+    callbacks = [budget]  # after default_callbacks' own (see mrcnn.engine.hooks)
     n_val = min(args.val_images, len(val_ds))
     curve = None
     if n_val > 0:
@@ -307,9 +308,11 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
                             max_detections=config.DETECTION_MAX_INSTANCES)
         callbacks.append(curve)
     epochs = args.epochs if args.epochs is not None else (10**6 if args.max_minutes else 20)
-    model.fit(build_dataset(train_ds, config, training=True, seed=args.seed), epochs=epochs,
-              steps_per_epoch=config.STEPS_PER_EPOCH, callbacks=callbacks, verbose=2)
-    atomic_save_weights(model, str(out / "final.weights.h5"))  # never a torn file
+    # The run folder hands the resume position to the input: the same command resumes at the step.
+    model.fit(build_dataset(train_ds, config, training=True, seed=args.seed, run_dir=out), epochs=epochs,
+              steps_per_epoch=config.STEPS_PER_EPOCH, verbose=2,
+              callbacks=default_callbacks(out, config=config, epochs=epochs, callbacks=callbacks))
+    save_weights_file(model, out / "final.weights.h5")  # atomic; model variables only
     print(f"Saved {out / 'final.weights.h5'} after {budget.elapsed_minutes():.2f} training minutes")
     return {"final_weights": str(out / "final.weights.h5"), "curve": curve.points if curve else []}
 

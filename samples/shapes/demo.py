@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from mrcnn.cli import json_ready
     from mrcnn.data.pipeline import build_dataset
     from mrcnn.data.synthetic import ShapesDataset, ShapesDemoConfig
-    from mrcnn.engine.callbacks import TimeBudget
+    from mrcnn.engine import default_callbacks
     from mrcnn.evaluate import evaluate_dataset, format_metrics
     from mrcnn.model import MaskRCNN
     from mrcnn.visualize import draw_grid, draw_instances, save_image
@@ -53,17 +53,18 @@ def main(argv: list[str] | None = None) -> int:
 
     model = MaskRCNN(config)
     model.compile()
-    train_ds = build_dataset(train, config, training=True, seed=args.seed)
+    # The run folder hands the resume position to the input (a second start resumes at the step).
+    train_ds = build_dataset(train, config, training=True, seed=args.seed, run_dir=args.out)
     print(f"[demo] training {config.BACKBONE} Mask R-CNN on {len(train)} synthetic images "
           f"for {args.minutes:g} min (batch {config.BATCH_SIZE}, {config.IMAGE_SHAPE[0]} px)", flush=True)
-    budget = TimeBudget(args.minutes)
     epochs = 10_000  # the time budget ends training
     start = time.time()
     model.fit(
         train_ds,
         epochs=epochs,
         steps_per_epoch=config.STEPS_PER_EPOCH,
-        callbacks=[budget, keras.callbacks.TensorBoard(os.path.join(args.out, "logs"), write_graph=False)],
+        callbacks=default_callbacks(args.out, config=config, checkpoint_every_epoch=False,
+                                    max_minutes=args.minutes),
         verbose=2,
         shuffle=False,  # build_dataset shuffles; Keras warns about shuffle=True with tf.data
     )
