@@ -105,6 +105,26 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         raise
 
 
+def json_ready(obj: Any) -> Any:
+    """``obj`` with NumPy scalars/arrays made plain and NaN/Inf replaced by None, so that
+    ``json.dump(..., allow_nan=False)`` writes strict JSON (``null`` for undefined metrics)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_ready(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
     """``json.dump`` ``obj`` to ``path`` atomically."""
     with atomic_write(path, "w") as f:

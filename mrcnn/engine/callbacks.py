@@ -16,13 +16,14 @@ from mrcnn.checkpoint.backups import BACKUP_KEEP, list_backups, restore_backup
 from mrcnn.evaluate import evaluate_dataset, format_metrics
 
 
-class ScalarWriter:
-    """Float scalars for TensorBoard's "scalars" plugin in ``log_dir`` (the one writer of
-    the run's own scalars: evaluation metrics, data health).
+class SummaryWriter:
+    """The one writer of the run's own TensorBoard summaries in ``log_dir``: float scalars
+    (evaluation metrics, data health) and pictures (detections at each evaluation).
 
-    ``tf.summary.scalar`` lives in the tensorboard package, which TensorFlow no longer
-    installs; the record it writes is this one (a float tensor tagged for the "scalars"
-    plugin), which TensorBoard reads the same way.
+    ``tf.summary.scalar``/``image`` live in the tensorboard package, which TensorFlow no
+    longer installs; the records they write are these (a float tensor tagged for the
+    "scalars" plugin; a string tensor of PNGs for "images"), which TensorBoard reads the
+    same way.
     """
 
     def __init__(self, log_dir: str | os.PathLike) -> None:
@@ -47,6 +48,30 @@ class ScalarWriter:
             for name, value in scalars.items():
                 tf.summary.write(tag=name, tensor=tf.constant(float(value), tf.float32), step=step,
                                  metadata=metadata)
+        self._writer.flush()
+
+    def write_images(self, tag: str, images: Sequence[Any], step: int) -> None:
+        """uint8 ``[H, W, 3]`` pictures as one image summary (TensorBoard's "images" plugin:
+        a string tensor ``[width, height, png, png, ...]``, what ``tf.summary.image`` writes)."""
+        import io
+
+        import tensorflow as tf
+        from PIL import Image
+        from tensorflow.core.framework import summary_pb2
+
+        if not len(images):
+            return
+        pngs = []
+        for picture in images:
+            buffer = io.BytesIO()
+            Image.fromarray(picture).save(buffer, format="PNG")
+            pngs.append(buffer.getvalue())
+        height, width = images[0].shape[:2]
+        metadata = summary_pb2.SummaryMetadata()
+        metadata.plugin_data.plugin_name = "images"
+        with self.writer().as_default():
+            tf.summary.write(tag=tag, tensor=tf.constant([str(width), str(height), *pngs]), step=step,
+                             metadata=metadata)
         self._writer.flush()
 
     def close(self) -> None:
@@ -79,6 +104,10 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         prefix: prefix of the log keys.
         progress: show a progress bar while detecting.
         print_table: print :func:`format_metrics` after each evaluation.
+        images: with ``log_dir``, also draw the detections (score >= ``image_min_score``)
+            on the first ``images`` evaluated images and write them to TensorBoard
+            (tag ``{prefix}detections``, step = epoch index); 0 = none.
+        image_min_score: the score from which a detection is drawn.
 
     ``last_metrics`` holds the full result (per-class table included) of the
     latest evaluation. A dataset with its own COCO annotation file (e.g.
@@ -97,6 +126,8 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         prefix: str = "val_",
         progress: bool = False,
         print_table: bool = False,
+        images: int = 0,
+        image_min_score: float = 0.5,
     ) -> None:
         super().__init__()
         if every_n_epochs < 1:
@@ -110,6 +141,8 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         self.prefix = prefix
         self.progress = progress
         self.print_table = print_table
+        self.images = int(images)
+        self.image_min_score = float(image_min_score)
         self.last_metrics: dict[str, Any] | None = None
         self._writer = None
 
@@ -149,10 +182,35 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
             print(f"\nEpoch {epoch + 1}: COCO evaluation\n{format_metrics(metrics)}")
         if self.log_dir is not None:
             self._write_scalars(scalars, epoch)
+            if self.images:
+                self._write_pictures(epoch)
+
+    def _write_pictures(self, step: int) -> None:
+        """The detections on the first ``images`` evaluated images, drawn, as one image summary
+        (all pictures resized to the first one's size: TensorBoard shows them as a strip)."""
+        import numpy as np
+        from PIL import Image
+
+        from mrcnn.visualize import draw_instances
+
+        ids = list(self.image_ids if self.image_ids is not None else self.dataset.image_ids)[: self.images]
+        pictures = [self.dataset.load_image(int(i)) for i in ids]
+        names = getattr(self.dataset, "class_names", None)
+        drawn = []
+        for picture, r in zip(pictures, self.model.detect(pictures)):
+            keep = np.asarray(r["scores"]) >= self.image_min_score
+            drawn.append(draw_instances(picture, r["rois"][keep], r["masks"][..., keep], r["class_ids"][keep],
+                                        names, r["scores"][keep]))
+        height, width = drawn[0].shape[:2]
+        drawn = [d if d.shape[:2] == (height, width) else np.asarray(Image.fromarray(d).resize((width, height)))
+                 for d in drawn]
+        if self._writer is None:
+            self._writer = SummaryWriter(self.log_dir)
+        self._writer.write_images(f"{self.prefix}detections", drawn, step)
 
     def _write_scalars(self, scalars: dict[str, float], step: int) -> None:
         if self._writer is None:
-            self._writer = ScalarWriter(self.log_dir)
+            self._writer = SummaryWriter(self.log_dir)
         # Undefined metrics (no GT of that size) are not plotted.
         self._writer.write({k: v for k, v in scalars.items() if not math.isnan(v)}, step)
 
@@ -243,6 +301,70 @@ class HoldRunLock(keras.callbacks.Callback):
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+class FitStartCheck(keras.callbacks.Callback):
+    """Warn when ``fit`` starts (after a backup was restored) on a plan that cannot learn:
+
+    * the warm-up (``config.WARMUP_STEPS``) is longer than the steps this ``fit`` will
+      run: the learning rate never reaches ``LEARNING_RATE``;
+    * ``BACKBONE_NORM="frozen_bn"`` while every frozen batch norm still holds its
+      initial statistics (mean 0, variance 1, scale 1, shift 0): no weights were
+      loaded, and a frozen identity normalisation does not train a backbone from
+      scratch (``mrcnn train`` refuses this start; a plain ``fit`` is warned, since
+      weights may come from anywhere).
+
+    ``warnings`` lists what was said. ``initial_step``: a resumed run's global step
+    (its warm-up is counted from step 0).
+    """
+
+    def __init__(self, config: Any, steps_per_epoch: int = 0, epochs: int = 0, initial_step: int = 0,
+                 step_source: StepBackup | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.epochs = int(epochs)
+        self.initial_step = int(initial_step)
+        self.step_source = step_source
+        self.warnings: list[str] = []
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        params = self.params or {}
+        spe = self.steps_per_epoch or int(params.get("steps") or 0)
+        planned = (self.epochs or int(params.get("epochs") or 0)) * spe
+        warmup = int(getattr(self.config, "WARMUP_STEPS", 0) or 0)
+        step = self.step_source.step if self.step_source is not None else self.initial_step
+        if planned and warmup >= planned and step < planned:
+            self._warn(f"the learning-rate warm-up (WARMUP_STEPS={warmup}) is longer than the planned run "
+                       f"({planned} steps): the rate never reaches LEARNING_RATE="
+                       f"{getattr(self.config, 'LEARNING_RATE', '?')}; set WARMUP_STEPS below {planned} "
+                       f"(e.g. {max(1, planned // 10)}) or plan more steps")
+        if getattr(self.config, "BACKBONE_NORM", None) == "frozen_bn" and _frozen_norms_untouched(self.model):
+            self._warn("BACKBONE_NORM='frozen_bn' but no weights were loaded: every frozen batch norm is the "
+                       "identity, and a backbone does not train from scratch that way. Load a pretrained "
+                       "start (--init imagenet:FILE, mrcnn.checkpoint.pretrained.initialize) or train from "
+                       "scratch with BACKBONE_NORM='gn' (docs/weights.md)")
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        warnings.warn(message, UserWarning, stacklevel=2)
+
+
+def _frozen_norms_untouched(model: keras.Model) -> bool:
+    """True when the model has frozen batch norms and all of them hold their initial values."""
+    import numpy as np
+
+    from mrcnn.layers.norm import FrozenBatchNorm
+
+    norms = [layer for layer in model._flatten_layers() if isinstance(layer, FrozenBatchNorm) and layer.built]
+    if not norms:
+        return False
+    for layer in norms:
+        for var, value in ((layer.gamma, 1.0), (layer.beta, 0.0), (layer.moving_mean, 0.0),
+                           (layer.moving_variance, 1.0)):
+            if not np.all(var.numpy() == value):
+                return False
+    return True
 
 
 class StepBackup(keras.callbacks.Callback):
@@ -670,7 +792,7 @@ class DataHealthLogger(keras.callbacks.Callback):
         super().__init__()
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
         self.verbose = verbose
-        self._writer = None if log_dir is None else ScalarWriter(log_dir)
+        self._writer = None if log_dir is None else SummaryWriter(log_dir)
         self.lines: list[str] = []
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -736,5 +858,5 @@ class HistoryLog(keras.callbacks.Callback):
         append_line(self.path, json.dumps(record))
 
 __all__ = ["BACKUP_KEEP", "CocoEvaluationCallback", "DataHealthLogger", "EpochCheckpoint", "HistoryLog",
-           "HoldRunLock", "NonFiniteGuard", "NonFiniteLossError", "ScalarWriter", "SignalStop", "StepBackup",
+           "FitStartCheck", "HoldRunLock", "NonFiniteGuard", "NonFiniteLossError", "SummaryWriter", "SignalStop", "StepBackup",
            "TimeBudget", "is_nonfinite_guard", "list_backups", "restore_backup"]

@@ -20,6 +20,7 @@ from mrcnn.engine.callbacks import (
     CocoEvaluationCallback,
     DataHealthLogger,
     EpochCheckpoint,
+    FitStartCheck,
     HistoryLog,
     HoldRunLock,
     NonFiniteGuard,
@@ -92,32 +93,35 @@ def build_callbacks(
                                  extra_state={"batch_size": int(config.BATCH_SIZE), **(extra_state or {})},
                                  guard=guard, restore=restore, rng=rng, metric_sums=metric_sums)
         cbs.append(step_backup)
-    # 4. Stops (signal) after the backup: the step finishes, StepBackup saves at train end;
+    # 4. The start checks after the restore: a resumed run is judged on its restored weights.
+    cbs.append(FitStartCheck(config, steps_per_epoch, epochs, initial_step, step_backup))
+    # 5. Stops (signal) after the backup: the step finishes, StepBackup saves at train end;
     #    they re-assert the stop at the epoch end, after StepBackup's end of a resumed epoch.
     stopper = SignalStop() if signals else None
     if stopper is not None:
         cbs.append(stopper)
-    # 5. Evaluation after the epoch's backup, before the checkpoint (its monitor reads the
+    # 6. Evaluation after the epoch's backup, before the checkpoint (its monitor reads the
     #    metrics this adds to the logs) and before the loggers (they record them).
     evaluation = None
     if eval_every and val_dataset is not None:
-        evaluation = CocoEvaluationCallback(val_dataset, every_n_epochs=eval_every, log_dir=logs)
+        evaluation = CocoEvaluationCallback(val_dataset, every_n_epochs=eval_every, log_dir=logs,
+                                            images=3 if tensorboard else 0)
         cbs.append(evaluation)
     if checkpoints:
         cbs.append(EpochCheckpoint(os.path.join(out_dir, "checkpoints"), keep=config.CHECKPOINTS_TO_KEEP,
                                    monitor=config.CHECKPOINT_MONITOR, mode=config.CHECKPOINT_MODE,
                                    guard=guard, step_source=step_backup))
-    # 6. Data health adds data_* keys to the logs: before the loggers.
+    # 7. Data health adds data_* keys to the logs: before the loggers.
     cbs.append(DataHealthLogger(logs if tensorboard else None))
-    # 7. The loggers after everything that adds to an epoch's logs.
+    # 8. The loggers after everything that adds to an epoch's logs.
     cbs.append(HistoryLog(os.path.join(logs, "history.jsonl"), step_backup))
     if tensorboard:
         cbs.append(keras.callbacks.TensorBoard(logs, write_graph=False))
-    # 8. The time budget last of ours (its stop, like a signal's, comes after the step).
+    # 9. The time budget last of ours (its stop, like a signal's, comes after the step).
     budget = TimeBudget(max_minutes) if max_minutes else None
     if budget is not None:
         cbs.append(budget)
-    # 9. The caller's own after ours: they see the evaluation metrics and data health keys.
+    # 10. The caller's own after ours: they see the evaluation metrics and data health keys.
     cbs.extend(callbacks)
     return RunCallbacks(cbs, guard, step_backup, stopper, budget, evaluation)
 
@@ -139,7 +143,7 @@ def default_callbacks(
 ) -> list[keras.callbacks.Callback]:
     """The callbacks of a run for a plain ``model.fit`` into ``out_dir`` (:func:`build_callbacks`).
 
-    ``[HoldRunLock, NonFiniteGuard, StepBackup, (CocoEvaluationCallback), EpochCheckpoint,
+    ``[HoldRunLock, NonFiniteGuard, StepBackup, FitStartCheck, (CocoEvaluationCallback), EpochCheckpoint,
     DataHealthLogger, HistoryLog, TensorBoard, (TimeBudget), *callbacks]``: one run per
     folder, a backup every ``config.BACKUP_EVERY_STEPS`` steps and at every epoch end
     (before evaluation), epoch checkpoints keeping the newest ``config.CHECKPOINTS_TO_KEEP``

@@ -147,15 +147,43 @@ class RunPlan:
                    int(steps_per_epoch or config.STEPS_PER_EPOCH), int(config.BATCH_SIZE), worker)
 
 
-def _prepare_folder(plan: RunPlan, config: Config, resume: str, write_config: bool, verbose: int) -> None:
+def _prepare_folder(plan: RunPlan, resume: str, verbose: int) -> None:
     for folder in (plan.out_dir, os.path.join(plan.out_dir, "backup"), os.path.join(plan.out_dir, "checkpoints")):
         remove_stale_temporaries(folder)
     if resume == "restart":
         moved = _archive_previous(plan.out_dir)
         if moved and verbose:
             print(f"[mrcnn] --restart: the previous run's files are in {moved}", flush=True)
-    if write_config:
-        write_text(os.path.join(plan.out_dir, "config.json"), config.to_json())
+
+
+def config_changes(path: str | os.PathLike, config: Config) -> list[str]:
+    """``["FIELD: old -> new", ...]`` between a run's saved ``config.json`` and ``config``
+    (empty when the file is absent or unreadable)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return []
+    new = json.loads(config.to_json())
+    return [f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
+            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def _write_config(plan: RunPlan, config: Config, resuming: bool, force: bool, verbose: int) -> None:
+    """Write ``config.json``; a resumed run whose config differs from the saved one is refused
+    (ResumeError listing the changes) unless ``force``."""
+    path = os.path.join(plan.out_dir, "config.json")
+    changes = config_changes(path, config) if resuming else []
+    if changes and not force:
+        raise ResumeError(
+            f"{plan.out_dir} holds a run trained with another configuration ({path}): " + "; ".join(changes)
+            + ". Resume it with its own config, pass --force (force=True) to go on with the new one, "
+            "or --restart / another --out")
+    if changes and verbose:
+        print("[mrcnn] --force: resuming with a changed configuration: " + "; ".join(changes), flush=True)
+    write_text(path, config.to_json())
 
 
 def _resume_point(plan: RunPlan, resume: str) -> tuple[list[dict[str, Any]], TrainResult | None]:
@@ -300,6 +328,7 @@ def _run_training(
     write_config: bool = True,
     verbose: int = 2,
     strategy: tf.distribute.Strategy | None = None,
+    force: bool = False,
 ) -> TrainResult:
     """Train ``epochs`` x ``steps_per_epoch`` steps into ``out_dir``, resuming what is there.
 
@@ -327,7 +356,10 @@ def _run_training(
         callbacks: more Keras callbacks (after the built-in ones).
         input_fn: ``(seed, start_element) -> tf.data.Dataset`` instead of
             ``build_dataset(train_dataset, config, training=True, ...)``.
-        write_config: write ``out_dir/config.json`` (atomically, under the lock).
+        write_config: write ``out_dir/config.json`` (atomically, under the lock); a
+            resumed run whose config differs from the saved one raises ResumeError
+            naming each change (``FIELD: old -> new``) unless ``force``.
+        verbose: 0 silent, 1 Keras' per-step progress bar (with ETA), 2 one line per epoch.
         strategy: a ``tf.distribute`` strategy (default: the current one); the
             model is built and compiled in its scope, ``config`` must be scaled
             to it (:func:`mrcnn.engine.distribute.scale_config`). Multi-worker: every
@@ -350,10 +382,12 @@ def _run_training(
     strategy = strategy or tf.distribute.get_strategy()
     plan = RunPlan.make(out_dir, config, epochs, steps_per_epoch, strategy, max_minutes)
     with RunLock(plan.lock_dir):
-        _prepare_folder(plan, config, resume, write_config, verbose)
+        _prepare_folder(plan, resume, verbose)
         backups, done = _resume_point(plan, resume)
         if done is not None:
             return done
+        if write_config:
+            _write_config(plan, config, bool(backups), force, verbose)
         _preflight(train_dataset, config, check)
         seed = _run_seed(backups[0] if backups else None, seed, strategy)
         keras.utils.set_random_seed(seed)

@@ -40,7 +40,8 @@ if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mrcnn.config import Config  # noqa: E402
-from mrcnn.engine.runs import find_run_config, make_config, parse_set, write_json  # noqa: E402
+from mrcnn.engine.runs import find_run_config, make_config, parse_set  # noqa: E402
+from mrcnn.fileio import json_ready, write_json  # noqa: E402
 
 PAPER_BATCH_SIZE = 16
 
@@ -159,7 +160,6 @@ def cmd_train(args: argparse.Namespace) -> str:
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from mrcnn.data.coco import CocoDataset
-    from mrcnn.engine.runs import json_ready
     from mrcnn.evaluate import evaluate_dataset, format_metrics
     from mrcnn.model import MaskRCNN
 
@@ -173,7 +173,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     print(format_metrics(metrics))
     result = {t: metrics[t] for t in ("bbox", "segm")}
     if args.json_out:
-        write_json(args.json_out, result)
+        write_json(args.json_out, json_ready(result))
     return json_ready(result)
 
 

@@ -49,7 +49,8 @@ if __package__ in (None, ""):  # run as a script: make `mrcnn` importable
 
 from mrcnn.config import Config  # noqa: E402
 from mrcnn.data.dataset import Dataset, read_rgb_file  # noqa: E402
-from mrcnn.engine.runs import build_model, find_run_config, make_config, parse_set, write_json  # noqa: E402
+from mrcnn.engine.runs import build_model, find_run_config, make_config, parse_set  # noqa: E402
+from mrcnn.fileio import json_ready, write_json  # noqa: E402
 
 SOURCE = "nucleus"
 CLASS_NAMES: tuple[str, ...] = ("BG", "nucleus")
@@ -318,7 +319,6 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    from mrcnn.engine.runs import json_ready
     from mrcnn.evaluate import evaluate_dataset, format_metrics
 
     config = config_for_weights(args)
@@ -332,7 +332,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     print(format_metrics(metrics, per_class=False))
     result = json_ready({"bbox": metrics["bbox"], "segm": metrics["segm"]})
     if args.json_out:
-        write_json(args.json_out, result)
+        write_json(args.json_out, json_ready(result))
         print(f"Wrote {args.json_out}")
     return result
 

@@ -11,7 +11,6 @@ TensorBoard logs. Everything is generated locally: no downloads.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -32,19 +31,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import keras
 
-    from mrcnn.cli import json_ready
     from mrcnn.data.pipeline import build_dataset
     from mrcnn.data.synthetic import ShapesDataset, ShapesDemoConfig
     from mrcnn.engine import default_callbacks
     from mrcnn.evaluate import evaluate_dataset, format_metrics
+    from mrcnn.fileio import json_ready, write_json, write_text
     from mrcnn.model import MaskRCNN
     from mrcnn.visualize import draw_grid, draw_instances, save_image
 
     os.makedirs(args.out, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
     config = ShapesDemoConfig()
-    with open(os.path.join(args.out, "config.json"), "w") as f:
-        f.write(config.to_json())
+    write_text(os.path.join(args.out, "config.json"), config.to_json())
 
     train = ShapesDataset()
     train.load_shapes(args.train_images, seed=args.seed + 1)
@@ -80,9 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"bbox": metrics["bbox"], "segm": metrics["segm"],
                "train_minutes": round(train_minutes, 2),
                "train_steps": int(model.optimizer.iterations.numpy())}
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        # Strict JSON: undefined metrics (NaN) are written as null.
-        json.dump(json_ready(summary), f, indent=2, allow_nan=False)
+    # Strict JSON: undefined metrics (NaN) are written as null.
+    write_json(os.path.join(args.out, "metrics.json"), json_ready(summary))
 
     images = [val.load_image(i) for i in range(6)]
     panels = []
