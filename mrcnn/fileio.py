@@ -179,6 +179,42 @@ def _copy_without_optimizer(src_path: str, dst_path: str) -> None:
                 src.copy(src[key], dst, name=key)
 
 
+def read_commits(folder: str | os.PathLike, prefix: str = "step_") -> list[dict[str, Any]]:
+    """The intact multi-file commits in ``folder``: ``{prefix}*.json`` markers, each written
+    after the file it names (``"weights"``) with that file's byte size (``"weights_bytes"``).
+
+    Returns the markers' dicts (plus ``weights_path`` and ``state_path``) in reverse name
+    order; a marker that does not parse, or whose file is missing or of another size, is a
+    torn write and is skipped with a warning. (The step backups of
+    :mod:`mrcnn.checkpoint.backups` are such commits; the input pipeline reads their
+    position through this function.)
+    """
+    import warnings
+
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        return []
+    commits = []
+    for name in sorted(os.listdir(folder), reverse=True):
+        if not (name.startswith(prefix) and name.endswith(".json")):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            with open(path) as f:
+                state = json.load(f)
+            data = os.path.join(folder, state["weights"])
+            size = os.path.getsize(data)
+            if size != int(state["weights_bytes"]):
+                raise ValueError(f"{data} has {size} bytes, the marker recorded {state['weights_bytes']}")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            warnings.warn(f"ignoring torn backup {path}: {exc}", UserWarning, stacklevel=2)
+            continue
+        state["weights_path"] = data
+        state["state_path"] = path
+        commits.append(state)
+    return commits
+
+
 def append_line(path: str | os.PathLike, line: str) -> None:
     """Append one text line and fsync (a kill can lose at most the line being written)."""
     with open(path, "a", encoding="utf-8") as f:

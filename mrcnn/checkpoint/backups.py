@@ -27,7 +27,7 @@ from typing import Any
 
 import keras
 
-from mrcnn.fileio import atomic_save_weights, write_json
+from mrcnn.fileio import atomic_save_weights, read_commits, write_json
 
 BACKUP_KEEP = 2  # the newest backup plus the previous good one
 BACKUP_DIR = "backup"
@@ -42,29 +42,9 @@ def list_backups(backup_dir: str | os.PathLike) -> list[dict[str, Any]]:
     A backup is ``step_NNNNNNNN.json`` (written last, the commit marker) plus the
     ``.weights.h5`` it names with the byte size it records; an entry whose JSON
     does not parse or whose weights file is missing or of another size is a torn
-    write and is skipped with a warning.
+    write and is skipped with a warning (:func:`mrcnn.fileio.read_commits`).
     """
-    backup_dir = os.fspath(backup_dir)
-    if not os.path.isdir(backup_dir):
-        return []
-    states = []
-    for name in sorted(os.listdir(backup_dir), reverse=True):
-        if not (name.startswith("step_") and name.endswith(".json")):
-            continue
-        path = os.path.join(backup_dir, name)
-        try:
-            with open(path) as f:
-                state = json.load(f)
-            weights = os.path.join(backup_dir, state["weights"])
-            size = os.path.getsize(weights)
-            if size != int(state["weights_bytes"]):
-                raise ValueError(f"{weights} has {size} bytes, the backup recorded {state['weights_bytes']}")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            warnings.warn(f"ignoring torn backup {path}: {exc}", UserWarning, stacklevel=2)
-            continue
-        state["weights_path"] = weights
-        state["state_path"] = path
-        states.append(state)
+    states = read_commits(backup_dir, "step_")
     states.sort(key=lambda s: int(s["step"]), reverse=True)
     return states
 

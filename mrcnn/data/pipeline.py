@@ -80,16 +80,18 @@ def _mini_shape(config: Config) -> tuple[int, int] | None:
 def _run_position(run_dir: str | os.PathLike, training: bool, seed: int | None, batch_size: int,
                   start_element: int) -> int:
     """``start_element`` of a training stream resuming the run in ``run_dir`` (see build_dataset)."""
-    # The run folder is the hand-over between the input and the callbacks of a plain fit;
-    # the backup format belongs to mrcnn.checkpoint (imported here, on use, for that only).
-    from mrcnn.checkpoint.backups import newest_backup
+    # The run folder is the hand-over between the input and the callbacks of a plain fit: its
+    # newest intact step backup (OUT/backup/step_*.json, mrcnn.checkpoint.backups) is the one
+    # StepBackup restores, and its step is where this stream starts.
+    from mrcnn.fileio import read_commits
 
     if not training or seed is None or start_element:
         raise ValueError("build_dataset(run_dir=...) is for a training stream with a fixed seed and no "
                          "start_element: pass training=True, seed=<int> (the same on every start)")
-    state = newest_backup(run_dir)
-    if state is None:
+    states = read_commits(os.path.join(os.fspath(run_dir), "backup"), "step_")
+    if not states:
         return 0
+    state = max(states, key=lambda s: int(s["step"]))
     if int(state.get("batch_size", batch_size)) != batch_size:
         raise ValueError(f"{run_dir}: the run was trained with batch size {state['batch_size']}, this "
                          f"pipeline has {batch_size}; use the same to resume it, or another run folder")

@@ -14,6 +14,7 @@ import keras
 # Saved and listed by mrcnn.checkpoint.backups; importable from here as before.
 from mrcnn.checkpoint.backups import BACKUP_KEEP, list_backups, restore_backup
 from mrcnn.evaluate import evaluate_dataset, format_metrics
+from mrcnn.solver.optimizer import FIXED_SCALE_GROWTH_STEPS, is_nonfinite_guard  # noqa: F401 (documented here)
 
 
 class SummaryWriter:
@@ -263,18 +264,6 @@ class TimeBudget(keras.callbacks.Callback):
 # ----- reliability: run lock, step backups, non-finite guard, checkpoints, data health ----------
 # The saving itself (file names, atomic writes, pruning, restoring) is mrcnn.checkpoint.backups;
 # these callbacks decide when.
-
-# dynamic_growth_steps of the fixed-scale (x1) LossScaleOptimizer that only detects
-# non-finite gradients (mrcnn.engine.runner.guard_optimizer): a growth that never comes.
-FIXED_SCALE_GROWTH_STEPS = 2**31 - 1
-
-
-def is_nonfinite_guard(optimizer: Any) -> bool:
-    """True for ``runner.guard_optimizer``'s fixed x1 ``LossScaleOptimizer`` (a non-finite
-    step detector), False for a real dynamic loss scaler or a bare optimizer."""
-    return (isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-            and optimizer.dynamic_growth_steps >= FIXED_SCALE_GROWTH_STEPS)
-
 
 class HoldRunLock(keras.callbacks.Callback):
     """Hold ``folder/run.lock`` (:class:`mrcnn.engine.runlock.RunLock`) while ``fit`` runs.

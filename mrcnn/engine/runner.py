@@ -44,11 +44,12 @@ import tensorflow as tf
 
 from mrcnn.checkpoint.backups import list_backups, restore_backup, save_weights_file
 from mrcnn.config import Config
-from mrcnn.engine.callbacks import FIXED_SCALE_GROWTH_STEPS, NonFiniteLossError
+from mrcnn.engine.callbacks import NonFiniteLossError
 from mrcnn.engine.hooks import RunCallbacks, build_callbacks
 from mrcnn.engine.runlock import RunLock
 from mrcnn.fileio import remove_stale_temporaries, write_text
 from mrcnn.ops import sampling
+from mrcnn.solver.optimizer import FIXED_SCALE_GROWTH_STEPS
 
 
 class ResumeError(RuntimeError):
@@ -236,7 +237,7 @@ def _run_seed(newest: dict[str, Any] | None, seed: int | None, strategy: tf.dist
 def _compiled_model(model: keras.Model | Callable[[], keras.Model], config: Config, plan: RunPlan,
                     strategy: tf.distribute.Strategy) -> keras.Model:
     from mrcnn.engine import distribute
-    from mrcnn.engine.training import make_optimizer
+    from mrcnn.solver.optimizer import make_optimizer
 
     with strategy.scope():
         if callable(model) and not isinstance(model, keras.Model):
