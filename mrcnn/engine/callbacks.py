@@ -200,6 +200,16 @@ def _write_tb_scalars(writer_holder: dict, log_dir: str, scalars: dict[str, floa
     writer_holder["writer"].flush()
 
 
+def _sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def list_backups(backup_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The backups in ``backup_dir``, newest first: their state dicts (see :class:`StepBackup`).
 
@@ -240,8 +250,9 @@ def restore_backup(model: keras.Model, backup_dir: str | os.PathLike) -> dict[st
     """Load the newest loadable backup into a compiled ``model``; returns its state or None.
 
     The optimizer is built first so that its slots and ``iterations`` (the
-    schedule position) are restored too. A backup that fails to load (a torn or
-    corrupt h5) is skipped with a warning and the previous one is tried.
+    schedule position) are restored too. A backup whose file does not match the
+    SHA-256 its JSON recorded, or that fails to load (a torn or corrupt h5), is
+    skipped with a warning and the previous one is tried.
     """
     import warnings
 
@@ -250,6 +261,11 @@ def restore_backup(model: keras.Model, backup_dir: str | os.PathLike) -> dict[st
         if optimizer is not None and not optimizer.built:
             optimizer.build(model.trainable_variables)
         try:
+            # A file of the right size can still hold wrong bytes (a bad sector, a copy cut
+            # short and padded); inside a dataset they would load without any error.
+            recorded = state.get("weights_sha256")
+            if recorded is not None and _sha256(state["weights_path"]) != recorded:
+                raise ValueError("its content does not match the SHA-256 its backup recorded")
             model.load_weights(state["weights_path"])
         except Exception as exc:  # h5py raises OSError/KeyError/ValueError for torn files
             warnings.warn(
@@ -276,8 +292,9 @@ class StepBackup(keras.callbacks.Callback):
     Files: ``backup_dir/step_{step:08d}.weights.h5`` (model and optimizer
     variables) and ``step_{step:08d}.json`` with ``step``, ``epoch``,
     ``step_in_epoch``, ``steps_per_epoch``, ``planned_epochs``, ``complete``,
-    plus ``extra_state`` (e.g. the data seed). Put it FIRST in the callback list,
-    before evaluation callbacks, so the epoch's backup exists before they run.
+    ``weights_bytes`` and ``weights_sha256`` (checked before a restore), plus
+    ``extra_state`` (e.g. the data seed). Put it FIRST in the callback list, before
+    evaluation callbacks, so the epoch's backup exists before they run.
 
     Args:
         backup_dir: folder of the backups.
@@ -378,6 +395,7 @@ class StepBackup(keras.callbacks.Callback):
             "complete": bool(complete),
             "weights": os.path.basename(weights),
             "weights_bytes": os.path.getsize(weights),
+            "weights_sha256": _sha256(weights),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             **self.extra_state,
         }
