@@ -322,6 +322,21 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluation_key(args: argparse.Namespace, config: Config) -> str:
+    """What makes two ``mrcnn evaluate`` runs the same evaluation, so that the second may reuse
+    the ``--results-out`` partial file the first left when it was killed: the weights file (path,
+    size, modification time), the config and every other flag."""
+    import hashlib
+    import json
+
+    stat = os.stat(args.weights)
+    flags = {k: v for k, v in sorted(vars(args).items())
+             if not callable(v) and k not in ("json_out", "results_out")}
+    blob = json.dumps([os.path.abspath(args.weights), stat.st_size, stat.st_mtime_ns, config.to_json(), flags],
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mrcnn.evaluate import evaluate_dataset, format_metrics
 
@@ -330,7 +345,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = _build_model(config, args.weights)
     image_ids = list(dataset.image_ids)[: args.limit] if args.limit else None
     metrics = evaluate_dataset(model.detect, dataset, image_ids=image_ids, batch_size=config.BATCH_SIZE,
-                               json_out=args.results_out)
+                               json_out=args.results_out, resume_key=_evaluation_key(args, config))
     print(format_metrics(metrics))
     if args.json_out:
         from mrcnn.fileio import write_json
@@ -458,7 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_args(p)
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")
     p.add_argument("--json-out", help="write {'bbox': ..., 'segm': ...} here")
-    p.add_argument("--results-out", help="write detections in COCO results format here")
+    p.add_argument("--results-out", help="write detections in COCO results format here (a killed run leaves "
+                   "FILE.partial; the same command reuses the images it finished)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="SavedModel for TF Serving (stock TF ops only)")

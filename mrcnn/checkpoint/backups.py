@@ -36,6 +36,17 @@ CHECKPOINT_DIR = "checkpoints"
 
 # ----- step backups -------------------------------------------------------------------
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def list_backups(backup_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The backups in ``backup_dir``, newest first: their state dicts (see :func:`write_backup`).
 
@@ -64,14 +75,20 @@ def restore_backup(model: keras.Model, backup_dir: str | os.PathLike) -> dict[st
     """Load the newest loadable backup into a compiled ``model``; returns its state or None.
 
     The optimizer is built first so that its slots and ``iterations`` (the
-    schedule position) are restored too. A backup that fails to load (a torn or
-    corrupt h5) is skipped with a warning and the previous one is tried.
+    schedule position) are restored too. A backup whose file does not match the
+    SHA-256 its JSON recorded, or that fails to load (a torn or corrupt h5), is
+    skipped with a warning and the previous one is tried.
     """
     for state in list_backups(backup_dir):
         optimizer = getattr(model, "optimizer", None)
         if optimizer is not None and not optimizer.built:
             optimizer.build(model.trainable_variables)
         try:
+            # A file of the right size can still hold wrong bytes (a bad sector, a copy cut
+            # short and padded); inside an HDF5 dataset they would load without any error.
+            recorded = state.get("weights_sha256")
+            if recorded is not None and file_sha256(state["weights_path"]) != recorded:
+                raise ValueError("its content does not match the SHA-256 its backup recorded")
             model.load_weights(state["weights_path"])
         except Exception as exc:  # h5py raises OSError/KeyError/ValueError for torn files
             warnings.warn(
@@ -92,7 +109,8 @@ def write_backup(model: keras.Model, backup_dir: str | os.PathLike, step: int, s
 
     Files: ``step_{step:08d}.weights.h5`` then ``step_{step:08d}.json`` with ``step``,
     ``epoch``, ``step_in_epoch``, ``steps_per_epoch``, ``planned_epochs``,
-    ``complete``, ``weights``, ``weights_bytes``, ``time``, the running loss means'
+    ``complete``, ``weights``, ``weights_bytes``, ``weights_sha256`` (checked before a
+    restore), ``time``, the running loss means'
     ``metric_sums`` and ``extra_state``. The JSON is the commit marker, written after
     its weights file is in place; then all but the newest ``keep`` backups are removed.
     """
@@ -110,6 +128,7 @@ def write_backup(model: keras.Model, backup_dir: str | os.PathLike, step: int, s
         "complete": int(step) >= planned_epochs * steps_per_epoch,
         "weights": os.path.basename(weights),
         "weights_bytes": os.path.getsize(weights),
+        "weights_sha256": file_sha256(weights),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **(extra_state or {}),
     }
