@@ -328,7 +328,7 @@ def _run_training(
                     verbose=verbose,
                     shuffle=False,  # the input pipeline shuffles; Keras warns on True with tf.data
                 )
-            except tf.errors.OpError as exc:
+            except (tf.errors.OpError, loader.BadSampleError) as exc:  # MaskRCNN.fit unwraps the latter
                 bad = loader.last_bad_sample
                 if bad is not None:
                     backup.save()  # everything before the bad sample is kept

@@ -20,7 +20,9 @@ from mrcnn.cli import mask_to_polygons
 from mrcnn.data import polygons_to_mask, polygons_to_masks
 
 ROOT = Path(__file__).resolve().parents[2]
-NUCLEI = ROOT.parent / "shared" / "datasets" / "nuclei" / "stage1_train"
+# ../shared/datasets beside the project (MRCNN_SHARED_DATASETS overrides it, e.g. in a worktree).
+SHARED = Path(os.environ.get("MRCNN_SHARED_DATASETS") or ROOT.parent / "shared" / "datasets")
+NUCLEI = SHARED / "nuclei" / "stage1_train"
 
 
 def readme_snippet() -> str:
