@@ -276,7 +276,7 @@ def _fit(model: keras.Model, plan: RunPlan, inputs: Any, validation: Any, val_st
                             initial_epoch=start_step // plan.steps_per_epoch, epochs=plan.epochs,
                             steps_per_epoch=plan.steps_per_epoch, callbacks=run.callbacks, verbose=verbose,
                             shuffle=False)  # the input pipeline shuffles; Keras warns on True with tf.data
-    except tf.errors.OpError:
+    except (tf.errors.OpError, loader.BadSampleError):  # MaskRCNN.fit unwraps the former to the latter
         bad = loader.last_bad_sample
         if bad is None or run.backup is None:
             raise
