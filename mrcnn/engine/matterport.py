@@ -151,8 +151,9 @@ def learning_rate_note(config: Config, learning_rate: float) -> str | None:
         return None
     return (f"mrcnn: model.train(learning_rate={learning_rate:g}) uses the rate as given (matterport's rule) at "
             f"{config.BATCH_SIZE} images per step, but this Config's LEARNING_RATE is meant for {ref} images "
-            f"({config.effective_lr():g} at this batch). matterport's default was 0.001: set LEARNING_RATE in "
-            "your Config to the rate you want per step (docs/matterport.md, 'Learning rate')")
+            f"({config.effective_lr():g} at this batch). For matterport's meaning in both APIs set "
+            "LR_REFERENCE_BATCH = None and LEARNING_RATE to the rate per step (matterport's default was "
+            "0.001) in your Config (docs/matterport.md, 'Learning rate')")
 
 
 def _phase_config(config: Config, learning_rate: float, total_steps: int, augmentation: Any) -> Config:
