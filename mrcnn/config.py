@@ -117,6 +117,15 @@ MATTERPORT_FIELDS: dict[str, str] = {
 }
 
 
+# matterport's LOSS_WEIGHTS keys -> this Config's loss names.
+MATTERPORT_LOSS_NAMES: dict[str, str] = {
+    "rpn_bbox_loss": "rpn_box_loss",
+    "mrcnn_class_loss": "class_loss",
+    "mrcnn_bbox_loss": "box_loss",
+    "mrcnn_mask_loss": "mask_loss",
+}
+
+
 def _unknown_field_advice(cls: type, name: str) -> str | None:
     """Advice for an upper-case class attribute ``name`` of Config subclass ``cls`` that no
     Config field has: matterport's field name, or a close spelling of a known field (None:
@@ -530,7 +539,9 @@ class Config:
             fail("GRADIENT_CLIP_NORM", "must be None or > 0")
         unknown = set(self.LOSS_WEIGHTS or {}) - set(self.LOSS_NAMES)
         if unknown:
-            fail("LOSS_WEIGHTS", f"unknown loss names {sorted(unknown)}; known: {self.LOSS_NAMES}")
+            renamed = {k: MATTERPORT_LOSS_NAMES[k] for k in sorted(unknown) if k in MATTERPORT_LOSS_NAMES}
+            hint = f" (matterport's names; here: {renamed})" if renamed else ""
+            fail("LOSS_WEIGHTS", f"unknown loss names {sorted(unknown)}{hint}; known: {self.LOSS_NAMES}")
 
     def _validate_augmentation(self, fail) -> None:
         sizes = self.IMAGE_MIN_DIM if isinstance(self.IMAGE_MIN_DIM, (tuple, list)) else (self.IMAGE_MIN_DIM,)

@@ -86,3 +86,14 @@ def test_user_and_matterport_fields_round_trip_through_config_json(tmp_path):
     assert type(back) is RoundTripConfig
     assert back.MY_DATA_ROOT == "/data/cells" and back.USE_MINI_MASK is False
     assert not [w for w in caught if "mrcnn:" in str(w.message)]
+
+
+def test_matterport_loss_weights_keys_are_named_in_the_error():
+    weights = {"rpn_class_loss": 1.0, "rpn_bbox_loss": 1.0, "mrcnn_class_loss": 1.0, "mrcnn_bbox_loss": 1.0,
+               "mrcnn_mask_loss": 2.0}
+    with pytest.raises(ValueError, match=r"Config.LOSS_WEIGHTS=.*matterport's names; here: \{'mrcnn_bbox_loss': "
+                                         r"'box_loss', 'mrcnn_class_loss': 'class_loss', 'mrcnn_mask_loss': "
+                                         r"'mask_loss', 'rpn_bbox_loss': 'rpn_box_loss'\}"):
+        Config(LOSS_WEIGHTS=weights)
+    Config(LOSS_WEIGHTS={"rpn_class_loss": 1.0, "rpn_box_loss": 1.0, "class_loss": 1.0, "box_loss": 1.0,
+                         "mask_loss": 2.0})
