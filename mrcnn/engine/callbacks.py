@@ -11,6 +11,7 @@ from typing import Any
 import keras
 
 from mrcnn.evaluate import evaluate_dataset, format_metrics
+from mrcnn.solver.optimizer import FIXED_SCALE_GROWTH_STEPS, is_nonfinite_guard  # noqa: F401
 
 
 class CocoEvaluationCallback(keras.callbacks.Callback):
@@ -172,18 +173,6 @@ class TimeBudget(keras.callbacks.Callback):
 # ----- reliability: step backups, non-finite guard, checkpoints, data health ----------
 
 BACKUP_KEEP = 2  # the newest backup plus the previous good one
-# dynamic_growth_steps of the fixed-scale (x1) LossScaleOptimizer that only detects
-# non-finite gradients (mrcnn.engine.runner.guard_optimizer): a growth that never comes.
-FIXED_SCALE_GROWTH_STEPS = 2**31 - 1
-
-
-def is_nonfinite_guard(optimizer: Any) -> bool:
-    """True for ``runner.guard_optimizer``'s fixed x1 ``LossScaleOptimizer`` (a non-finite
-    step detector), False for a real dynamic loss scaler or a bare optimizer."""
-    return (isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-            and optimizer.dynamic_growth_steps >= FIXED_SCALE_GROWTH_STEPS)
-
-
 def _write_tb_scalars(writer_holder: dict, log_dir: str, scalars: dict[str, float], step: int) -> None:
     """Write float scalars for TensorBoard's "scalars" plugin (see CocoEvaluationCallback)."""
     import tensorflow as tf

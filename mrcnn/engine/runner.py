@@ -186,7 +186,7 @@ def _run_training(
     """
     from mrcnn.data import loader
     from mrcnn.engine import distribute
-    from mrcnn.engine.training import make_optimizer
+    from mrcnn.solver.optimizer import make_optimizer
 
     out_dir = os.fspath(out_dir)
     strategy = strategy or tf.distribute.get_strategy()

@@ -11,7 +11,7 @@
 IMAGES_PER_GPU`` = 8 x 2), torch-semantics SGD at lr 0.02 per 16 images with
 momentum 0.9 and L2 weight decay 1e-4 (not on norm parameters), linear warm-up
 over 1000 steps from lr x 0.001, 90k steps (``TOTAL_STEPS``) with lr x 0.1 at 2/3
-and 8/9 of them (60k and 80k, :func:`mrcnn.engine.training.auto_lr_steps`), short side
+and 8/9 of them (60k and 80k, :func:`mrcnn.solver.optimizer.auto_lr_steps`), short side
 drawn from 640..800 (Detectron2's ``MIN_SIZE_TRAIN``; 800 at inference), long
 side <= 1333, padded to a multiple of 32, frozen batch norm and the stem + C2
 frozen (``FREEZE_BACKBONE_STAGES=2``, torchvision's ``trainable_backbone_layers=3``),
