@@ -134,8 +134,10 @@ class MatterportCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.guard is not None and getattr(self.guard, "halted", False):
             return
-        path = os.path.join(self.log_dir, checkpoint_name(self.config, self.first_epoch + epoch + 1))
-        tmp = path + ".tmp.weights.h5"
+        name = checkpoint_name(self.config, self.first_epoch + epoch + 1)
+        path = os.path.join(self.log_dir, name)
+        # A hidden temporary name: find_last's globs never see a half-renamed file.
+        tmp = os.path.join(self.log_dir, f".{name}.weights.h5")
         atomic_save_weights(self.model, tmp)
         os.replace(tmp, path)
         fsync_dir(self.log_dir)

@@ -134,3 +134,34 @@ def test_balloon_dataset_loads_via_polygons(balloon, tmp_path):
         red = (ds.load_image(image_id) == (220, 30, 40)).all(-1)
         iou = (red & masks.any(-1)).sum() / (red | masks.any(-1)).sum()
         assert iou > 0.85
+
+
+@pytest.mark.slow
+def test_balloon_py_command_line_splash_unchanged(balloon, tmp_path):
+    """`python3 balloon.py splash --weights=FILE --image=IMG`, the script's own __main__, in a
+    subprocess: its InferenceConfig (BalloonConfig's defaults, a ResNet-50 at 800/1333), its
+    weight loading by name, its detect and splash."""
+    import subprocess
+    import sys
+
+    from mrcnn.model import MaskRCNN
+
+    class InferenceConfig(balloon.BalloonConfig):  # what balloon.py's __main__ builds for "splash"
+        GPU_COUNT = 1
+        IMAGES_PER_GPU = 1
+
+    weights = tmp_path / "balloon.weights.h5"
+    MaskRCNN(InferenceConfig()).save_weights(str(weights))
+    make_via_dataset(tmp_path / "data", n_train=1, n_val=1)
+    image = tmp_path / "data" / "val" / "val_000.png"
+    repo = os.path.dirname(os.path.dirname(HERE))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, BALLOON, "splash", f"--weights={weights}", f"--image={image}",
+                          f"--logs={tmp_path / 'logs'}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=1200)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "DETECTION_MIN_CONFIDENCE" in run.stdout and "Saved to" in run.stdout  # config.display(), the end
+    (splash,) = glob.glob(str(tmp_path / "splash_*.png"))
+    import skimage.io
+
+    assert skimage.io.imread(splash).shape == skimage.io.imread(str(image)).shape

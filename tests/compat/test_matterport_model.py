@@ -209,3 +209,20 @@ def test_train_then_resume_from_last_in_the_same_run_folder(tmp_path):
     # The same call once more has nothing to do.
     again.train(train, train, learning_rate=0.0005, epochs=2, layers="all")
     assert again.epoch == 2
+
+
+def test_get_imagenet_weights_offline_names_the_url(inference, tmp_path, monkeypatch):
+    import urllib.error
+
+    from mrcnn.checkpoint import imagenet
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(imagenet, "DEFAULT_CACHE_DIR", tmp_path)
+    monkeypatch.setattr(imagenet.urllib.request, "urlopen", offline)
+    with pytest.raises(imagenet.ImageNetWeightsUnavailable, match=imagenet.TORCHVISION_URLS["resnet18"]):
+        inference.get_imagenet_weights()
+    cached = tmp_path / imagenet.TORCHVISION_URLS["resnet18"].rsplit("/", 1)[1]
+    cached.write_bytes(b"x")  # a file put there by hand is used as is
+    assert inference.get_imagenet_weights() == str(cached)
