@@ -66,6 +66,17 @@ class MaskRCNN(keras.Model):
     targets, box/mask/keypoint poolers and heads, their losses, post-processing).
     """
 
+    def __new__(cls, *args, **kwargs):
+        # matterport's form, MaskRCNN(mode=..., config=..., model_dir=...) (or positional with
+        # the mode string first), builds mrcnn.compat.matterport.MatterportMaskRCNN, a thin
+        # object around one MaskRCNN(config) (docs/matterport.md). Imported here, not at the
+        # top: compat sits above the model in the import order.
+        if cls is MaskRCNN and ("mode" in kwargs or (args and isinstance(args[0], str))):
+            from mrcnn.compat.matterport import MatterportMaskRCNN
+
+            return MatterportMaskRCNN(*args, **kwargs)
+        return super().__new__(cls, *args, **kwargs)
+
     def __init__(self, config: Config, **kwargs):
         kwargs.setdefault("name", "mask_rcnn")
         # The model and its coordinate stages are float32 whatever keras' global policy;

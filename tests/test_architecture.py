@@ -21,6 +21,15 @@ FLOORS = {
 }
 
 
+# Upward imports allowed by design, each with its reason (docs/architecture.md).
+ALLOWED_UPWARD = {
+    # matterport scripts spell the model mrcnn.model.MaskRCNN(mode=..., config=..., model_dir=...);
+    # MaskRCNN.__new__ hands that form to the compat wrapper, imported at call time
+    # (docs/matterport.md).
+    ("mrcnn.model", "mrcnn.compat.matterport"),
+}
+
+
 def _floor(module: str) -> int | None:
     best = None
     for name, floor in FLOORS.items():
@@ -61,7 +70,7 @@ def test_imports_run_one_way():
             continue
         for line, target in _imports(path):
             floor = _floor(target)
-            if floor is not None and floor > own:
+            if floor is not None and floor > own and (module, target) not in ALLOWED_UPWARD:
                 errors.append(f"{path.relative_to(ROOT.parent)}:{line} ({module}, floor {own}) "
                               f"imports {target} (floor {floor})")
     assert not errors, "imports against the layering of docs/architecture.md:\n" + "\n".join(errors)
