@@ -128,6 +128,14 @@ def steps(reference):
     inputs = {k: tf.constant(v) for k, v in batch.items()}
     losses, weights, expected = [], [], []
     for step in (1, 2):
+        if step == 2:
+            # Re-synchronise on torchvision's step-1 weights: float32 rounding, amplified by
+            # training-mode BatchNorm on the 2 x 2 C5 map (see the weights test), would
+            # otherwise change which proposals survive NMS at step 2 and so the sampled RoIs.
+            # Step 2 then checks the training-mode forward at a second point and the update
+            # with the momentum our step 1 left.
+            for variable, value in zip(model.trainable_weights, expected[0].values()):
+                variable.assign(value)
         for tracker in model.loss_trackers.values():
             tracker.reset_state()
         logs = model.train_step(inputs)
@@ -137,8 +145,9 @@ def steps(reference):
         updated.update(_split(ref, f"step{step}/"))
         convert_state_dict(expected_model, updated, "torchvision")
         expected.append({v.path: v.numpy().copy() for v in expected_model.trainable_weights})
+    assert list(expected[0]) == [v.path for v in model.trainable_weights]
     return {"rec": rec, "ref": ref, "losses": np.array(losses), "weights": weights, "expected": expected,
-            "initial": initial}
+            "initial": initial, "starts": [initial, expected[0]]}
 
 
 def test_fixtures_are_small():
@@ -155,8 +164,15 @@ def test_v2_training_step_with_batchnorm_equals_torchvision(steps, step):
     rel = {name: abs(g - w) / abs(w) for (_, name), g, w in zip(rec.LOSS_KEYS, got, want)}
     print(f"\nv2 step {step} losses rel: " + ", ".join(f"{k} {v:.1e}" for k, v in rel.items()))
     assert max(rel.values()) <= TOL, f"step {step} losses: {got} vs torchvision {want}"
-    w_got, w_want, initial = steps["weights"][step - 1], steps["expected"][step - 1], steps["initial"]
+    w_got, w_want, initial = steps["weights"][step - 1], steps["expected"][step - 1], steps["starts"][step - 1]
     assert w_got.keys() == w_want.keys()
+    # torchvision's own float32 error per group (its float32 step against float64, recorded):
+    # trainable BN on 2 x 2 C5 maps makes the early backbone's step ill-conditioned.
+    f32err: dict[str, float] = {}
+    for key, value in _split(steps["ref"], f"f32err_step{step}/").items():
+        group = _torch_group(key)
+        f32err[group] = max(f32err.get(group, 0.0), float(value))
+    tol = {g: max(TOL, 4 * e) for g, e in f32err.items()}
     groups: dict[str, float] = {}
     bad, per_var = [], {}
     for path in w_got:
@@ -164,15 +180,29 @@ def test_v2_training_step_with_batchnorm_equals_torchvision(steps, step):
         per_var[path] = _rel(w_got[path], w_want[path])
         groups[group] = max(groups.get(group, 0.0), per_var[path])
         du_got, du_want = w_got[path] - initial[path], w_want[path] - initial[path]
-        bound = 1e-3 * float(np.max(np.abs(du_want))) + 4 * float(np.spacing(np.max(np.abs(w_want[path]))))
+        bound = (1e-3 * float(np.max(np.abs(du_want))) + 4 * float(np.spacing(np.max(np.abs(w_want[path]))))
+                 + 4 * f32err[group] * float(np.max(np.abs(w_want[path]))))
         if float(np.max(np.abs(du_got - du_want))) > bound:
             bad.append(path)
-    print(f"v2 step {step} weights max rel: " + ", ".join(f"{g} {v:.1e}" for g, v in groups.items()))
+    print(f"v2 step {step} weights max rel: "
+          + ", ".join(f"{g} {v:.1e} (torch f32 vs f64 {f32err[g]:.1e})" for g, v in groups.items()))
     norms = [p for p in w_got if "norm" in p and p.endswith("gamma")]
     assert any("box_head" in p for p in norms) and any("fpn" in p for p in norms)
     worst = sorted(per_var, key=per_var.get)[-5:]
-    assert max(groups.values()) <= TOL, (groups, {p: per_var[p] for p in worst})
+    assert all(groups[g] <= tol[g] for g in groups), (groups, tol, {p: per_var[p] for p in worst})
+    assert groups["fpn"] <= TOL and groups["box_head"] <= TOL and groups["mask_head"] <= TOL
     assert not bad, f"updates differ from torchvision's: {bad[:5]}"
+
+
+def _torch_group(key: str) -> str:
+    """torchvision parameter name -> the Keras weight group of the test."""
+    if key.startswith("backbone.body."):
+        return "backbone"
+    if key.startswith("backbone.fpn."):
+        return "fpn"
+    if key.startswith("rpn."):
+        return "rpn"
+    return "box_head" if key.startswith(("roi_heads.box_head", "roi_heads.box_predictor")) else "mask_head"
 
 
 def test_v2_inference_every_stage_equals_torchvision(reference):
