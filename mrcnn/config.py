@@ -15,6 +15,7 @@ a docstring says otherwise.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import inspect
@@ -92,6 +93,53 @@ def resolve_config_class(path: str) -> tuple[type[Config] | None, str | None]:
     if not (isinstance(obj, type) and issubclass(obj, Config)):
         return None, f"{path!r} is not a mrcnn.config.Config subclass"
     return obj, None
+
+
+# matterport/Mask_RCNN Config fields this Config does not have, with what to use instead
+# (docs/matterport.md has the field-by-field table). A subclass that sets one gets one
+# warning with this advice when the class is defined (Config.__init_subclass__).
+MATTERPORT_FIELDS: dict[str, str] = {
+    "USE_MINI_MASK": "use MINI_MASK_SHAPE = None to turn mini-masks off (USE_MINI_MASK = False), "
+                     "or a (h, w) shape to keep them on",
+    "TRAIN_BN": "use BACKBONE_NORM: 'frozen_bn' (TRAIN_BN = False, the default), 'bn' (TRAIN_BN = None "
+                "or True) or 'gn'",
+    "BBOX_STD_DEV": "use BBOX_REG_WEIGHTS = 1 / BBOX_STD_DEV (matterport's (0.1, 0.1, 0.2, 0.2) is "
+                    "(10, 10, 5, 5), the default)",
+    "PRE_NMS_LIMIT": "use PRE_NMS_LIMIT_TRAINING / PRE_NMS_LIMIT_INFERENCE (per FPN level here; "
+                     "matterport's limit is over all levels together)",
+    "TOP_DOWN_PYRAMID_SIZE": "use FPN_CHANNELS",
+    "FPN_CLASSIF_FC_LAYERS_SIZE": "use FPN_FC_LAYERS_SIZE",
+    "RPN_ANCHOR_STRIDE": "anchors sit on every feature-map cell here (matterport's RPN_ANCHOR_STRIDE = 1); "
+                         "there is no field for other strides",
+    "COMPUTE_BACKBONE_SHAPE": "custom backbone callables are not supported; BACKBONE names one of "
+                              + ", ".join(BACKBONES),
+    "IMAGE_MIN_SCALE": "there is no minimum up-scaling; IMAGE_MIN_DIM / IMAGE_MAX_DIM decide the scale",
+    "IMAGE_CHANNEL_COUNT": "images are always 3-channel RGB here (gray and RGBA are converted)",
+    "IMAGE_META_SIZE": "there are no image metas here (image sizes travel as image_sizes)",
+    "USE_RPN_ROIS": "the heads always train on the RPN's proposals here",
+}
+
+
+# matterport's LOSS_WEIGHTS keys -> this Config's loss names.
+MATTERPORT_LOSS_NAMES: dict[str, str] = {
+    "rpn_bbox_loss": "rpn_box_loss",
+    "mrcnn_class_loss": "class_loss",
+    "mrcnn_bbox_loss": "box_loss",
+    "mrcnn_mask_loss": "mask_loss",
+}
+
+
+def _unknown_field_advice(cls: type, name: str) -> str | None:
+    """Advice for an upper-case class attribute ``name`` of Config subclass ``cls`` that no
+    Config field has: matterport's field name, or a close spelling of a known field (None:
+    a user-defined field, allowed without a word)."""
+    if name in MATTERPORT_FIELDS:
+        return f"{name} is a matterport Config field that mrcnn ignores: {MATTERPORT_FIELDS[name]}"
+    known = [k for k in dir(Config) if k.isupper() and not k.startswith("_")]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+    if close:
+        return f"{name} is not a Config field and is ignored; did you mean {close[0]}?"
+    return None
 
 
 def _is_derived(cls: type, name: str) -> bool:
@@ -271,7 +319,7 @@ class Config:
 
     # ----- training ---------------------------------------------------------------
     # "sgd": torch's SGD (L2 weight decay added to the gradient, through momentum;
-    # mrcnn.engine.training.TorchSGD); "adamw": Keras AdamW (decoupled decay).
+    # mrcnn.solver.optimizer.TorchSGD); "adamw": Keras AdamW (decoupled decay).
     OPTIMIZER: str = "sgd"
     # Learning rate for LR_REFERENCE_BATCH images per step (the paper: 0.02 for 16).
     # The rate used is LEARNING_RATE * BATCH_SIZE / LR_REFERENCE_BATCH (linear
@@ -332,6 +380,18 @@ class Config:
     BOX_LOSS_BETA: float = 1.0 / 9.0
 
     BASE_LOSS_NAMES = ("rpn_class_loss", "rpn_box_loss", "class_loss", "box_loss")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Warn once per class about an upper-case attribute that looks like a mistake: a
+        matterport field name or a close misspelling of a Config field (``_unknown_field_advice``).
+        Other new upper-case attributes are user-defined fields: allowed, carried in to_dict()."""
+        super().__init_subclass__(**kwargs)
+        inherited = {k for base in cls.__mro__[1:] for k in vars(base)}
+        for name in vars(cls):
+            if name.isupper() and not name.startswith("_") and name not in inherited:
+                advice = _unknown_field_advice(cls, name)
+                if advice is not None:
+                    warnings.warn(f"mrcnn: {cls.__qualname__}.{advice}", UserWarning, stacklevel=2)
 
     def __init__(self, **overrides: Any) -> None:
         for key, value in overrides.items():
@@ -495,7 +555,9 @@ class Config:
             fail("GRADIENT_CLIP_NORM", "must be None or > 0")
         unknown = set(self.LOSS_WEIGHTS or {}) - set(self.LOSS_NAMES)
         if unknown:
-            fail("LOSS_WEIGHTS", f"unknown loss names {sorted(unknown)}; known: {self.LOSS_NAMES}")
+            renamed = {k: MATTERPORT_LOSS_NAMES[k] for k in sorted(unknown) if k in MATTERPORT_LOSS_NAMES}
+            hint = f" (matterport's names; here: {renamed})" if renamed else ""
+            fail("LOSS_WEIGHTS", f"unknown loss names {sorted(unknown)}{hint}; known: {self.LOSS_NAMES}")
 
     def _validate_architecture(self, fail) -> None:
         """FPN_NORM, RPN_HEAD_CONVS, BOX_HEAD, HEAD_NORM (and their GroupNorm widths)."""
@@ -693,11 +755,25 @@ def load_config(spec: str | Config) -> Config:
         raise ValueError(f"config must be MODULE:CLASS, FILE.py:CLASS or FILE.json, got {spec!r}")
     if module_name.endswith(".py"):
         path = Path(module_name)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
         module_spec = importlib.util.spec_from_file_location(path.stem, path)
         if module_spec is None or module_spec.loader is None:
             raise ValueError(f"cannot import {path}")
         module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        # The file may import modules beside it (as `python file.py` would let it): its
+        # folder is on sys.path while it runs.
+        folder = str(path.resolve().parent)
+        sys.path.insert(0, folder)
+        try:
+            module_spec.loader.exec_module(module)
+        except ImportError as exc:
+            raise ValueError(f"{path}: {type(exc).__name__}: {exc} (imported with {folder} on sys.path)") from exc
+        finally:
+            try:
+                sys.path.remove(folder)
+            except ValueError:
+                pass
     else:
         sys.path.insert(0, os.getcwd())  # let "samples.x:Cfg" work from the project root
         try:

@@ -66,6 +66,17 @@ class MaskRCNN(keras.Model):
     targets, box/mask/keypoint poolers and heads, their losses, post-processing).
     """
 
+    def __new__(cls, *args, **kwargs):
+        # matterport's form, MaskRCNN(mode=..., config=..., model_dir=...) (or positional with
+        # the mode string first), builds mrcnn.compat.matterport.MatterportMaskRCNN, a thin
+        # object around one MaskRCNN(config) (docs/matterport.md). Imported here, not at the
+        # top: compat sits above the model in the import order.
+        if cls is MaskRCNN and ("mode" in kwargs or (args and isinstance(args[0], str))):
+            from mrcnn.compat.matterport import MatterportMaskRCNN
+
+            return MatterportMaskRCNN(*args, **kwargs)
+        return super().__new__(cls, *args, **kwargs)
+
     def __init__(self, config: Config, **kwargs):
         kwargs.setdefault("name", "mask_rcnn")
         # The model and its coordinate stages are float32 whatever keras' global policy;
@@ -123,17 +134,32 @@ class MaskRCNN(keras.Model):
         """Compile with SGD + warm-up/step schedule from the Config unless given an optimizer.
 
         With ``MIXED_PRECISION="float16"`` the optimizer (given or made) gets dynamic
-        loss scaling (:func:`mrcnn.engine.training.with_loss_scaling`).
+        loss scaling (:func:`mrcnn.solver.optimizer.with_loss_scaling`).
 
         Losses come from the model itself; ``jit_compile`` is off because the
         custom RoIAlign op and NMS have no XLA kernels.
         """
-        from mrcnn.engine.training import make_optimizer, with_loss_scaling
+        from mrcnn.solver.optimizer import make_optimizer, with_loss_scaling
 
         kwargs.setdefault("jit_compile", False)
         _warn_if_portable_gradients(self.config.ROI_ALIGN_IMPLEMENTATION)
         optimizer = with_loss_scaling(optimizer or make_optimizer(self.config), self.config)
         super().compile(optimizer=optimizer, **kwargs)
+
+    def fit(self, *args, **kwargs):
+        """``keras.Model.fit``; a bad sample met by the input pipeline raises the loader's own
+        :class:`~mrcnn.data.loader.BadSampleError` (image id, file, what is wrong and the fix),
+        not the TensorFlow error that wraps it with the pipeline's traceback."""
+        from mrcnn.data import loader
+
+        loader.last_bad_sample = None
+        try:
+            return super().fit(*args, **kwargs)
+        except tf.errors.OpError:
+            bad = loader.last_bad_sample
+            if bad is None:
+                raise
+            raise bad from None
 
     @property
     def metrics(self):

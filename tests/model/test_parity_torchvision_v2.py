@@ -387,7 +387,7 @@ def test_detectron2_lsj_checkpoint_converts_and_detects_as_torchvision_v2(full, 
     sys.path.insert(0, HERE)
     from pth_writer import write_pth
 
-    from mrcnn.checkpoint.convert import main_convert
+    from mrcnn.cli import main as cli_main
     from mrcnn.model import MaskRCNN
 
     d2 = detectron2_lsj_state(full["state"])
@@ -399,7 +399,7 @@ def test_detectron2_lsj_checkpoint_converts_and_detects_as_torchvision_v2(full, 
         write_pth(path, {"model": d2})
     # The default conversion recognises the LSJ model and uses Detectron2LSJ.
     out = tmp_path / "d2.weights.h5"
-    assert main_convert(["--from", "detectron2", str(path), "--out", str(out)]) == 0
+    assert cli_main(["convert-weights", "--from", "detectron2", str(path), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "Detectron2 new baselines LSJ" in printed and "resnet50" in printed
     assert f"converted {len(d2) - sum(k.endswith('num_batches_tracked') for k in d2)} tensors" in printed
