@@ -566,6 +566,7 @@ def cmd_convert_weights(args: argparse.Namespace) -> int:
         report = convert(args.checkpoint, args.out, args.source, config)
     except (ConversionError, FileNotFoundError, ValueError, pickle.UnpicklingError) as exc:
         raise CLIError(str(exc)) from None
+    print(f"checkpoint: {report['model']}")
     print(f"converted {len(report['keys'])} tensors ({report['assigned']} Keras weights, "
           f"{len(report['ignored'])} ignored) for {report['config']} -> {report['out']}")
     return 0
@@ -712,7 +713,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="torchvision .pth or Detectron2 .pkl/.pth file")
     p.add_argument("--out", required=True, help="output Keras weights, FILE.weights.h5")
     p.add_argument("--config", default=None,
-                   help="module:Class or config.json (default: mrcnn.configs.TorchvisionCOCO / Detectron2COCO)")
+                   help="module:Class or config.json (default: the preset of the checkpoint's model, "
+                        "recognised from its keys: mrcnn.configs.TorchvisionCOCO / TorchvisionCOCOv2 / "
+                        "Detectron2COCO / Detectron2LSJ, BACKBONE=resnet101 for an R101 checkpoint)")
     p.set_defaults(func=cmd_convert_weights)
 
     p = sub.add_parser("build-ops", help="(re)build the custom RoIAlign op")

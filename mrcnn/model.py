@@ -91,7 +91,7 @@ class MaskRCNN(keras.Model):
                 freeze_stages=config.FREEZE_BACKBONE_STAGES,
                 name="backbone",
             )
-            self.fpn = FPN(config.FPN_CHANNELS, name="fpn")
+            self.fpn = FPN(config.FPN_CHANNELS, norm=config.FPN_NORM, gn_groups=config.GROUP_NORM_GROUPS, name="fpn")
         with dtype_policy_scope("float32"):  # each builds its own heads under the compute policy
             self.anchor_generator = AnchorGenerator.from_model_config(config, name="anchor_generator")
             self.rpn = RPN.from_model_config(config, name="rpn")
@@ -178,7 +178,7 @@ class MaskRCNN(keras.Model):
             rows = tf.range(tf.shape(x)[1])[None, :, None] < image_sizes[:, None, 0:1]
             cols = tf.range(tf.shape(x)[2])[None, None, :] < image_sizes[:, None, 1:2]
             x = tf.where(tf.expand_dims(rows & cols, -1), x, 0.0)  # expand_dims: LiteRT-convertible
-        return self.fpn(self.backbone(x, training=training))
+        return self.fpn(self.backbone(x, training=training), training=training)
 
     def _forward(self, images, image_sizes, targets: dict | None, training: bool):
         """normalise -> backbone/FPN -> anchors -> RPN -> RoI heads: (detections, losses).
@@ -192,7 +192,7 @@ class MaskRCNN(keras.Model):
         anchors = self.anchor_generator(images, features)
         proposals, proposal_valid, rpn_losses = self.rpn(features, anchors, image_sizes, targets=targets)
         detections, head_losses = self.roi_heads(
-            features, proposals, proposal_valid, image_sizes, targets=targets
+            features, proposals, proposal_valid, image_sizes, targets=targets, training=training
         )
         return detections, {**rpn_losses, **head_losses}
 
@@ -219,8 +219,9 @@ class MaskRCNN(keras.Model):
     def compute_losses(self, inputs: dict, training: bool = True) -> dict[str, tf.Tensor]:
         """The losses of ``config.LOSS_NAMES`` for one (per-replica) batch, each a scalar.
 
-        ``training`` only switches the backbone's training mode (BatchNorm); the
-        RPN and RoI heads always sample as in training (a validation loss).
+        ``training`` only switches the training mode of the batch norms (backbone, FPN
+        and heads with "bn"/"syncbn"); the RPN and RoI heads always sample as in
+        training (a validation loss).
         """
         targets = {"gt_boxes": inputs["gt_boxes"], "gt_class_ids": inputs["gt_class_ids"],
                    "gt_masks": inputs.get("gt_masks"), "gt_keypoints": inputs.get("gt_keypoints")}
