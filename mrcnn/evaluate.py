@@ -703,3 +703,93 @@ def format_metrics(metrics: Mapping[str, Any], per_class: bool = True) -> str:
                 row += f"{'n/a':>10}" if v is None else f"{v:>10.4f}"
             lines.append(row)
     return "\n".join(lines)
+
+
+# ----- one image at one IoU threshold (matterport's compute_ap and friends, mrcnn.utils) ----------
+def box_overlaps(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
+    """IoU [N1, N2] of boxes [N1, 4] and [N2, 4] (y1, x1, y2, x2), pixel-edge convention."""
+    b1 = np.asarray(boxes1, np.float64).reshape(-1, 4)
+    b2 = np.asarray(boxes2, np.float64).reshape(-1, 4)
+    area1 = (b1[:, 2] - b1[:, 0]) * (b1[:, 3] - b1[:, 1])
+    area2 = (b2[:, 2] - b2[:, 0]) * (b2[:, 3] - b2[:, 1])
+    hi = np.minimum(b1[:, None, 2:], b2[None, :, 2:])
+    lo = np.maximum(b1[:, None, :2], b2[None, :, :2])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=-1)
+    union = area1[:, None] + area2[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+def mask_overlaps(masks1: np.ndarray, masks2: np.ndarray) -> np.ndarray:
+    """IoU [N1, N2] of instance masks [H, W, N1] and [H, W, N2] (values > 0.5 are inside)."""
+    n1, n2 = np.shape(masks1)[-1], np.shape(masks2)[-1]
+    if n1 == 0 or n2 == 0:
+        return np.zeros((n1, n2))
+    m1 = (np.asarray(masks1) > 0.5).reshape(-1, n1).astype(np.float32)
+    m2 = (np.asarray(masks2) > 0.5).reshape(-1, n2).astype(np.float32)
+    inter = m1.T @ m2
+    union = m1.sum(0)[:, None] + m2.sum(0)[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+def match_instances(gt_boxes, gt_class_ids, gt_masks, pred_boxes, pred_class_ids, pred_scores, pred_masks,
+                    iou_threshold: float = 0.5, score_threshold: float = 0.0):
+    """Greedy matching by mask IoU, predictions in descending score order.
+
+    All-zero rows of the boxes (padding) are dropped first. Each prediction takes the
+    unmatched ground truth of its class with the highest IoU >= ``iou_threshold``
+    (ground truths with IoU below ``score_threshold`` are not considered); each ground
+    truth is matched at most once. Returns (gt_match [G] index of the matched prediction
+    in score order or -1, pred_match [P] index of the matched ground truth or -1,
+    overlaps [P, G] mask IoU in score order).
+    """
+    gt_keep = ~np.all(np.asarray(gt_boxes).reshape(-1, 4) == 0, axis=1)
+    pred_keep = ~np.all(np.asarray(pred_boxes).reshape(-1, 4) == 0, axis=1)
+    gt_class_ids = np.asarray(gt_class_ids)[: len(gt_keep)][gt_keep]
+    gt_masks = np.asarray(gt_masks)[..., : len(gt_keep)][..., gt_keep]
+    order = np.argsort(-np.asarray(pred_scores)[: len(pred_keep)][pred_keep], kind="stable")
+    pred_class_ids = np.asarray(pred_class_ids)[: len(pred_keep)][pred_keep][order]
+    pred_masks = np.asarray(pred_masks)[..., : len(pred_keep)][..., pred_keep][..., order]
+    overlaps = mask_overlaps(pred_masks, gt_masks)
+    gt_match = -np.ones(len(gt_class_ids))
+    pred_match = -np.ones(len(pred_class_ids))
+    for i in range(len(pred_class_ids)):
+        for j in np.argsort(-overlaps[i], kind="stable"):
+            if overlaps[i, j] < max(iou_threshold, score_threshold):
+                break
+            if gt_match[j] < 0 and pred_class_ids[i] == gt_class_ids[j]:
+                gt_match[j], pred_match[i] = i, j
+                break
+    return gt_match, pred_match, overlaps
+
+
+def average_precision(gt_boxes, gt_class_ids, gt_masks, pred_boxes, pred_class_ids, pred_scores, pred_masks,
+                      iou_threshold: float = 0.5):
+    """Mask AP of one image at ``iou_threshold`` (VOC all-point interpolation).
+
+    Returns (AP, precisions, recalls, overlaps): the precision/recall curve padded with
+    (0, 0) in front and (0, 1) at the end, as matterport's ``compute_ap``.
+    """
+    gt_match, pred_match, overlaps = match_instances(gt_boxes, gt_class_ids, gt_masks, pred_boxes,
+                                                     pred_class_ids, pred_scores, pred_masks, iou_threshold)
+    hits = np.cumsum(pred_match > -1)
+    precisions = hits / (np.arange(len(pred_match)) + 1)
+    recalls = hits.astype(np.float32) / max(len(gt_match), 1)
+    precisions = np.concatenate([[0], precisions, [0]])
+    recalls = np.concatenate([[0], recalls, [1]])
+    precisions = np.maximum.accumulate(precisions[::-1])[::-1]  # the envelope: non-increasing
+    steps = np.where(recalls[:-1] != recalls[1:])[0] + 1
+    ap = float(np.sum((recalls[steps] - recalls[steps - 1]) * precisions[steps]))
+    return ap, precisions, recalls, overlaps
+
+
+def box_recall(pred_boxes, gt_boxes, iou: float):
+    """(Fraction of ground-truth boxes that some prediction overlaps by >= ``iou``, indices of
+    those predictions): each prediction counts for its best-overlapping ground truth."""
+    overlaps = box_overlaps(pred_boxes, gt_boxes)
+    if overlaps.size == 0:
+        return 0.0, np.zeros((0,), np.int64)
+    best = overlaps.max(axis=1)
+    positive = np.where(best >= iou)[0]
+    return len(set(overlaps.argmax(axis=1)[positive])) / overlaps.shape[1], positive
