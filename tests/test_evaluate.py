@@ -505,17 +505,11 @@ def test_a_rerun_reuses_the_partial_results_and_redoes_a_torn_last_line(hand: Ha
     assert seen == [0, 1, 2, 3, 4]
 
 
-SHAPES_WEIGHTS = Path(__file__).resolve().parent / "fixtures" / "shapes_model" / "shapes_demo_weights.npz"
-
-
 def trained_shapes_model(folder: Path):
-    """The trained shapes model (tests/fixtures/shapes_model) and its weights as a .weights.h5 in folder."""
-    from mrcnn import MaskRCNN
-    from mrcnn.data.synthetic import ShapesDemoConfig
+    """The trained shapes model (tests/shapes_model.py) and its weights as a .weights.h5 in folder."""
+    from tests.shapes_model import load_shapes_model
 
-    model = MaskRCNN(ShapesDemoConfig())
-    with np.load(SHAPES_WEIGHTS) as f:
-        model.set_weights([f[f"arr_{i}"].astype(np.float32) for i in range(len(f.files))])
+    model = load_shapes_model()
     path = folder / "shapes.weights.h5"
     model.save_weights(str(path))
     return model, path
