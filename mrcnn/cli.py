@@ -31,30 +31,11 @@ from typing import Any
 
 from mrcnn import config as config_module
 from mrcnn.config import Config
+from mrcnn.fileio import json_ready  # noqa: F401 - documented here (docs/api.md)
 
 
 class CLIError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
-
-
-def json_ready(obj: Any) -> Any:
-    """``obj`` with NumPy scalars/arrays made plain and NaN/Inf replaced by None, so that
-    ``json.dump(..., allow_nan=False)`` writes strict JSON (``null`` for undefined metrics)."""
-    import math
-
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_ready(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_ready(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def load_config(spec: str) -> Config:
@@ -151,26 +132,23 @@ def with_class_names(config: Config, dataset: Any) -> Config:
 
 
 def _build_model(config: Config, weights: str | None):
-    from mrcnn.model import MaskRCNN
+    from mrcnn.engine.runs import build_model
 
     if weights and not os.path.exists(weights):
         raise CLIError(f"weights file not found: {weights}")
-    model = MaskRCNN(config)
-    if weights:
-        try:
-            model.load_weights(weights)
-        except (ValueError, OSError) as exc:
-            classes = weights_class_count(weights)
-            if classes is not None and classes != config.NUM_CLASSES:
-                raise CLIError(
-                    f"{weights} was trained with NUM_CLASSES={classes} but the config has "
-                    f"NUM_CLASSES={config.NUM_CLASSES}: use the config of the run that wrote it "
-                    f"(its config.json), or start training from it with --init coco:{weights} "
-                    "(re-initialises the class-specific predictors)") from None
-            lines = str(exc).strip().splitlines()
-            raise CLIError(f"{weights} does not fit this config ({config.BACKBONE}, NUM_CLASSES="
-                           f"{config.NUM_CLASSES}): {lines[0] if lines else type(exc).__name__}") from None
-    return model
+    try:
+        return build_model(config, weights or None)
+    except (ValueError, OSError) as exc:
+        classes = weights_class_count(weights) if weights else None
+        if classes is not None and classes != config.NUM_CLASSES:
+            raise CLIError(
+                f"{weights} was trained with NUM_CLASSES={classes} but the config has "
+                f"NUM_CLASSES={config.NUM_CLASSES}: use the config of the run that wrote it "
+                f"(its config.json), or start training from it with --init coco:{weights} "
+                "(re-initialises the class-specific predictors)") from None
+        lines = str(exc).strip().splitlines()
+        raise CLIError(f"{weights} does not fit this config ({config.BACKBONE}, NUM_CLASSES="
+                       f"{config.NUM_CLASSES}): {lines[0] if lines else type(exc).__name__}") from None
 
 
 def _start_config(config: Config, args: argparse.Namespace) -> Config:
@@ -234,6 +212,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             args.steps_per_epoch or config.STEPS_PER_EPOCH, val_dataset=val, val_steps=args.val_steps,
             eval_every=args.eval_every, max_minutes=args.max_minutes, seed=args.seed, resume=resume,
             check=None if args.check == "none" else args.check, write_config=True, strategy=strategy,
+            verbose=args.verbose, force=args.force,
         )
     except (RunLockedError, ResumeError, BadSampleError, DatasetCheckError) as exc:
         raise CLIError(str(exc)) from None
@@ -280,32 +259,14 @@ def output_names(paths: list[str]) -> list[str]:
     return names
 
 
-def mask_to_rle(mask) -> dict[str, Any]:
-    """bool [H, W] -> COCO RLE ``{"size": [H, W], "counts": str}`` (pycocotools' compressed
-    format, what ``pycocotools.mask.decode`` and COCO results files take)."""
-    import numpy as np
-    from pycocotools import mask as mask_utils
+def __getattr__(name: str) -> Any:
+    # mask_to_rle / mask_to_polygons: documented here (docs/api.md), at home in
+    # mrcnn.ops.mask_formats; resolved on first use so that `mrcnn --help` needs no TensorFlow.
+    if name in ("mask_to_rle", "mask_to_polygons"):
+        from mrcnn.ops import mask_formats
 
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": rle["counts"].decode("ascii")}
-
-
-def mask_to_polygons(mask, tolerance: float = 1.0) -> list[list[float]]:
-    """bool [H, W] -> outlines as COCO polygons ``[x1, y1, x2, y2, ...]`` (pixel corners:
-    the contour of the mask's pixel squares, simplified to within ``tolerance`` pixels)."""
-    import numpy as np
-    from skimage import measure
-
-    padded = np.pad(mask.astype(np.uint8), 1)  # closes contours that touch the border
-    polygons = []
-    for contour in measure.find_contours(padded, 0.5):
-        contour = measure.approximate_polygon(contour, tolerance) - 1.0  # undo the pad
-        if len(contour) < 3:
-            continue
-        # find_contours gives (row, col) of pixel centres; +0.5 puts them on pixel edges.
-        xy = np.stack([contour[:, 1] + 0.5, contour[:, 0] + 0.5], axis=1)
-        polygons.append([round(float(v), 2) for v in xy.ravel()])
-    return polygons
+        return getattr(mask_formats, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def detection_records(result: dict[str, Any], keep, class_names: list[str],
@@ -319,6 +280,8 @@ def detection_records(result: dict[str, Any], keep, class_names: list[str],
     """
     import numpy as np
 
+    from mrcnn.ops.mask_formats import box_mask_to_rle, mask_to_polygons, mask_to_rle
+
     records = []
     for i in np.flatnonzero(keep):
         y1, x1, y2, x2 = (float(v) for v in result["rois"][i])
@@ -331,8 +294,6 @@ def detection_records(result: dict[str, Any], keep, class_names: list[str],
             "score": round(float(result["scores"][i]), 4),
         }
         if "masks" in result and "mask_offsets" in result:  # box format: crop + offset
-            from mrcnn.ops.mask_formats import box_mask_to_rle
-
             crop, (oy, ox) = result["masks"][i], result["mask_offsets"][i]
             record["mask_area"] = int(crop.sum())
             record["segmentation"] = box_mask_to_rle(crop, (oy, ox), result["image_shape"])
@@ -447,6 +408,21 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluation_key(args: argparse.Namespace, config: Config) -> str:
+    """What makes two ``mrcnn evaluate`` runs the same evaluation, so that the second may reuse
+    the ``--results-out`` partial file the first left when it was killed: the weights file (path,
+    size, modification time), the config and every other flag."""
+    import hashlib
+    import json
+
+    stat = os.stat(args.weights)
+    flags = {k: v for k, v in sorted(vars(args).items())
+             if not callable(v) and k not in ("json_out", "results_out")}
+    blob = json.dumps([os.path.abspath(args.weights), stat.st_size, stat.st_mtime_ns, config.to_json(), flags],
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def _check_class_count(dataset: Any, config: Config, flag: str = "--dataset") -> None:
     from mrcnn.data.check import ClassCountError, check_class_count
 
@@ -466,7 +442,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     image_ids = list(dataset.image_ids)[: args.limit] if args.limit else None
     try:
         metrics = evaluate_dataset(model.detect, dataset, image_ids=image_ids, batch_size=config.BATCH_SIZE,
-                                   json_out=args.results_out)
+                                   json_out=args.results_out, resume_key=_evaluation_key(args, config))
     except (OSError, ValueError) as exc:
         # A file that does not decode (truncated JPEG, not an image) or a malformed annotation:
         # the loaders' messages name the image id, its file and the field.
@@ -537,11 +513,35 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from mrcnn.export import saved_model as export
+def _run_export(args: argparse.Namespace) -> str | list[str]:
+    """``mrcnn export``: a SavedModel (default) or a runtime file (--format)."""
+    from mrcnn.export import runtimes, saved_model
+    from mrcnn.export.formats import MissingRuntimeError
 
+    if args.format != "saved_model":
+        try:
+            paths = runtimes.export_model_from_files(
+                args.weights, args.config, args.output, args.format, overwrite=args.overwrite
+            )
+        except MissingRuntimeError as err:
+            raise CLIError(str(err)) from err
+        print(f"{args.format} model written to {', '.join(paths)} (class names in labels.txt)")
+        return paths
+    if args.max_pixels < 0:
+        raise CLIError(f"--max-pixels must be >= 0 (0 = no limit), got {args.max_pixels}")
+    path = saved_model.export_from_files(
+        args.weights, args.config, args.output, args.version, overwrite=args.overwrite,
+        max_pixels=args.max_pixels or None,
+    )
+    print(f"SavedModel written to {path}")
+    print(f"signatures: {saved_model.SIGNATURE_IMAGE} (uint8 images), "
+          f"{saved_model.SIGNATURE_ENCODED} (JPEG/PNG bytes)")
+    return path
+
+
+def cmd_export(args: argparse.Namespace) -> int:
     try:
-        export.run(args)
+        _run_export(args)
     except CLIError:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear line
@@ -552,6 +552,23 @@ def cmd_export(args: argparse.Namespace) -> int:
         detail = lines[0] if lines else "(no message)"
         prefix = "" if type(exc) is ValueError else f"{type(exc).__name__}: "
         raise CLIError(f"{prefix}{detail}") from exc
+    return 0
+
+
+def cmd_convert_weights(args: argparse.Namespace) -> int:
+    """``mrcnn convert-weights``: :func:`mrcnn.checkpoint.convert.convert`; errors are one line."""
+    import pickle
+
+    from mrcnn.checkpoint.convert import ConversionError, convert
+
+    config = load_config(args.config) if args.config else None
+    try:
+        report = convert(args.checkpoint, args.out, args.source, config)
+    except (ConversionError, FileNotFoundError, ValueError, pickle.UnpicklingError) as exc:
+        raise CLIError(str(exc)) from None
+    print(f"checkpoint: {report['model']}")
+    print(f"converted {len(report['keys'])} tensors ({report['assigned']} Keras weights, "
+          f"{len(report['ignored'])} ignored) for {report['config']} -> {report['out']}")
     return 0
 
 
@@ -583,8 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--val-annotations", help="COCO: validation annotations (default --annotations)")
         p.add_argument("--val-image-dir", help="COCO: validation image folder (default --images)")
 
-    p = sub.add_parser("train", help="train with model.fit")
-    p.add_argument("--config", required=True)
+    p = sub.add_parser("train", help="train with model.fit",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", required=True, help="module:Class, file.py:Class or a run's config.json")
     dataset_args(p)
     p.add_argument("--train-annotations", help="COCO: training annotations (default --annotations)")
     p.add_argument("--train-image-dir", help="COCO: training image folder (default --images)")
@@ -593,8 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, metavar="imagenet:FILE|coco:FILE|none",
                    help="pretrained start (torchvision .pth, Detectron2 .pkl or .weights.h5): the backbone "
                         "(imagenet) or everything but the class-specific predictors (coco); docs/weights.md")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--steps-per-epoch", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=10, help="the planned epochs (more continue a finished run)")
+    p.add_argument("--steps-per-epoch", type=int, default=0, help="steps per epoch (0: Config.STEPS_PER_EPOCH)")
     p.add_argument("--val-steps", type=int, default=0, help="validation-loss steps per epoch")
     p.add_argument("--eval-every", type=int, default=0, help="COCO-evaluate every N epochs")
     p.add_argument("--max-minutes", type=float, default=0, help="stop cleanly after this long")
@@ -607,7 +625,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tf.distribute strategy: auto = all GPUs when several; multi-worker reads TF_CONFIG "
                         "(docs/distributed.md)")
     p.add_argument("--check", choices=("none", "sample", "all"), default="sample",
-                   help="pre-flight data check: a random sample of 200 images (default), all, or none")
+                   help="pre-flight data check: a random sample of 200 images, all, or none")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                   help="0 quiet, 1 a progress bar per step with ETA, 2 one line per epoch (logs)")
+    p.add_argument("--force", action="store_true",
+                   help="resume even though the config differs from the run's config.json (the changes are "
+                        "listed); without it such a resume is refused")
     p.set_defaults(func=cmd_train)
 
     defaults = argparse.ArgumentDefaultsHelpFormatter  # every default shown in --help
@@ -639,7 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")
     p.add_argument("--json-out", help="write {'bbox': ..., 'segm': ..., 'per_class': {'bbox': {name: AP}, ...}} "
                                       "here (strict JSON)")
-    p.add_argument("--results-out", help="write detections in COCO results format here")
+    p.add_argument("--results-out", help="write detections in COCO results format here (a killed run leaves "
+                   "FILE.partial; the same command reuses the images it finished)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("data", help="look at a dataset before training")
@@ -660,17 +684,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffle, flips and augmentation")
     p.set_defaults(func=cmd_data_show)
 
-    p = sub.add_parser("export", help="SavedModel for TF Serving (stock TF ops only)")
-    from mrcnn.export import saved_model as export
+    p = sub.add_parser("export", help="SavedModel for TF Serving (stock TF ops only), ONNX, OpenVINO, LiteRT")
+    from mrcnn.export.formats import FORMATS
+    from mrcnn.export.saved_model import DEFAULT_MAX_PIXELS
 
-    export.add_arguments(p)
+    p.add_argument("--weights", required=True, help="trained weights (.weights.h5)")
+    p.add_argument("--config", required=True, help="MODULE:CLASS, FILE.py:CLASS or a config JSON (Config.to_dict())")
+    p.add_argument("--output", required=True, help="base directory; writes OUTPUT/VERSION/")
+    p.add_argument("--version", type=int, default=1, help="version folder (default 1)")
+    p.add_argument("--no-version-dir", dest="version", action="store_const", const=None,
+                   help="write the SavedModel directly into OUTPUT (no version folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    p.add_argument(
+        "--format", default="saved_model", choices=FORMATS,
+        help="saved_model (TF Serving, default): OUTPUT/VERSION/; onnx: OUTPUT/model.onnx; "
+        "openvino: OUTPUT/model.xml + model.bin; litert: OUTPUT/model.tflite (docs/serving.md)",
+    )
+    p.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+        help=f"SavedModel: refuse requests with more than this many pixels (H * W), encoded "
+        f"images before decoding (default {DEFAULT_MAX_PIXELS}; 0 = no limit)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("convert-weights", help="torchvision/Detectron2 checkpoint -> Keras weights")
-    from mrcnn.checkpoint import convert
-
-    convert.add_arguments(p)
-    p.set_defaults(func=convert.run_convert)
+    p.add_argument("--from", dest="source", required=True, choices=("torchvision", "detectron2"),
+                   help="checkpoint format")
+    p.add_argument("checkpoint", help="torchvision .pth or Detectron2 .pkl/.pth file")
+    p.add_argument("--out", required=True, help="output Keras weights, FILE.weights.h5")
+    p.add_argument("--config", default=None,
+                   help="module:Class or config.json (default: the preset of the checkpoint's model, "
+                        "recognised from its keys: mrcnn.configs.TorchvisionCOCO / TorchvisionCOCOv2 / "
+                        "Detectron2COCO / Detectron2LSJ, BACKBONE=resnet101 for an R101 checkpoint)")
+    p.set_defaults(func=cmd_convert_weights)
 
     p = sub.add_parser("build-ops", help="(re)build the custom RoIAlign op")
     p.add_argument("--force", action="store_true")

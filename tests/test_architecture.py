@@ -13,11 +13,22 @@ FLOORS = {
     "mrcnn.config": 0, "mrcnn.configs": 0, "mrcnn.fileio": 0, "mrcnn._env": 0,
     "mrcnn.ops": 1,
     "mrcnn.layers": 2, "mrcnn.data": 2, "mrcnn.solver": 2,
-    "mrcnn.model": 3, "mrcnn.inference": 3, "mrcnn.evaluate": 3,
+    # The one resize/pad rule: the training pipeline (data) uses it as detect() and the exports do.
+    "mrcnn.inference.preprocess": 2,
+    "mrcnn.model": 3, "mrcnn.inference": 3, "mrcnn.evaluate": 3, "mrcnn.visualize": 3,
     "mrcnn.engine": 4, "mrcnn.checkpoint": 4,
     "mrcnn.export": 5,
-    "mrcnn.visualize": 6, "mrcnn.cli": 6, "mrcnn.utils": 6, "mrcnn.compat": 6,
+    "mrcnn.cli": 6, "mrcnn.utils": 6, "mrcnn.compat": 6,
     "mrcnn.__main__": 6,
+}
+
+
+# Upward imports allowed by design, each with its reason (docs/architecture.md).
+ALLOWED_UPWARD = {
+    # matterport scripts spell the model mrcnn.model.MaskRCNN(mode=..., config=..., model_dir=...);
+    # MaskRCNN.__new__ hands that form to the compat wrapper, imported at call time
+    # (docs/matterport.md).
+    ("mrcnn.model", "mrcnn.compat.matterport"),
 }
 
 
@@ -61,7 +72,7 @@ def test_imports_run_one_way():
             continue
         for line, target in _imports(path):
             floor = _floor(target)
-            if floor is not None and floor > own:
+            if floor is not None and floor > own and (module, target) not in ALLOWED_UPWARD:
                 errors.append(f"{path.relative_to(ROOT.parent)}:{line} ({module}, floor {own}) "
                               f"imports {target} (floor {floor})")
     assert not errors, "imports against the layering of docs/architecture.md:\n" + "\n".join(errors)

@@ -121,14 +121,40 @@ def test_output_names():
 
 
 # ----- evaluate -------------------------------------------------------------------------------
-def test_evaluate_on_shapes_writes_strict_json(run, tmp_path):
-    metrics_path = tmp_path / "m.json"
-    assert main(["evaluate", "--config", run.config, "--weights", run.weights, "--dataset", "shapes",
-                 "--val-images", "2", "--json-out", str(metrics_path)]) == 0
+def test_evaluate_on_shapes_writes_strict_json(tmp_path):
+    """`mrcnn evaluate` of the trained shapes model (tests/fixtures/shapes_model) on 4 shapes
+    images: strict JSON whose 12 stats per IoU type are pycocotools' own for the detections it
+    wrote to --results-out against the images' masks, and a segm AP50 a trained model earns (a
+    random or misaligned model, a wrong image set or a mislabelled metric would fail)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from mrcnn.evaluate import METRIC_NAMES, dataset_to_coco
+    from tests.test_evaluate import trained_shapes_model
+
+    _, weights = trained_shapes_model(tmp_path)
+    metrics_path, results = tmp_path / "m.json", tmp_path / "results.json"
+    assert main(["evaluate", "--config", "mrcnn.data.synthetic:ShapesDemoConfig", "--weights", str(weights),
+                 "--dataset", "shapes", "--val-images", "4", "--json-out", str(metrics_path),
+                 "--results-out", str(results)]) == 0
     text = metrics_path.read_text()
     assert "NaN" not in text and "Infinity" not in text
     metrics = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
-    assert set(metrics) == {"bbox", "segm", "per_class"} and "AP50" in metrics["segm"]
+    assert set(metrics) == {"bbox", "segm", "per_class"}
+    val = ShapesDataset()
+    val.load_shapes(4, seed=2)  # what --dataset shapes --val-images 4 evaluates
+    gt_file = tmp_path / "gt.json"
+    gt_file.write_text(json.dumps(dataset_to_coco(val).dataset))
+    gt = COCO(str(gt_file))
+    for iou_type in ("bbox", "segm"):
+        ev = COCOeval(gt, gt.loadRes(str(results)), iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+        for name, stat in zip(METRIC_NAMES, ev.stats):
+            want = None if stat == -1 else pytest.approx(float(stat), abs=1e-12)
+            assert metrics[iou_type][name] == want, (iou_type, name)
+    assert metrics["segm"]["AP50"] > 0.8, metrics["segm"]
     # Per-class AP by the dataset's class names, for each IoU type (the classes with ground truth).
     assert set(metrics["per_class"]) == {"bbox", "segm"}
     for table in metrics["per_class"].values():
