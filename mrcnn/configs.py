@@ -270,8 +270,12 @@ class FromScratch(Config):
       is for long pretrained runs and would outlast a short plan.
     * ``GRADIENT_CLIP_NORM = 10``: random heads give large early gradients; without
       clipping the first steps after warm-up can reach a non-finite loss.
-    * ``LEARNING_RATE = 0.02`` per ``LR_REFERENCE_BATCH = 16`` images (SGD, momentum
-      0.9): 0.0025 at 2 images per step.
+    * ``OPTIMIZER = "adamw"``, ``LEARNING_RATE = 8e-3`` per ``LR_REFERENCE_BATCH = 16``
+      images (1e-3 at 2 images per step), ``WEIGHT_DECAY = 1e-4`` (decoupled): from
+      random weights Adam's per-parameter steps learn far faster in a short run than
+      the paper's SGD, which is tuned for pretrained starts (measured on the README's
+      nuclei example, 60 steps, segm AP50 on 10 held-out images, one run each:
+      AdamW 1e-3 0.41, AdamW 2e-3 0.29; SGD 0.0025 0.10, 0.01 0.02, 0.02 0.15).
     * ``BACKBONE = "resnet18"``: a short run on a small dataset; use a deeper one
       for a long run on a large dataset.
 
@@ -284,9 +288,10 @@ class FromScratch(Config):
     BACKBONE_NORM = "gn"
     GROUP_NORM_GROUPS = 8
     FREEZE_BACKBONE_STAGES = 0
-    OPTIMIZER = "sgd"
-    LEARNING_RATE = 0.02
+    OPTIMIZER = "adamw"
+    LEARNING_RATE = 8e-3
     LR_REFERENCE_BATCH = 16
+    WEIGHT_DECAY = 1e-4
     WARMUP_STEPS = 10
     WARMUP_FACTOR = 0.1
     GRADIENT_CLIP_NORM = 10.0
