@@ -722,11 +722,25 @@ def load_config(spec: str | Config) -> Config:
         raise ValueError(f"config must be MODULE:CLASS, FILE.py:CLASS or FILE.json, got {spec!r}")
     if module_name.endswith(".py"):
         path = Path(module_name)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
         module_spec = importlib.util.spec_from_file_location(path.stem, path)
         if module_spec is None or module_spec.loader is None:
             raise ValueError(f"cannot import {path}")
         module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        # The file may import modules beside it (as `python file.py` would let it): its
+        # folder is on sys.path while it runs.
+        folder = str(path.resolve().parent)
+        sys.path.insert(0, folder)
+        try:
+            module_spec.loader.exec_module(module)
+        except ImportError as exc:
+            raise ValueError(f"{path}: {type(exc).__name__}: {exc} (imported with {folder} on sys.path)") from exc
+        finally:
+            try:
+                sys.path.remove(folder)
+            except ValueError:
+                pass
     else:
         sys.path.insert(0, os.getcwd())  # let "samples.x:Cfg" work from the project root
         try:

@@ -158,3 +158,40 @@ class Detectron2COCO(_COCOInference):
 
 
 PRESETS = {"torchvision": TorchvisionCOCO, "detectron2": Detectron2COCO}
+
+
+class FromScratch(Config):
+    """Recipe for training without any pretrained weights (random initialisation).
+
+    Subclass it for your data (NAME, NUM_CLASSES, CLASS_NAMES, image size, ...); it
+    carries only what a start from random weights needs, which differs from the
+    fine-tuning recipe (the Config defaults with ``config_for_start``):
+
+    * ``BACKBONE_NORM = "gn"``: GroupNorm (8 groups, so that narrow layers divide),
+      trained with the rest; frozen batch norm keeps random statistics, trainable
+      batch norm is noisy at 2 images per GPU.
+    * ``FREEZE_BACKBONE_STAGES = 0``: nothing frozen (frozen random stages never learn).
+    * ``WARMUP_STEPS = 10`` from ``WARMUP_FACTOR = 0.1``: the default 1000-step warm-up
+      is for long pretrained runs and would outlast a short plan.
+    * ``GRADIENT_CLIP_NORM = 10``: random heads give large early gradients; without
+      clipping the first steps after warm-up can reach a non-finite loss.
+    * ``LEARNING_RATE = 0.02`` per ``LR_REFERENCE_BATCH = 16`` images (SGD, momentum
+      0.9): 0.0025 at 2 images per step.
+    * ``BACKBONE = "resnet18"``: a short run on a small dataset; use a deeper one
+      for a long run on a large dataset.
+
+    Set ``TOTAL_STEPS`` (or pass ``epochs`` x ``steps_per_epoch`` to ``fit``) so that
+    the x0.1 decays land at 2/3 and 8/9 of the run. README ("Use it on your own data")
+    shows it learning 10 nuclei images at 256 px in 60 steps.
+    """
+
+    BACKBONE = "resnet18"
+    BACKBONE_NORM = "gn"
+    GROUP_NORM_GROUPS = 8
+    FREEZE_BACKBONE_STAGES = 0
+    OPTIMIZER = "sgd"
+    LEARNING_RATE = 0.02
+    LR_REFERENCE_BATCH = 16
+    WARMUP_STEPS = 10
+    WARMUP_FACTOR = 0.1
+    GRADIENT_CLIP_NORM = 10.0

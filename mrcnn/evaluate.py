@@ -475,6 +475,7 @@ def evaluate_dataset(
     verbose: bool = False,
     max_detections: int = 100,
     ground_truth: str = "auto",
+    resume_key: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run ``detect_fn`` over a dataset and compute COCO metrics, in bounded memory.
 
@@ -499,11 +500,11 @@ def evaluate_dataset(
         json_out: write the detections there as a COCO results JSON. Ids are the
             dataset's source ids when it has ``coco_image_id`` /
             ``coco_category_id`` (so the file scores against the original
-            annotation file), else internal ids. While detection runs, results
-            are appended to ``json_out + ".partial"`` (one JSON object per
-            line, flushed per image), so a crash loses nothing already
-            computed; at the end ``json_out`` is written atomically and the
-            partial file removed.
+            annotation file), else internal ids. While detection runs, each
+            image's results are appended to ``json_out + ".partial"`` (a header
+            line, then one JSON line per image, fsynced), so a crash loses
+            nothing already computed; at the end ``json_out`` is written
+            atomically and the partial file removed.
         iou_types: any of "bbox", "segm", "keypoints"; None = what the results
             and the ground truth support: "bbox", "segm" when every result has
             masks, "keypoints" when every result has keypoints and the dataset
@@ -518,11 +519,17 @@ def evaluate_dataset(
             restricted to the evaluated images and the dataset's categories;
             else ground truth built from ``load_mask``. "masks": always from
             ``load_mask``. Or a path to a COCO annotation file.
+        resume_key: a string naming this evaluation (model weights, config,
+            dataset; ``mrcnn evaluate`` derives it from them). When the partial
+            file left by a killed run has the same key and image ids, its
+            finished images are reused and only the rest are detected (a torn
+            last line is dropped and that image detected again). None: a partial
+            file is always started afresh.
 
     Returns:
         {"bbox": {metric: value}, "segm": {...}, "per_class": {"bbox": {name: AP}, "segm": {...}}}
     """
-    from mrcnn.fileio import atomic_write
+    from mrcnn.fileio import append_line, atomic_write
 
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
@@ -551,30 +558,40 @@ def evaluate_dataset(
     detections: list[dict[str, Any]] = []
     all_masks = all_keypoints = True
     partial = None if json_out is None else os.fspath(json_out) + ".partial"
-    if partial is not None and os.path.exists(partial):
-        os.remove(partial)
+    done: dict[int, dict[str, Any]] = {}
+    if partial is not None:
+        done = _resume_partial(partial, resume_key, coco_ids)
+        if done and progress:
+            print(f"[mrcnn] evaluate: reusing {len(done)} of {len(ids)} images from {partial}", flush=True)
+    todo = [(i, cid) for i, cid in zip(ids, coco_ids) if cid not in done]
+    for cid in coco_ids:
+        if cid in done:
+            detections.extend(done[cid]["results"])
+            all_masks &= done[cid]["masks"]
+            all_keypoints &= done[cid]["keypoints"]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(ids), desc="evaluate", unit="img")
+        bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc="evaluate", unit="img")
     try:
-        for start in range(0, len(ids), batch_size):
-            batch = ids[start : start + batch_size]
-            images = [dataset.load_image(i) for i in batch]
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            images = [dataset.load_image(i) for i, _ in batch]
             padded = images + [images[-1]] * (batch_size - len(images))
             results = list(detect_fn(padded))
             if len(results) != len(padded):
                 raise ValueError(f"detect_fn returned {len(results)} results for {len(padded)} images")
             del images, padded
-            for k, result in enumerate(results[: len(batch)]):
+            for (_, cid), result in zip(batch, results[: len(batch)]):
                 all_masks &= "masks" in result
                 all_keypoints &= "keypoints" in result
                 # The full-size masks die here; only their RLEs are kept.
-                dets = detections_to_coco([result], [coco_ids[start + k]], score_cat)
+                dets = detections_to_coco([result], [cid], score_cat)
                 detections.extend(dets)
                 if partial is not None:
-                    _append_many(partial, dets, to_cat if score_cat is None else None)
+                    append_line(partial, json.dumps({"image_id": cid, "results": dets, "masks": "masks" in result,
+                                                     "keypoints": "keypoints" in result}))
             del results
             if bar is not None:
                 bar.update(len(batch))
@@ -616,19 +633,44 @@ def evaluate_dataset(
     return metrics
 
 
-def _append_many(path: str, dets: list[dict[str, Any]], to_cat: Callable[[int], int] | None) -> None:
-    """Append detections as JSON lines (category ids mapped by ``to_cat``), one fsync per call."""
-    if not dets:
-        return
-    lines = []
-    for det in dets:
-        if to_cat is not None:
-            det = {**det, "category_id": int(to_cat(int(det["category_id"])))}
-        lines.append(json.dumps(det))
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def _resume_partial(path: str, key: str | None, coco_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The finished images of ``path`` (``json_out.partial``) when it belongs to this evaluation.
+
+    Line 1 is a header with ``key`` and the image ids; then one line per finished image
+    (``image_id``, its ``results`` as scored, whether it had masks/keypoints), appended and
+    fsynced as each image finishes. A partial file of another evaluation (other key or image
+    ids, or no key given) is started afresh; a torn last line (a kill while it was written)
+    is cut off and that image detected again. Returns {image id: its line}.
+    """
+    header = json.dumps({"mrcnn_evaluate_partial": 1, "key": key, "image_ids": coco_ids})
+    done: dict[int, dict[str, Any]] = {}
+    good_bytes = 0
+    if key is not None and os.path.exists(path):
+        with open(path, "rb") as f:
+            raw = f.read()
+        lines = raw.split(b"\n")
+        if lines[0].decode("utf-8", "replace") == header and len(lines) > 1:
+            good_bytes = len(lines[0]) + 1
+            wanted = set(coco_ids)
+            for line in lines[1:-1]:  # the last piece has no newline: empty, or a torn line
+                try:
+                    entry = json.loads(line)
+                    cid = int(entry["image_id"])
+                    entry["results"], entry["masks"], entry["keypoints"]  # noqa: B018 - all present
+                except (ValueError, KeyError, TypeError):
+                    break
+                if cid not in wanted:
+                    break
+                done[cid] = entry
+                good_bytes += len(line) + 1
+    if good_bytes:
+        with open(path, "r+b") as f:  # drop a torn tail so that appends start on a line of their own
+            f.truncate(good_bytes)
+    else:
+        from mrcnn.fileio import write_text
+
+        write_text(path, header + "\n")
+    return done
 
 
 def format_metrics(metrics: Mapping[str, Any], per_class: bool = True) -> str:

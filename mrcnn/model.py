@@ -146,6 +146,21 @@ class MaskRCNN(keras.Model):
         optimizer = with_loss_scaling(optimizer or make_optimizer(self.config), self.config)
         super().compile(optimizer=optimizer, **kwargs)
 
+    def fit(self, *args, **kwargs):
+        """``keras.Model.fit``; a bad sample met by the input pipeline raises the loader's own
+        :class:`~mrcnn.data.loader.BadSampleError` (image id, file, what is wrong and the fix),
+        not the TensorFlow error that wraps it with the pipeline's traceback."""
+        from mrcnn.data import loader
+
+        loader.last_bad_sample = None
+        try:
+            return super().fit(*args, **kwargs)
+        except tf.errors.OpError:
+            bad = loader.last_bad_sample
+            if bad is None:
+                raise
+            raise bad from None
+
     @property
     def metrics(self):
         return list(self.loss_trackers.values())

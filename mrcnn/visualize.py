@@ -59,6 +59,7 @@ def draw_instances(
     skeleton: Sequence[tuple[int, int]] | None = None,
     keypoint_min_score: float = 0.0,
     mask_offsets: np.ndarray | None = None,
+    min_score: float | None = None,
 ) -> np.ndarray:
     """Overlay instances on a copy of ``image``.
 
@@ -80,6 +81,10 @@ def draw_instances(
             ``keypoint_min_score`` (so v = 0 "not labelled" never is).
         skeleton: pairs (i, j) of 0-based keypoint indices joined by a line when
             both ends are drawn (e.g. ``config.KEYPOINT_SKELETON``).
+        min_score: draw only the instances with ``scores >= min_score`` (needs
+            ``scores``); None (default) draws all. ``detect()`` returns every
+            detection above ``DETECTION_MIN_CONFIDENCE`` (0.05): 0.5 is a usual cut
+            for a picture.
 
     Returns:
         uint8 ``[H, W, 3]``: masks filled semi-transparently with solid contours,
@@ -91,6 +96,19 @@ def draw_instances(
     out = sanitize_image(image, "draw_instances image").astype(np.float32)
     height, width = out.shape[:2]
     class_ids = np.asarray(class_ids).reshape(-1)
+    if min_score is not None:
+        if scores is None:
+            raise ValueError("draw_instances: min_score needs scores")
+        scores = np.asarray(scores).reshape(-1)
+        keep = np.flatnonzero(scores >= float(min_score))
+        class_ids, scores = class_ids[keep], scores[keep]
+        boxes = None if boxes is None else np.asarray(boxes).reshape(-1, 4)[keep]
+        keypoints = None if keypoints is None else np.asarray(keypoints)[keep]
+        if masks is not None and mask_offsets is not None:
+            masks = [masks[i] for i in keep]
+            mask_offsets = np.asarray(mask_offsets).reshape(-1, 2)[keep]
+        elif masks is not None:
+            masks = np.asarray(masks)[:, :, keep]
     n = class_ids.shape[0]
     colors = instance_colors(n) if colors is None else np.asarray(colors, np.uint8)
 

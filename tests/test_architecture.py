@@ -13,10 +13,10 @@ FLOORS = {
     "mrcnn.config": 0, "mrcnn.configs": 0, "mrcnn.fileio": 0, "mrcnn._env": 0,
     "mrcnn.ops": 1,
     "mrcnn.layers": 2, "mrcnn.data": 2, "mrcnn.solver": 2,
-    "mrcnn.model": 3, "mrcnn.inference": 3, "mrcnn.evaluate": 3,
+    "mrcnn.model": 3, "mrcnn.inference": 3, "mrcnn.evaluate": 3, "mrcnn.visualize": 3,
     "mrcnn.engine": 4, "mrcnn.checkpoint": 4,
     "mrcnn.export": 5,
-    "mrcnn.visualize": 6, "mrcnn.cli": 6, "mrcnn.utils": 6, "mrcnn.compat": 6,
+    "mrcnn.cli": 6, "mrcnn.utils": 6, "mrcnn.compat": 6,
     "mrcnn.__main__": 6,
 }
 
