@@ -28,9 +28,13 @@ from pathlib import Path
 from typing import Any
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d")
-NORMS = ("frozen_bn", "bn", "gn")
+NORMS = ("frozen_bn", "bn", "syncbn", "gn")
+# FPN_NORM / HEAD_NORM: None = no norm (the convs have biases).
+STAGE_NORMS = (None, "bn", "syncbn", "gn")
+BOX_HEADS = ("2fc", "4conv1fc")
 RESIZE_MODES = ("square", "pad32")
-ROI_ALIGN_IMPLEMENTATIONS = ("auto", "portable", "custom")
+ROI_ALIGN_IMPLEMENTATIONS = ("auto", "portable", "custom", "gather")
+MASK_CLASS_PICKS = ("batched", "flat")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("step", "cosine")
 MIXED_PRECISIONS = (None, "float16", "bfloat16")
@@ -167,7 +171,8 @@ class Config:
     # ----- backbone ---------------------------------------------------------------
     BACKBONE: str = "resnet50"
     # "frozen_bn": affine constants (for pretrained weights); "bn": trainable batch
-    # norm; "gn": GroupNorm (training from scratch).
+    # norm; "syncbn": batch norm with statistics over all replicas of a tf.distribute
+    # strategy (keras.layers.BatchNormalization(synchronized=True)); "gn": GroupNorm.
     BACKBONE_NORM: str = "frozen_bn"
     GROUP_NORM_GROUPS: int = 32
     # Where the stride-2 sits in a bottleneck: False = on the 3x3 conv (torchvision
@@ -184,6 +189,11 @@ class Config:
 
     # ----- FPN / RPN --------------------------------------------------------------
     FPN_CHANNELS: int = 256
+    # Norm after each FPN conv (then without bias): None (v1), "bn", "syncbn" or "gn"
+    # (torchvision maskrcnn_resnet50_fpn_v2: "bn"; Detectron2 new baselines: "syncbn").
+    FPN_NORM: str | None = None
+    # 3x3 conv + ReLU layers of the RPN head before its predictors: 1 (v1) or 2 (v2, LSJ).
+    RPN_HEAD_CONVS: int = 1
     # Strides of P2..P6.
     BACKBONE_STRIDES: tuple[int, ...] = (4, 8, 16, 32, 64)
     # One anchor size per level P2..P6 (pixels of the network input).
@@ -220,18 +230,30 @@ class Config:
     FPN_FC_LAYERS_SIZE: int = 1024
     MASK_HEAD_CONV_CHANNELS: int = 256
     MASK_HEAD_NUM_CONVS: int = 4
+    # Box head: "2fc" (flatten -> 2 FC of FPN_FC_LAYERS_SIZE; v1, the paper) or "4conv1fc"
+    # (4 x 3x3 conv of FPN_CHANNELS -> 1 FC; torchvision v2, Detectron2 new baselines).
+    BOX_HEAD: str = "2fc"
+    # Norm after each conv of the box ("4conv1fc") and mask heads: None, "bn", "syncbn"
+    # (batch statistics of the valid RoIs, over all replicas) or "gn".
+    HEAD_NORM: str | None = None
     # FPN level assignment k = floor(k0 + log2(sqrt(wh) / canonical_size)).
     ROI_CANONICAL_LEVEL: int = 4
     ROI_CANONICAL_SIZE: float = 224.0
     ROI_ALIGN_SAMPLING_RATIO: int = 2
     ROI_ALIGN_ALIGNED: bool = True
-    # "auto" uses the custom C++/CUDA op when it is built, else stock TF ops.
+    # "auto" uses the custom C++/CUDA op when it is built, else stock TF ops
+    # ("portable", crop_and_resize); "gather" samples with Gather and arithmetic only,
+    # the form the ONNX, OpenVINO and LiteRT exports build (same numbers within 2e-5).
     ROI_ALIGN_IMPLEMENTATION: str = "auto"
     # Mask target: GT mask RoIAligned into the proposal, thresholded at this value.
     MASK_TARGET_THRESHOLD: float = 0.5
     # False drops the mask head (the paper's "keypoint-only" model); boxes and, when
     # NUM_KEYPOINTS > 0, keypoints are still predicted.
     MASK_HEAD: bool = True
+    # How the mask of each detection's class is taken from the [K+1] channels: "batched"
+    # (one tf.gather with batch_dims=2) or "flat" (a plain Gather on a flattened table,
+    # the form the OpenVINO export builds); the values are the same.
+    MASK_CLASS_PICK: str = "batched"
 
     # ----- keypoints (Keypoint R-CNN, paper section 5; docs/keypoints.md) -----------
     # Number of keypoints per instance; 0 turns the keypoint head off.
@@ -481,6 +503,7 @@ class Config:
             fail("BACKBONE_NORM", f"choose one of {NORMS}")
         if self.BACKBONE_NORM == "gn" and self.BACKBONE_BASE_WIDTH % self.GROUP_NORM_GROUPS:
             fail("GROUP_NORM_GROUPS", "must divide BACKBONE_BASE_WIDTH")
+        self._validate_architecture(fail)
         freeze = self.FREEZE_BACKBONE_STAGES
         if freeze is not None and (isinstance(freeze, bool) or not isinstance(freeze, int) or not 0 <= freeze <= 5):
             fail("FREEZE_BACKBONE_STAGES", "must be None (depends on the start) or in 0..5")
@@ -496,9 +519,11 @@ class Config:
         ratio = self.ROI_ALIGN_SAMPLING_RATIO
         if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 0:
             fail("ROI_ALIGN_SAMPLING_RATIO", "must be an integer >= 0 (0 = adaptive)")
-        if ratio == 0 and self.ROI_ALIGN_IMPLEMENTATION == "portable":
+        if ratio == 0 and self.ROI_ALIGN_IMPLEMENTATION in ("portable", "gather"):
             fail("ROI_ALIGN_SAMPLING_RATIO", "0 (adaptive) needs the custom op: "
                  "ROI_ALIGN_IMPLEMENTATION='custom' or 'auto'")
+        if self.MASK_CLASS_PICK not in MASK_CLASS_PICKS:
+            fail("MASK_CLASS_PICK", f"choose one of {MASK_CLASS_PICKS}")
         if len(self.BACKBONE_STRIDES) != 5 or list(self.BACKBONE_STRIDES) != sorted(self.BACKBONE_STRIDES):
             fail("BACKBONE_STRIDES", "must list the 5 increasing strides of P2..P6")
         if len(self.RPN_ANCHOR_SCALES) != 5 or any(s <= 0 for s in self.RPN_ANCHOR_SCALES):
@@ -542,6 +567,23 @@ class Config:
             renamed = {k: MATTERPORT_LOSS_NAMES[k] for k in sorted(unknown) if k in MATTERPORT_LOSS_NAMES}
             hint = f" (matterport's names; here: {renamed})" if renamed else ""
             fail("LOSS_WEIGHTS", f"unknown loss names {sorted(unknown)}{hint}; known: {self.LOSS_NAMES}")
+
+    def _validate_architecture(self, fail) -> None:
+        """FPN_NORM, RPN_HEAD_CONVS, BOX_HEAD, HEAD_NORM (and their GroupNorm widths)."""
+        for f in ("FPN_NORM", "HEAD_NORM"):
+            if getattr(self, f) not in STAGE_NORMS:
+                fail(f, f"choose one of {STAGE_NORMS}")
+        if self.RPN_HEAD_CONVS not in (1, 2) or isinstance(self.RPN_HEAD_CONVS, bool):
+            fail("RPN_HEAD_CONVS", "must be 1 or 2")
+        if self.BOX_HEAD not in BOX_HEADS:
+            fail("BOX_HEAD", f"choose one of {BOX_HEADS}")
+        if self.HEAD_NORM is not None and self.BOX_HEAD == "2fc":
+            fail("HEAD_NORM", "needs BOX_HEAD='4conv1fc' (the 2fc box head has no conv to normalise)")
+        gn = self.GROUP_NORM_GROUPS
+        if self.FPN_NORM == "gn" and self.FPN_CHANNELS % gn:
+            fail("GROUP_NORM_GROUPS", "must divide FPN_CHANNELS (FPN_NORM='gn')")
+        if self.HEAD_NORM == "gn" and (self.FPN_CHANNELS % gn or self.MASK_HEAD_CONV_CHANNELS % gn):
+            fail("GROUP_NORM_GROUPS", "must divide FPN_CHANNELS and MASK_HEAD_CONV_CHANNELS (HEAD_NORM='gn')")
 
     def _validate_augmentation(self, fail) -> None:
         sizes = self.IMAGE_MIN_DIM if isinstance(self.IMAGE_MIN_DIM, (tuple, list)) else (self.IMAGE_MIN_DIM,)

@@ -169,9 +169,13 @@ def test_fixtures_are_small_and_match_live_torchvision(parity):
     for step in (1, 2):
         assert 0 < int(parity["ref"][f"proposals{step}"]) + 2 < rec.ALL
     if parity["live"]:
-        # Live mode: the committed fixtures are what torchvision computes now.
+        # Live mode: the committed fixtures are what torchvision computes now. Tolerance relative
+        # to each array's largest value: another CPU moves float32 results by ~1e-7 of it (1.6e-7
+        # seen on inference/p2 and mask_logits); a stale fixture differs by O(1).
         for k, v in parity["ref"].items():
-            np.testing.assert_allclose(parity["recorded"][k], v, rtol=1e-6, atol=1e-7, err_msg=k)
+            scale = float(np.max(np.abs(v))) if np.size(v) else 0.0
+            np.testing.assert_allclose(parity["recorded"][k], v, rtol=1e-5, atol=1e-5 * max(scale, 1e-6),
+                                       err_msg=k)
 
 
 @pytest.mark.parametrize("step", [1, 2])
