@@ -37,7 +37,7 @@ def main() -> None:
     model = MaskRCNN(config)
     image = np.random.default_rng(0).integers(0, 255, (args.height, args.width, 3), dtype=np.uint8)
 
-    from mrcnn.data.pipeline import prepare_image_batch
+    from mrcnn.inference.preprocess import prepare_image_batch
 
     batch, sizes, _ = prepare_image_batch([image], config)
     batch = tf.constant(batch)

@@ -101,7 +101,7 @@ def main() -> None:
 
     from mrcnn.checkpoint.convert import convert_torchvision
     from mrcnn.configs import TorchvisionCOCO, TorchvisionCOCOv2
-    from mrcnn.data.pipeline import prepare_image_batch
+    from mrcnn.inference.preprocess import prepare_image_batch
     from mrcnn.model import MaskRCNN
     from mrcnn.ops.masks import paste_masks
 

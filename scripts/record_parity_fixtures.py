@@ -430,7 +430,7 @@ def full_size_input(image: np.ndarray, config) -> tuple[np.ndarray, tuple[int, i
     raw RGB and the valid (h, w). Both sides' stage-by-stage comparison start from it, so no
     resize difference enters; the end-to-end comparison uses each side's own resize."""
     sys.path.insert(0, os.path.join(HERE, ".."))
-    from mrcnn.data.pipeline import prepare_image_batch
+    from mrcnn.inference.preprocess import prepare_image_batch
 
     batch, sizes, _ = prepare_image_batch([image], config)
     return batch, (int(sizes[0][0]), int(sizes[0][1]))

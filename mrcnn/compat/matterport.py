@@ -127,7 +127,7 @@ class MatterportMaskRCNN:
         image id 0, original shape, padded shape, window (y1, x1, y2, x2), scale (of the
         height), active class ids (all ones).
         """
-        from mrcnn.data.pipeline import prepare_image_batch
+        from mrcnn.inference.preprocess import prepare_image_batch
 
         batch, sizes, scales = prepare_image_batch(list(images), self.config)
         windows = np.array([[0, 0, h, w] for h, w in sizes], np.int32)

@@ -308,15 +308,3 @@ def build_dataset(
         else:
             ds = ds.padded_batch(batch_size, padded_shapes=padded_shapes, drop_remainder=drop_remainder)
     return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def prepare_image_batch(
-    images: Sequence[np.ndarray], config: Config
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`mrcnn.inference.preprocess.prepare_image_batch`, the inference resize/pad rule
-    (its home since the package layout of issue #21; kept here for existing callers)."""
-    from mrcnn.inference.preprocess import (
-        prepare_image_batch as prepare,  # inference sits above data
-    )
-
-    return prepare(images, config)

@@ -12,7 +12,8 @@ import tensorflow as tf
 from mrcnn.config import Config
 from mrcnn.data import loader, transforms
 from mrcnn.data.dataset import Dataset
-from mrcnn.data.pipeline import build_dataset, prepare_image_batch
+from mrcnn.data.pipeline import build_dataset
+from mrcnn.inference.preprocess import prepare_image_batch
 from samples.shapes.shapes import ShapesConfig, ShapesDataset
 
 

@@ -252,8 +252,8 @@ def test_openvino_parity_and_bad_inputs(openvino_export, trained_model, tmp_path
     assert Path(xml).name == "model.xml" and Path(binary).name == "model.bin"
     check_runtime("openvino", xml, trained_model, tmp_path, messages={
         "float": "precision: f32, since the model input tensor precision is: u8",
-        "rank3": "the model input (shape=[?,?,?,3]) and the tensor (shape=(100.150.3)) are incompatible",
-        "rgba": "the model input (shape=[?,?,?,3]) and the tensor (shape=(1.100.150.4)) are incompatible",
+        "rank3": "the model input (shape=[?,?,?,3]) and the tensor (shape=(128.128.3)) are incompatible",
+        "rgba": "the model input (shape=[?,?,?,3]) and the tensor (shape=(1.128.128.4)) are incompatible",
     })
 
 
