@@ -147,12 +147,13 @@ def cmd_data_service(args: argparse.Namespace) -> int:
 
     try:
         if args.role == "dispatcher":
-            server = data_service.start_dispatcher(args.port, work_dir=args.work_dir)
+            server = data_service.start_dispatcher(args.port, work_dir=args.work_dir,
+                                                   worker_timeout_s=args.worker_timeout)
         else:
             server = data_service.start_worker(args.dispatcher, args.port, host=args.host)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    print(f"tf.data service {args.role} serving on port {server.port} (Ctrl-C stops it)", flush=True)
+    print(f"tf.data service {args.role} serving on port {args.port} (Ctrl-C stops it)", flush=True)
     data_service.serve_until_signal(server)
     return 0
 
@@ -526,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default=None,
                    help="dispatcher: folder for its journal, so a restarted dispatcher resumes its jobs "
                         "(default none: in memory)")
+    p.add_argument("--worker-timeout", type=float, default=30.0,
+                   help="dispatcher: seconds without a heartbeat before a worker counts as lost (default 30)")
     p.set_defaults(func=cmd_data_service)
 
     p = sub.add_parser("detect", help="detect instances in image files")

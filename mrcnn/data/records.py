@@ -220,8 +220,7 @@ def _make_decoder(config: Any, label_map: Mapping[int, int] | None) -> Any:
 
     def decode(serialized: tf.Tensor) -> tuple[tf.Tensor, ...]:
         ex = tf.io.parse_single_example(serialized, spec)
-        image = tf.io.decode_image(ex["image/encoded"], channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
+        image = decode_image_bytes(ex["image/encoded"])
         shape = tf.shape(image)
         height, width = shape[0], shape[1]
         h64, w64 = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
@@ -280,6 +279,22 @@ def _make_decoder(config: Any, label_map: Mapping[int, int] | None) -> Any:
         return image, boxes, tf.cast(class_ids, tf.int32), masks, keypoints
 
     return decode
+
+
+def decode_image_bytes(data: tf.Tensor) -> tf.Tensor:
+    """JPEG/PNG/BMP/GIF bytes -> uint8 ``[H, W, 3]`` RGB.
+
+    JPEG with the accurate integer DCT (Pillow's and libjpeg's default; TF's own
+    default is the fast one, which differs by up to 16 levels), so that records
+    give the Python path's pixels bit for bit.
+    """
+    image = tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+    )
+    image.set_shape([None, None, 3])
+    return image
 
 
 def _overlap(dst: tf.Tensor, src: tf.Tensor) -> tf.Tensor:

@@ -8,8 +8,8 @@ image, with the field names of the TF Object Detection API's COCO converter
 field                              type        value
 =================================  ==========  =========================================
 ``image/encoded``                  bytes       the source file's JPEG/PNG bytes when
-                                               TensorFlow decodes them to exactly the
-                                               pixels ``load_image`` gives, else a PNG
+                                               the reader's TF decoding gives exactly
+                                               the pixels ``load_image`` gives, else a PNG
                                                of those pixels (lossless either way)
 ``image/format``                   bytes       ``jpeg`` or ``png``
 ``image/height``, ``image/width``  int64       pixels
@@ -112,12 +112,14 @@ def _encode_image(dataset: Any, image_id: int, image: np.ndarray, summary: Conve
     """The source file's bytes if TensorFlow decodes them to ``image`` exactly, else a PNG."""
     import tensorflow as tf
 
+    from mrcnn.data.records import decode_image_bytes
+
     path = loader._image_path(dataset, image_id)
     if path and os.path.isfile(path) and path.lower().endswith((".jpg", ".jpeg", ".png")):
         with open(path, "rb") as f:
             data = f.read()
         try:
-            decoded = tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+            decoded = decode_image_bytes(tf.constant(data)).numpy()
         except (tf.errors.OpError, ValueError):
             decoded = None
         if decoded is not None and decoded.shape == image.shape and np.array_equal(decoded, image):

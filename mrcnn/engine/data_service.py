@@ -17,15 +17,20 @@ from typing import Any
 import tensorflow as tf
 
 
-def start_dispatcher(port: int, work_dir: str | None = None) -> Any:
+def start_dispatcher(port: int, work_dir: str | None = None, worker_timeout_s: float = 30.0) -> Any:
     """Start a dispatcher on ``port`` (all interfaces) and return the server.
 
     ``work_dir``: journal folder (fault tolerant mode) so that a restarted
     dispatcher resumes its jobs; None keeps its state in memory.
+    ``worker_timeout_s``: a worker silent for this long counts as lost (its
+    splits are not handed out again: dynamic sharding is at most once).
     """
     _check_port(port)
+    if worker_timeout_s <= 0:
+        raise ValueError(f"--worker-timeout must be > 0 seconds, got {worker_timeout_s}")
     config = tf.data.experimental.service.DispatcherConfig(
-        port=int(port), work_dir=work_dir, fault_tolerant_mode=work_dir is not None)
+        port=int(port), work_dir=work_dir, fault_tolerant_mode=work_dir is not None,
+        worker_timeout_ms=int(worker_timeout_s * 1000))
     return tf.data.experimental.service.DispatchServer(config)
 
 
