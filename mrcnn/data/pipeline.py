@@ -56,7 +56,10 @@ otherwise (throughput).
 
 from __future__ import annotations
 
+import atexit
 import random
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,6 +71,52 @@ from mrcnn.data import augment as augment_lib
 from mrcnn.data import transforms
 from mrcnn.data.loader import load_instance, sanitize_image
 from mrcnn.ops.keypoints import flip_keypoints, scale_keypoints
+
+
+class _ExitGuard:
+    """Lets the interpreter exit while a Python-path iterator is still alive.
+
+    At exit the iterator is destroyed during finalisation, with the GIL held, and
+    the destructor waits for the parallel map's in-flight ``load_instance`` calls,
+    which wait for the GIL: a deadlock (seen with two cores, where several calls
+    are in flight). An ``atexit`` hook runs before that: it makes new calls fail at
+    once and waits (bounded) until none is in flight, so the destructor has nothing
+    to wait for. Process-lifetime state by nature, hence module level.
+    """
+
+    def __init__(self) -> None:
+        self.exiting = threading.Event()
+        self.in_flight = 0
+        self.lock = threading.Lock()
+        atexit.register(self.drain)
+
+    def __enter__(self) -> None:
+        if self.exiting.is_set():
+            raise RuntimeError("the interpreter is exiting")
+        with self.lock:
+            self.in_flight += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+    def drain(self, limit_s: float = 30.0) -> None:
+        self.exiting.set()
+        deadline = time.monotonic() + limit_s
+        quiet_since = None
+        while time.monotonic() < deadline:
+            with self.lock:
+                busy = self.in_flight > 0
+            if busy:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > 0.5:  # the map's threads have stopped asking
+                return
+            time.sleep(0.02)
+
+
+_exit_guard = _ExitGuard()
 
 
 def _mini_shape(config: Config) -> tuple[int, int] | None:
@@ -179,7 +228,8 @@ def build_dataset(
     group = bool(training) and mode == "pad32" and canvas is None and bool(config.ASPECT_RATIO_GROUPING)
 
     def load_py(image_id: np.ndarray) -> tuple[np.ndarray, ...]:
-        record = load_instance(dataset, int(image_id), config)
+        with _exit_guard:
+            record = load_instance(dataset, int(image_id), config)
         out = (record["image"], record["boxes"], record["class_ids"], record["masks"])
         return (*out, record["keypoints"]) if num_kp else out
 

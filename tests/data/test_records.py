@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -325,3 +326,41 @@ def test_tiny_coco_records_equal_the_loader():
         np.testing.assert_array_equal(got[2], want["class_ids"])
         np.testing.assert_array_equal(got[3], want["masks"])
     assert summary.source_bytes_kept == 20  # the JPEGs are stored as they are
+
+
+EXIT_SCRIPT = """
+import sys, warnings
+warnings.simplefilter("ignore")
+from mrcnn.configs import TorchvisionCOCO
+from mrcnn.data import build_dataset
+from mrcnn.data.coco import CocoDataset
+root = sys.argv[1]
+ds = CocoDataset(root + "/annotations/instances_train2017.json", root + "/train2017")
+it = iter(build_dataset(ds, TorchvisionCOCO(IMAGES_PER_GPU=2), training=True, seed=0))
+next(it)
+print("iterated", flush=True)
+"""
+
+
+@needs_tiny_coco
+def test_interpreter_exits_with_a_python_path_iterator_alive():
+    """The issue's hang: a script leaves build_dataset's iterator alive and exits, with two cores
+    (several load_instance calls in flight). It hung 3 times out of 3 before the exit guard."""
+    import os
+    import subprocess
+    import sys
+
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    cmd = [sys.executable, "-c", EXIT_SCRIPT, str(TINY_COCO)]
+    if len(cores) == 2 and shutil.which("taskset"):
+        cmd = ["taskset", "-c", ",".join(map(str, cores)), *cmd]
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=400)  # generous: only a hang gets near it
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        pytest.fail("the interpreter did not exit with a build_dataset iterator alive")
+    assert "iterated" in out and proc.returncode == 0
