@@ -15,6 +15,7 @@ a docstring says otherwise.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import inspect
@@ -27,9 +28,13 @@ from pathlib import Path
 from typing import Any
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d")
-NORMS = ("frozen_bn", "bn", "gn")
+NORMS = ("frozen_bn", "bn", "syncbn", "gn")
+# FPN_NORM / HEAD_NORM: None = no norm (the convs have biases).
+STAGE_NORMS = (None, "bn", "syncbn", "gn")
+BOX_HEADS = ("2fc", "4conv1fc")
 RESIZE_MODES = ("square", "pad32")
-ROI_ALIGN_IMPLEMENTATIONS = ("auto", "portable", "custom")
+ROI_ALIGN_IMPLEMENTATIONS = ("auto", "portable", "custom", "gather")
+MASK_CLASS_PICKS = ("batched", "flat")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("step", "cosine")
 MIXED_PRECISIONS = (None, "float16", "bfloat16")
@@ -91,6 +96,53 @@ def resolve_config_class(path: str) -> tuple[type[Config] | None, str | None]:
     return obj, None
 
 
+# matterport/Mask_RCNN Config fields this Config does not have, with what to use instead
+# (docs/matterport.md has the field-by-field table). A subclass that sets one gets one
+# warning with this advice when the class is defined (Config.__init_subclass__).
+MATTERPORT_FIELDS: dict[str, str] = {
+    "USE_MINI_MASK": "use MINI_MASK_SHAPE = None to turn mini-masks off (USE_MINI_MASK = False), "
+                     "or a (h, w) shape to keep them on",
+    "TRAIN_BN": "use BACKBONE_NORM: 'frozen_bn' (TRAIN_BN = False, the default), 'bn' (TRAIN_BN = None "
+                "or True) or 'gn'",
+    "BBOX_STD_DEV": "use BBOX_REG_WEIGHTS = 1 / BBOX_STD_DEV (matterport's (0.1, 0.1, 0.2, 0.2) is "
+                    "(10, 10, 5, 5), the default)",
+    "PRE_NMS_LIMIT": "use PRE_NMS_LIMIT_TRAINING / PRE_NMS_LIMIT_INFERENCE (per FPN level here; "
+                     "matterport's limit is over all levels together)",
+    "TOP_DOWN_PYRAMID_SIZE": "use FPN_CHANNELS",
+    "FPN_CLASSIF_FC_LAYERS_SIZE": "use FPN_FC_LAYERS_SIZE",
+    "RPN_ANCHOR_STRIDE": "anchors sit on every feature-map cell here (matterport's RPN_ANCHOR_STRIDE = 1); "
+                         "there is no field for other strides",
+    "COMPUTE_BACKBONE_SHAPE": "custom backbone callables are not supported; BACKBONE names one of "
+                              + ", ".join(BACKBONES),
+    "IMAGE_MIN_SCALE": "there is no minimum up-scaling; IMAGE_MIN_DIM / IMAGE_MAX_DIM decide the scale",
+    "IMAGE_CHANNEL_COUNT": "images are always 3-channel RGB here (gray and RGBA are converted)",
+    "IMAGE_META_SIZE": "there are no image metas here (image sizes travel as image_sizes)",
+    "USE_RPN_ROIS": "the heads always train on the RPN's proposals here",
+}
+
+
+# matterport's LOSS_WEIGHTS keys -> this Config's loss names.
+MATTERPORT_LOSS_NAMES: dict[str, str] = {
+    "rpn_bbox_loss": "rpn_box_loss",
+    "mrcnn_class_loss": "class_loss",
+    "mrcnn_bbox_loss": "box_loss",
+    "mrcnn_mask_loss": "mask_loss",
+}
+
+
+def _unknown_field_advice(cls: type, name: str) -> str | None:
+    """Advice for an upper-case class attribute ``name`` of Config subclass ``cls`` that no
+    Config field has: matterport's field name, or a close spelling of a known field (None:
+    a user-defined field, allowed without a word)."""
+    if name in MATTERPORT_FIELDS:
+        return f"{name} is a matterport Config field that mrcnn ignores: {MATTERPORT_FIELDS[name]}"
+    known = [k for k in dir(Config) if k.isupper() and not k.startswith("_")]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+    if close:
+        return f"{name} is not a Config field and is ignored; did you mean {close[0]}?"
+    return None
+
+
 def _is_derived(cls: type, name: str) -> bool:
     """Whether ``name`` is computed by ``cls`` (a property anywhere in its MRO)."""
     return isinstance(inspect.getattr_static(cls, name, None), property)
@@ -119,7 +171,8 @@ class Config:
     # ----- backbone ---------------------------------------------------------------
     BACKBONE: str = "resnet50"
     # "frozen_bn": affine constants (for pretrained weights); "bn": trainable batch
-    # norm; "gn": GroupNorm (training from scratch).
+    # norm; "syncbn": batch norm with statistics over all replicas of a tf.distribute
+    # strategy (keras.layers.BatchNormalization(synchronized=True)); "gn": GroupNorm.
     BACKBONE_NORM: str = "frozen_bn"
     GROUP_NORM_GROUPS: int = 32
     # Where the stride-2 sits in a bottleneck: False = on the 3x3 conv (torchvision
@@ -136,6 +189,11 @@ class Config:
 
     # ----- FPN / RPN --------------------------------------------------------------
     FPN_CHANNELS: int = 256
+    # Norm after each FPN conv (then without bias): None (v1), "bn", "syncbn" or "gn"
+    # (torchvision maskrcnn_resnet50_fpn_v2: "bn"; Detectron2 new baselines: "syncbn").
+    FPN_NORM: str | None = None
+    # 3x3 conv + ReLU layers of the RPN head before its predictors: 1 (v1) or 2 (v2, LSJ).
+    RPN_HEAD_CONVS: int = 1
     # Strides of P2..P6.
     BACKBONE_STRIDES: tuple[int, ...] = (4, 8, 16, 32, 64)
     # One anchor size per level P2..P6 (pixels of the network input).
@@ -172,18 +230,30 @@ class Config:
     FPN_FC_LAYERS_SIZE: int = 1024
     MASK_HEAD_CONV_CHANNELS: int = 256
     MASK_HEAD_NUM_CONVS: int = 4
+    # Box head: "2fc" (flatten -> 2 FC of FPN_FC_LAYERS_SIZE; v1, the paper) or "4conv1fc"
+    # (4 x 3x3 conv of FPN_CHANNELS -> 1 FC; torchvision v2, Detectron2 new baselines).
+    BOX_HEAD: str = "2fc"
+    # Norm after each conv of the box ("4conv1fc") and mask heads: None, "bn", "syncbn"
+    # (batch statistics of the valid RoIs, over all replicas) or "gn".
+    HEAD_NORM: str | None = None
     # FPN level assignment k = floor(k0 + log2(sqrt(wh) / canonical_size)).
     ROI_CANONICAL_LEVEL: int = 4
     ROI_CANONICAL_SIZE: float = 224.0
     ROI_ALIGN_SAMPLING_RATIO: int = 2
     ROI_ALIGN_ALIGNED: bool = True
-    # "auto" uses the custom C++/CUDA op when it is built, else stock TF ops.
+    # "auto" uses the custom C++/CUDA op when it is built, else stock TF ops
+    # ("portable", crop_and_resize); "gather" samples with Gather and arithmetic only,
+    # the form the ONNX, OpenVINO and LiteRT exports build (same numbers within 2e-5).
     ROI_ALIGN_IMPLEMENTATION: str = "auto"
     # Mask target: GT mask RoIAligned into the proposal, thresholded at this value.
     MASK_TARGET_THRESHOLD: float = 0.5
     # False drops the mask head (the paper's "keypoint-only" model); boxes and, when
     # NUM_KEYPOINTS > 0, keypoints are still predicted.
     MASK_HEAD: bool = True
+    # How the mask of each detection's class is taken from the [K+1] channels: "batched"
+    # (one tf.gather with batch_dims=2) or "flat" (a plain Gather on a flattened table,
+    # the form the OpenVINO export builds); the values are the same.
+    MASK_CLASS_PICK: str = "batched"
 
     # ----- keypoints (Keypoint R-CNN, paper section 5; docs/keypoints.md) -----------
     # Number of keypoints per instance; 0 turns the keypoint head off.
@@ -256,7 +326,7 @@ class Config:
 
     # ----- training ---------------------------------------------------------------
     # "sgd": torch's SGD (L2 weight decay added to the gradient, through momentum;
-    # mrcnn.engine.training.TorchSGD); "adamw": Keras AdamW (decoupled decay).
+    # mrcnn.solver.optimizer.TorchSGD); "adamw": Keras AdamW (decoupled decay).
     OPTIMIZER: str = "sgd"
     # Learning rate for LR_REFERENCE_BATCH images per step (the paper: 0.02 for 16).
     # The rate used is LEARNING_RATE * BATCH_SIZE / LR_REFERENCE_BATCH (linear
@@ -317,6 +387,18 @@ class Config:
     BOX_LOSS_BETA: float = 1.0 / 9.0
 
     BASE_LOSS_NAMES = ("rpn_class_loss", "rpn_box_loss", "class_loss", "box_loss")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Warn once per class about an upper-case attribute that looks like a mistake: a
+        matterport field name or a close misspelling of a Config field (``_unknown_field_advice``).
+        Other new upper-case attributes are user-defined fields: allowed, carried in to_dict()."""
+        super().__init_subclass__(**kwargs)
+        inherited = {k for base in cls.__mro__[1:] for k in vars(base)}
+        for name in vars(cls):
+            if name.isupper() and not name.startswith("_") and name not in inherited:
+                advice = _unknown_field_advice(cls, name)
+                if advice is not None:
+                    warnings.warn(f"mrcnn: {cls.__qualname__}.{advice}", UserWarning, stacklevel=2)
 
     def __init__(self, **overrides: Any) -> None:
         for key, value in overrides.items():
@@ -421,6 +503,7 @@ class Config:
             fail("BACKBONE_NORM", f"choose one of {NORMS}")
         if self.BACKBONE_NORM == "gn" and self.BACKBONE_BASE_WIDTH % self.GROUP_NORM_GROUPS:
             fail("GROUP_NORM_GROUPS", "must divide BACKBONE_BASE_WIDTH")
+        self._validate_architecture(fail)
         freeze = self.FREEZE_BACKBONE_STAGES
         if freeze is not None and (isinstance(freeze, bool) or not isinstance(freeze, int) or not 0 <= freeze <= 5):
             fail("FREEZE_BACKBONE_STAGES", "must be None (depends on the start) or in 0..5")
@@ -436,9 +519,11 @@ class Config:
         ratio = self.ROI_ALIGN_SAMPLING_RATIO
         if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 0:
             fail("ROI_ALIGN_SAMPLING_RATIO", "must be an integer >= 0 (0 = adaptive)")
-        if ratio == 0 and self.ROI_ALIGN_IMPLEMENTATION == "portable":
+        if ratio == 0 and self.ROI_ALIGN_IMPLEMENTATION in ("portable", "gather"):
             fail("ROI_ALIGN_SAMPLING_RATIO", "0 (adaptive) needs the custom op: "
                  "ROI_ALIGN_IMPLEMENTATION='custom' or 'auto'")
+        if self.MASK_CLASS_PICK not in MASK_CLASS_PICKS:
+            fail("MASK_CLASS_PICK", f"choose one of {MASK_CLASS_PICKS}")
         if len(self.BACKBONE_STRIDES) != 5 or list(self.BACKBONE_STRIDES) != sorted(self.BACKBONE_STRIDES):
             fail("BACKBONE_STRIDES", "must list the 5 increasing strides of P2..P6")
         if len(self.RPN_ANCHOR_SCALES) != 5 or any(s <= 0 for s in self.RPN_ANCHOR_SCALES):
@@ -479,7 +564,26 @@ class Config:
             fail("GRADIENT_CLIP_NORM", "must be None or > 0")
         unknown = set(self.LOSS_WEIGHTS or {}) - set(self.LOSS_NAMES)
         if unknown:
-            fail("LOSS_WEIGHTS", f"unknown loss names {sorted(unknown)}; known: {self.LOSS_NAMES}")
+            renamed = {k: MATTERPORT_LOSS_NAMES[k] for k in sorted(unknown) if k in MATTERPORT_LOSS_NAMES}
+            hint = f" (matterport's names; here: {renamed})" if renamed else ""
+            fail("LOSS_WEIGHTS", f"unknown loss names {sorted(unknown)}{hint}; known: {self.LOSS_NAMES}")
+
+    def _validate_architecture(self, fail) -> None:
+        """FPN_NORM, RPN_HEAD_CONVS, BOX_HEAD, HEAD_NORM (and their GroupNorm widths)."""
+        for f in ("FPN_NORM", "HEAD_NORM"):
+            if getattr(self, f) not in STAGE_NORMS:
+                fail(f, f"choose one of {STAGE_NORMS}")
+        if self.RPN_HEAD_CONVS not in (1, 2) or isinstance(self.RPN_HEAD_CONVS, bool):
+            fail("RPN_HEAD_CONVS", "must be 1 or 2")
+        if self.BOX_HEAD not in BOX_HEADS:
+            fail("BOX_HEAD", f"choose one of {BOX_HEADS}")
+        if self.HEAD_NORM is not None and self.BOX_HEAD == "2fc":
+            fail("HEAD_NORM", "needs BOX_HEAD='4conv1fc' (the 2fc box head has no conv to normalise)")
+        gn = self.GROUP_NORM_GROUPS
+        if self.FPN_NORM == "gn" and self.FPN_CHANNELS % gn:
+            fail("GROUP_NORM_GROUPS", "must divide FPN_CHANNELS (FPN_NORM='gn')")
+        if self.HEAD_NORM == "gn" and (self.FPN_CHANNELS % gn or self.MASK_HEAD_CONV_CHANNELS % gn):
+            fail("GROUP_NORM_GROUPS", "must divide FPN_CHANNELS and MASK_HEAD_CONV_CHANNELS (HEAD_NORM='gn')")
 
     def _validate_augmentation(self, fail) -> None:
         sizes = self.IMAGE_MIN_DIM if isinstance(self.IMAGE_MIN_DIM, (tuple, list)) else (self.IMAGE_MIN_DIM,)
@@ -660,11 +764,25 @@ def load_config(spec: str | Config) -> Config:
         raise ValueError(f"config must be MODULE:CLASS, FILE.py:CLASS or FILE.json, got {spec!r}")
     if module_name.endswith(".py"):
         path = Path(module_name)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
         module_spec = importlib.util.spec_from_file_location(path.stem, path)
         if module_spec is None or module_spec.loader is None:
             raise ValueError(f"cannot import {path}")
         module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        # The file may import modules beside it (as `python file.py` would let it): its
+        # folder is on sys.path while it runs.
+        folder = str(path.resolve().parent)
+        sys.path.insert(0, folder)
+        try:
+            module_spec.loader.exec_module(module)
+        except ImportError as exc:
+            raise ValueError(f"{path}: {type(exc).__name__}: {exc} (imported with {folder} on sys.path)") from exc
+        finally:
+            try:
+                sys.path.remove(folder)
+            except ValueError:
+                pass
     else:
         sys.path.insert(0, os.getcwd())  # let "samples.x:Cfg" work from the project root
         try:

@@ -475,6 +475,7 @@ def evaluate_dataset(
     verbose: bool = False,
     max_detections: int = 100,
     ground_truth: str = "auto",
+    resume_key: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run ``detect_fn`` over a dataset and compute COCO metrics, in bounded memory.
 
@@ -499,11 +500,11 @@ def evaluate_dataset(
         json_out: write the detections there as a COCO results JSON. Ids are the
             dataset's source ids when it has ``coco_image_id`` /
             ``coco_category_id`` (so the file scores against the original
-            annotation file), else internal ids. While detection runs, results
-            are appended to ``json_out + ".partial"`` (one JSON object per
-            line, flushed per image), so a crash loses nothing already
-            computed; at the end ``json_out`` is written atomically and the
-            partial file removed.
+            annotation file), else internal ids. While detection runs, each
+            image's results are appended to ``json_out + ".partial"`` (a header
+            line, then one JSON line per image, fsynced), so a crash loses
+            nothing already computed; at the end ``json_out`` is written
+            atomically and the partial file removed.
         iou_types: any of "bbox", "segm", "keypoints"; None = what the results
             and the ground truth support: "bbox", "segm" when every result has
             masks, "keypoints" when every result has keypoints and the dataset
@@ -518,11 +519,17 @@ def evaluate_dataset(
             restricted to the evaluated images and the dataset's categories;
             else ground truth built from ``load_mask``. "masks": always from
             ``load_mask``. Or a path to a COCO annotation file.
+        resume_key: a string naming this evaluation (model weights, config,
+            dataset; ``mrcnn evaluate`` derives it from them). When the partial
+            file left by a killed run has the same key and image ids, its
+            finished images are reused and only the rest are detected (a torn
+            last line is dropped and that image detected again). None: a partial
+            file is always started afresh.
 
     Returns:
         {"bbox": {metric: value}, "segm": {...}, "per_class": {"bbox": {name: AP}, "segm": {...}}}
     """
-    from mrcnn.fileio import atomic_write
+    from mrcnn.fileio import append_line, atomic_write
 
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
@@ -551,30 +558,40 @@ def evaluate_dataset(
     detections: list[dict[str, Any]] = []
     all_masks = all_keypoints = True
     partial = None if json_out is None else os.fspath(json_out) + ".partial"
-    if partial is not None and os.path.exists(partial):
-        os.remove(partial)
+    done: dict[int, dict[str, Any]] = {}
+    if partial is not None:
+        done = _resume_partial(partial, resume_key, coco_ids)
+        if done and progress:
+            print(f"[mrcnn] evaluate: reusing {len(done)} of {len(ids)} images from {partial}", flush=True)
+    todo = [(i, cid) for i, cid in zip(ids, coco_ids) if cid not in done]
+    for cid in coco_ids:
+        if cid in done:
+            detections.extend(done[cid]["results"])
+            all_masks &= done[cid]["masks"]
+            all_keypoints &= done[cid]["keypoints"]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(ids), desc="evaluate", unit="img")
+        bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc="evaluate", unit="img")
     try:
-        for start in range(0, len(ids), batch_size):
-            batch = ids[start : start + batch_size]
-            images = [dataset.load_image(i) for i in batch]
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            images = [dataset.load_image(i) for i, _ in batch]
             padded = images + [images[-1]] * (batch_size - len(images))
             results = list(detect_fn(padded))
             if len(results) != len(padded):
                 raise ValueError(f"detect_fn returned {len(results)} results for {len(padded)} images")
             del images, padded
-            for k, result in enumerate(results[: len(batch)]):
+            for (_, cid), result in zip(batch, results[: len(batch)]):
                 all_masks &= "masks" in result
                 all_keypoints &= "keypoints" in result
                 # The full-size masks die here; only their RLEs are kept.
-                dets = detections_to_coco([result], [coco_ids[start + k]], score_cat)
+                dets = detections_to_coco([result], [cid], score_cat)
                 detections.extend(dets)
                 if partial is not None:
-                    _append_many(partial, dets, to_cat if score_cat is None else None)
+                    append_line(partial, json.dumps({"image_id": cid, "results": dets, "masks": "masks" in result,
+                                                     "keypoints": "keypoints" in result}))
             del results
             if bar is not None:
                 bar.update(len(batch))
@@ -616,19 +633,44 @@ def evaluate_dataset(
     return metrics
 
 
-def _append_many(path: str, dets: list[dict[str, Any]], to_cat: Callable[[int], int] | None) -> None:
-    """Append detections as JSON lines (category ids mapped by ``to_cat``), one fsync per call."""
-    if not dets:
-        return
-    lines = []
-    for det in dets:
-        if to_cat is not None:
-            det = {**det, "category_id": int(to_cat(int(det["category_id"])))}
-        lines.append(json.dumps(det))
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def _resume_partial(path: str, key: str | None, coco_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The finished images of ``path`` (``json_out.partial``) when it belongs to this evaluation.
+
+    Line 1 is a header with ``key`` and the image ids; then one line per finished image
+    (``image_id``, its ``results`` as scored, whether it had masks/keypoints), appended and
+    fsynced as each image finishes. A partial file of another evaluation (other key or image
+    ids, or no key given) is started afresh; a torn last line (a kill while it was written)
+    is cut off and that image detected again. Returns {image id: its line}.
+    """
+    header = json.dumps({"mrcnn_evaluate_partial": 1, "key": key, "image_ids": coco_ids})
+    done: dict[int, dict[str, Any]] = {}
+    good_bytes = 0
+    if key is not None and os.path.exists(path):
+        with open(path, "rb") as f:
+            raw = f.read()
+        lines = raw.split(b"\n")
+        if lines[0].decode("utf-8", "replace") == header and len(lines) > 1:
+            good_bytes = len(lines[0]) + 1
+            wanted = set(coco_ids)
+            for line in lines[1:-1]:  # the last piece has no newline: empty, or a torn line
+                try:
+                    entry = json.loads(line)
+                    cid = int(entry["image_id"])
+                    entry["results"], entry["masks"], entry["keypoints"]  # noqa: B018 - all present
+                except (ValueError, KeyError, TypeError):
+                    break
+                if cid not in wanted:
+                    break
+                done[cid] = entry
+                good_bytes += len(line) + 1
+    if good_bytes:
+        with open(path, "r+b") as f:  # drop a torn tail so that appends start on a line of their own
+            f.truncate(good_bytes)
+    else:
+        from mrcnn.fileio import write_text
+
+        write_text(path, header + "\n")
+    return done
 
 
 def format_metrics(metrics: Mapping[str, Any], per_class: bool = True) -> str:
@@ -661,3 +703,93 @@ def format_metrics(metrics: Mapping[str, Any], per_class: bool = True) -> str:
                 row += f"{'n/a':>10}" if v is None else f"{v:>10.4f}"
             lines.append(row)
     return "\n".join(lines)
+
+
+# ----- one image at one IoU threshold (matterport's compute_ap and friends, mrcnn.utils) ----------
+def box_overlaps(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
+    """IoU [N1, N2] of boxes [N1, 4] and [N2, 4] (y1, x1, y2, x2), pixel-edge convention."""
+    b1 = np.asarray(boxes1, np.float64).reshape(-1, 4)
+    b2 = np.asarray(boxes2, np.float64).reshape(-1, 4)
+    area1 = (b1[:, 2] - b1[:, 0]) * (b1[:, 3] - b1[:, 1])
+    area2 = (b2[:, 2] - b2[:, 0]) * (b2[:, 3] - b2[:, 1])
+    hi = np.minimum(b1[:, None, 2:], b2[None, :, 2:])
+    lo = np.maximum(b1[:, None, :2], b2[None, :, :2])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=-1)
+    union = area1[:, None] + area2[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+def mask_overlaps(masks1: np.ndarray, masks2: np.ndarray) -> np.ndarray:
+    """IoU [N1, N2] of instance masks [H, W, N1] and [H, W, N2] (values > 0.5 are inside)."""
+    n1, n2 = np.shape(masks1)[-1], np.shape(masks2)[-1]
+    if n1 == 0 or n2 == 0:
+        return np.zeros((n1, n2))
+    m1 = (np.asarray(masks1) > 0.5).reshape(-1, n1).astype(np.float32)
+    m2 = (np.asarray(masks2) > 0.5).reshape(-1, n2).astype(np.float32)
+    inter = m1.T @ m2
+    union = m1.sum(0)[:, None] + m2.sum(0)[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+def match_instances(gt_boxes, gt_class_ids, gt_masks, pred_boxes, pred_class_ids, pred_scores, pred_masks,
+                    iou_threshold: float = 0.5, score_threshold: float = 0.0):
+    """Greedy matching by mask IoU, predictions in descending score order.
+
+    All-zero rows of the boxes (padding) are dropped first. Each prediction takes the
+    unmatched ground truth of its class with the highest IoU >= ``iou_threshold``
+    (ground truths with IoU below ``score_threshold`` are not considered); each ground
+    truth is matched at most once. Returns (gt_match [G] index of the matched prediction
+    in score order or -1, pred_match [P] index of the matched ground truth or -1,
+    overlaps [P, G] mask IoU in score order).
+    """
+    gt_keep = ~np.all(np.asarray(gt_boxes).reshape(-1, 4) == 0, axis=1)
+    pred_keep = ~np.all(np.asarray(pred_boxes).reshape(-1, 4) == 0, axis=1)
+    gt_class_ids = np.asarray(gt_class_ids)[: len(gt_keep)][gt_keep]
+    gt_masks = np.asarray(gt_masks)[..., : len(gt_keep)][..., gt_keep]
+    order = np.argsort(-np.asarray(pred_scores)[: len(pred_keep)][pred_keep], kind="stable")
+    pred_class_ids = np.asarray(pred_class_ids)[: len(pred_keep)][pred_keep][order]
+    pred_masks = np.asarray(pred_masks)[..., : len(pred_keep)][..., pred_keep][..., order]
+    overlaps = mask_overlaps(pred_masks, gt_masks)
+    gt_match = -np.ones(len(gt_class_ids))
+    pred_match = -np.ones(len(pred_class_ids))
+    for i in range(len(pred_class_ids)):
+        for j in np.argsort(-overlaps[i], kind="stable"):
+            if overlaps[i, j] < max(iou_threshold, score_threshold):
+                break
+            if gt_match[j] < 0 and pred_class_ids[i] == gt_class_ids[j]:
+                gt_match[j], pred_match[i] = i, j
+                break
+    return gt_match, pred_match, overlaps
+
+
+def average_precision(gt_boxes, gt_class_ids, gt_masks, pred_boxes, pred_class_ids, pred_scores, pred_masks,
+                      iou_threshold: float = 0.5):
+    """Mask AP of one image at ``iou_threshold`` (VOC all-point interpolation).
+
+    Returns (AP, precisions, recalls, overlaps): the precision/recall curve padded with
+    (0, 0) in front and (0, 1) at the end, as matterport's ``compute_ap``.
+    """
+    gt_match, pred_match, overlaps = match_instances(gt_boxes, gt_class_ids, gt_masks, pred_boxes,
+                                                     pred_class_ids, pred_scores, pred_masks, iou_threshold)
+    hits = np.cumsum(pred_match > -1)
+    precisions = hits / (np.arange(len(pred_match)) + 1)
+    recalls = hits.astype(np.float32) / max(len(gt_match), 1)
+    precisions = np.concatenate([[0], precisions, [0]])
+    recalls = np.concatenate([[0], recalls, [1]])
+    precisions = np.maximum.accumulate(precisions[::-1])[::-1]  # the envelope: non-increasing
+    steps = np.where(recalls[:-1] != recalls[1:])[0] + 1
+    ap = float(np.sum((recalls[steps] - recalls[steps - 1]) * precisions[steps]))
+    return ap, precisions, recalls, overlaps
+
+
+def box_recall(pred_boxes, gt_boxes, iou: float):
+    """(Fraction of ground-truth boxes that some prediction overlaps by >= ``iou``, indices of
+    those predictions): each prediction counts for its best-overlapping ground truth."""
+    overlaps = box_overlaps(pred_boxes, gt_boxes)
+    if overlaps.size == 0:
+        return 0.0, np.zeros((0,), np.int64)
+    best = overlaps.max(axis=1)
+    positive = np.where(best >= iou)[0]
+    return len(set(overlaps.argmax(axis=1)[positive])) / overlaps.shape[1], positive

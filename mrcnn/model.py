@@ -46,10 +46,6 @@ from mrcnn.layers.fpn import FPN
 from mrcnn.layers.precision import dtype_policy_scope, policy_name
 from mrcnn.layers.roi_heads import RoIHeads
 from mrcnn.layers.rpn import RPN
-from mrcnn.ops.mask_formats import box_masks_to_rle, paste_masks_in_boxes
-from mrcnn.ops.masks import paste_masks
-
-MASK_FORMATS = ("full", "box", "rle")
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
@@ -65,6 +61,17 @@ class MaskRCNN(keras.Model):
     proposals, anchor targets, RPN losses) and ``roi_heads`` (RoI sampling and
     targets, box/mask/keypoint poolers and heads, their losses, post-processing).
     """
+
+    def __new__(cls, *args, **kwargs):
+        # matterport's form, MaskRCNN(mode=..., config=..., model_dir=...) (or positional with
+        # the mode string first), builds mrcnn.compat.matterport.MatterportMaskRCNN, a thin
+        # object around one MaskRCNN(config) (docs/matterport.md). Imported here, not at the
+        # top: compat sits above the model in the import order.
+        if cls is MaskRCNN and ("mode" in kwargs or (args and isinstance(args[0], str))):
+            from mrcnn.compat.matterport import MatterportMaskRCNN
+
+            return MatterportMaskRCNN(*args, **kwargs)
+        return super().__new__(cls, *args, **kwargs)
 
     def __init__(self, config: Config, **kwargs):
         kwargs.setdefault("name", "mask_rcnn")
@@ -84,7 +91,7 @@ class MaskRCNN(keras.Model):
                 freeze_stages=config.FREEZE_BACKBONE_STAGES,
                 name="backbone",
             )
-            self.fpn = FPN(config.FPN_CHANNELS, name="fpn")
+            self.fpn = FPN(config.FPN_CHANNELS, norm=config.FPN_NORM, gn_groups=config.GROUP_NORM_GROUPS, name="fpn")
         with dtype_policy_scope("float32"):  # each builds its own heads under the compute policy
             self.anchor_generator = AnchorGenerator.from_model_config(config, name="anchor_generator")
             self.rpn = RPN.from_model_config(config, name="rpn")
@@ -123,17 +130,32 @@ class MaskRCNN(keras.Model):
         """Compile with SGD + warm-up/step schedule from the Config unless given an optimizer.
 
         With ``MIXED_PRECISION="float16"`` the optimizer (given or made) gets dynamic
-        loss scaling (:func:`mrcnn.engine.training.with_loss_scaling`).
+        loss scaling (:func:`mrcnn.solver.optimizer.with_loss_scaling`).
 
         Losses come from the model itself; ``jit_compile`` is off because the
         custom RoIAlign op and NMS have no XLA kernels.
         """
-        from mrcnn.engine.training import make_optimizer, with_loss_scaling
+        from mrcnn.solver.optimizer import make_optimizer, with_loss_scaling
 
         kwargs.setdefault("jit_compile", False)
         _warn_if_portable_gradients(self.config.ROI_ALIGN_IMPLEMENTATION)
         optimizer = with_loss_scaling(optimizer or make_optimizer(self.config), self.config)
         super().compile(optimizer=optimizer, **kwargs)
+
+    def fit(self, *args, **kwargs):
+        """``keras.Model.fit``; a bad sample met by the input pipeline raises the loader's own
+        :class:`~mrcnn.data.loader.BadSampleError` (image id, file, what is wrong and the fix),
+        not the TensorFlow error that wraps it with the pipeline's traceback."""
+        from mrcnn.data import loader
+
+        loader.last_bad_sample = None
+        try:
+            return super().fit(*args, **kwargs)
+        except tf.errors.OpError:
+            bad = loader.last_bad_sample
+            if bad is None:
+                raise
+            raise bad from None
 
     @property
     def metrics(self):
@@ -156,7 +178,7 @@ class MaskRCNN(keras.Model):
             rows = tf.range(tf.shape(x)[1])[None, :, None] < image_sizes[:, None, 0:1]
             cols = tf.range(tf.shape(x)[2])[None, None, :] < image_sizes[:, None, 1:2]
             x = tf.where(tf.expand_dims(rows & cols, -1), x, 0.0)  # expand_dims: LiteRT-convertible
-        return self.fpn(self.backbone(x, training=training))
+        return self.fpn(self.backbone(x, training=training), training=training)
 
     def _forward(self, images, image_sizes, targets: dict | None, training: bool):
         """normalise -> backbone/FPN -> anchors -> RPN -> RoI heads: (detections, losses).
@@ -170,7 +192,7 @@ class MaskRCNN(keras.Model):
         anchors = self.anchor_generator(images, features)
         proposals, proposal_valid, rpn_losses = self.rpn(features, anchors, image_sizes, targets=targets)
         detections, head_losses = self.roi_heads(
-            features, proposals, proposal_valid, image_sizes, targets=targets
+            features, proposals, proposal_valid, image_sizes, targets=targets, training=training
         )
         return detections, {**rpn_losses, **head_losses}
 
@@ -197,8 +219,9 @@ class MaskRCNN(keras.Model):
     def compute_losses(self, inputs: dict, training: bool = True) -> dict[str, tf.Tensor]:
         """The losses of ``config.LOSS_NAMES`` for one (per-replica) batch, each a scalar.
 
-        ``training`` only switches the backbone's training mode (BatchNorm); the
-        RPN and RoI heads always sample as in training (a validation loss).
+        ``training`` only switches the training mode of the batch norms (backbone, FPN
+        and heads with "bn"/"syncbn"); the RPN and RoI heads always sample as in
+        training (a validation loss).
         """
         targets = {"gt_boxes": inputs["gt_boxes"], "gt_class_ids": inputs["gt_class_ids"],
                    "gt_masks": inputs.get("gt_masks"), "gt_keypoints": inputs.get("gt_keypoints")}
@@ -235,11 +258,19 @@ class MaskRCNN(keras.Model):
 
     # ----- NumPy inference --------------------------------------------------------------
     def _inference_function(self):
+        """tf.function: (images [B, Hp, Wp, 3], sizes [B, 2], scales [B, 2], original sizes
+        [B, 2]) -> detections in original pixels (:func:`mrcnn.inference.postprocess.to_original`)."""
         if self._predict_fn is None:
+            from mrcnn.inference.postprocess import to_original
+
             self._predict_fn = tf.function(
-                lambda images, sizes: self({"images": images, "image_sizes": sizes}),
+                lambda images, sizes, scales, original: to_original(
+                    self({"images": images, "image_sizes": sizes}), scales, original
+                ),
                 input_signature=[
                     tf.TensorSpec([None, None, None, 3], tf.float32),
+                    tf.TensorSpec([None, 2], tf.int32),
+                    tf.TensorSpec([None, 2], tf.float32),
                     tf.TensorSpec([None, 2], tf.int32),
                 ],
             )
@@ -279,7 +310,9 @@ class MaskRCNN(keras.Model):
           pixel-index convention (integer x = centre of column x; see
           docs/keypoints.md); sorted by descending score.
         """
-        from mrcnn.data.pipeline import prepare_image_batch
+        # Pre- and post-processing shared with the SavedModel and every runtime export.
+        from mrcnn.inference.postprocess import MASK_FORMATS, unmold
+        from mrcnn.inference.preprocess import prepare_image_batch
 
         if mask_format not in MASK_FORMATS:
             raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
@@ -296,48 +329,14 @@ class MaskRCNN(keras.Model):
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             batch, sizes, scales = prepare_image_batch(chunk, self.config)
+            original = np.array([image.shape[:2] for image in chunk], np.int32)
             out = {k: np.asarray(v) for k, v in fn(tf.convert_to_tensor(batch, tf.float32),
-                                                   tf.convert_to_tensor(sizes, tf.int32)).items()}
+                                                   tf.convert_to_tensor(sizes, tf.int32),
+                                                   tf.convert_to_tensor(scales, tf.float32),
+                                                   tf.convert_to_tensor(original, tf.int32)).items()}
             for i, image in enumerate(chunk):
-                results.append(self._unmold(out, i, image.shape[:2], np.asarray(scales)[i], mask_format))
+                results.append(unmold(out, i, image.shape[:2], self.config, mask_format))
         return results
-
-    def _unmold(self, out: dict, i: int, image_shape: tuple[int, int], scale: np.ndarray,
-                mask_format: str = "full") -> dict:
-        n = int(out["num_detections"][i])
-        boxes = out["boxes"][i, :n] / np.array([scale[0], scale[1], scale[0], scale[1]], np.float32)
-        height, width = image_shape
-        boxes = np.clip(boxes, 0, [height, width, height, width]).astype(np.float32)
-        result = {
-            "rois": boxes,
-            "class_ids": out["class_ids"][i, :n].astype(np.int32),
-            "scores": out["scores"][i, :n].astype(np.float32),
-        }
-        if "masks" in out:
-            threshold = self.config.DETECTION_MASK_THRESHOLD
-            # Below DETECTION_MASK_MIN_SCORE (sorted last) a detection has no mask: no paste.
-            m = int(np.count_nonzero(result["scores"] >= self.config.DETECTION_MASK_MIN_SCORE))
-            masks = out["masks"][i, :m]
-            if mask_format == "full":
-                full = paste_masks(masks, boxes[:m], image_shape, threshold)
-                if m < n:
-                    full = np.concatenate([full, np.zeros((*image_shape, n - m), bool)], axis=-1)
-                result["masks"] = full
-            else:
-                crops, offsets = paste_masks_in_boxes(masks, boxes[:m], image_shape, threshold)
-                crops += [np.zeros((0, 0), bool)] * (n - m)
-                offsets = np.concatenate([offsets, np.zeros((n - m, 2), np.int32)])
-                if mask_format == "box":
-                    result["masks"], result["mask_offsets"] = crops, offsets
-                else:
-                    result["masks"] = box_masks_to_rle(crops, offsets, image_shape)
-        if "keypoints" in out:
-            kps = out["keypoints"][i, :n].astype(np.float32).copy()
-            # Network-input continuous pixels -> original image, pixel-index convention.
-            kps[..., 0] = kps[..., 0] / scale[1] - 0.5
-            kps[..., 1] = kps[..., 1] / scale[0] - 0.5
-            result["keypoints"] = kps
-        return result
 
 
 def _warn_if_portable_gradients(implementation: str) -> None:

@@ -59,6 +59,7 @@ def draw_instances(
     skeleton: Sequence[tuple[int, int]] | None = None,
     keypoint_min_score: float = 0.0,
     mask_offsets: np.ndarray | None = None,
+    min_score: float | None = None,
 ) -> np.ndarray:
     """Overlay instances on a copy of ``image``.
 
@@ -80,6 +81,10 @@ def draw_instances(
             ``keypoint_min_score`` (so v = 0 "not labelled" never is).
         skeleton: pairs (i, j) of 0-based keypoint indices joined by a line when
             both ends are drawn (e.g. ``config.KEYPOINT_SKELETON``).
+        min_score: draw only the instances with ``scores >= min_score`` (needs
+            ``scores``); None (default) draws all. ``detect()`` returns every
+            detection above ``DETECTION_MIN_CONFIDENCE`` (0.05): 0.5 is a usual cut
+            for a picture.
 
     Returns:
         uint8 ``[H, W, 3]``: masks filled semi-transparently with solid contours,
@@ -91,6 +96,19 @@ def draw_instances(
     out = sanitize_image(image, "draw_instances image").astype(np.float32)
     height, width = out.shape[:2]
     class_ids = np.asarray(class_ids).reshape(-1)
+    if min_score is not None:
+        if scores is None:
+            raise ValueError("draw_instances: min_score needs scores")
+        scores = np.asarray(scores).reshape(-1)
+        keep = np.flatnonzero(scores >= float(min_score))
+        class_ids, scores = class_ids[keep], scores[keep]
+        boxes = None if boxes is None else np.asarray(boxes).reshape(-1, 4)[keep]
+        keypoints = None if keypoints is None else np.asarray(keypoints)[keep]
+        if masks is not None and mask_offsets is not None:
+            masks = [masks[i] for i in keep]
+            mask_offsets = np.asarray(mask_offsets).reshape(-1, 2)[keep]
+        elif masks is not None:
+            masks = np.asarray(masks)[:, :, keep]
     n = class_ids.shape[0]
     colors = instance_colors(n) if colors is None else np.asarray(colors, np.uint8)
 
@@ -188,3 +206,96 @@ def save_image(path: str | Path, image: np.ndarray) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.asarray(image, np.uint8)).save(path)
+
+
+# ----- matterport's matplotlib displays (optional extra: pip install mrcnn[viz]) ------------------
+# Backends that cannot show a window: with these, display_* draw into a figure and write
+# nothing unless save_path is given (no "cannot be shown" warning, no file, no window).
+_NON_INTERACTIVE_BACKENDS = ("agg", "pdf", "ps", "svg", "pgf", "cairo", "template")
+
+
+def _pyplot():
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError("mrcnn.visualize.display_* need matplotlib: pip install 'mrcnn[viz]' "
+                          "(draw_instances / save_image draw without it)") from exc
+    return plt
+
+
+def _finish(plt, fig, own_figure: bool, save_path: str | Path | None) -> None:
+    """Save when asked; show on an interactive backend; close the figures made here."""
+    if save_path is not None:
+        Path(save_path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(save_path, bbox_inches="tight")
+    if own_figure:
+        if plt.get_backend().lower() not in _NON_INTERACTIVE_BACKENDS:
+            plt.show()
+        plt.close(fig)
+
+
+def display_images(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, cols: int = 4,
+                   cmap: str | None = None, norm=None, interpolation: str | None = None,
+                   save_path: str | Path | None = None) -> None:
+    """Show images in a grid of ``cols`` columns, each with its title (matterport's signature,
+    plus ``save_path``: write the figure there)."""
+    plt = _pyplot()
+    titles = list(titles) if titles is not None else [""] * len(images)
+    rows = -(-len(images) // cols)
+    fig = plt.figure(figsize=(14, 14 * rows // cols or 4))
+    for i, (image, title) in enumerate(zip(images, titles), start=1):
+        ax = fig.add_subplot(rows, cols, i)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+        ax.imshow(np.asarray(image).astype(np.uint8) if cmap is None else np.asarray(image), cmap=cmap, norm=norm,
+                  interpolation=interpolation)
+    _finish(plt, fig, True, save_path)
+
+
+def display_instances(image: np.ndarray, boxes: np.ndarray, masks: np.ndarray | None, class_ids: np.ndarray,
+                      class_names: Sequence[str] | None, scores: np.ndarray | None = None, title: str = "",
+                      figsize: tuple[int, int] = (16, 16), ax=None, show_mask: bool = True, show_bbox: bool = True,
+                      colors: np.ndarray | None = None, captions: Sequence[str] | None = None,
+                      save_path: str | Path | None = None) -> np.ndarray:
+    """matterport's ``display_instances``: ``detect()``'s rois / masks / class_ids / scores drawn on
+    ``image`` (:func:`draw_instances`) and shown with matplotlib; on ``ax`` when given.
+
+    ``captions`` is accepted for matterport's signature; labels are ``class score``.
+    ``colors``: float RGB in [0, 1] (matterport's) or uint8 ``[N, 3]``.
+    Returns the drawn uint8 ``[H, W, 3]`` image.
+    """
+    plt = _pyplot()
+    n = len(class_ids)
+    if colors is not None:
+        colors = np.asarray(colors, np.float64)
+        colors = (colors * 255 if colors.max(initial=0) <= 1 else colors).round().astype(np.uint8).reshape(n, 3)
+    drawn = draw_instances(image, boxes if show_bbox else None, masks if show_mask else None,
+                           np.asarray(class_ids), class_names, scores, colors=colors)
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(1, figsize=figsize)
+    else:
+        fig = ax.figure
+    ax.axis("off")
+    ax.set_title(title or ("*** No instances to display ***" if n == 0 else ""))
+    ax.imshow(drawn)
+    _finish(plt, fig, own, save_path)
+    return drawn
+
+
+def display_top_masks(image: np.ndarray, mask: np.ndarray, class_ids: np.ndarray,
+                      class_names: Sequence[str], limit: int = 4, save_path: str | Path | None = None) -> None:
+    """The image and, for the ``limit`` classes covering most pixels, the union of their masks."""
+    class_ids = np.asarray(class_ids)
+    unique = np.unique(class_ids)
+    area = {c: int(mask[..., class_ids == c].sum()) for c in unique}
+    top = sorted(unique, key=lambda c: -area[c])[:limit]
+    panels, titles = [image], ["H x W={}x{}".format(*image.shape[:2])]
+    for i in range(limit):
+        if i < len(top):
+            panels.append(mask[..., class_ids == top[i]].any(axis=-1).astype(np.float32))
+            titles.append(class_names[int(top[i])] if class_names is not None else str(top[i]))
+        else:
+            panels.append(np.zeros(image.shape[:2], np.float32))
+            titles.append("-")
+    display_images(panels, titles=titles, cols=limit + 1, cmap="Blues_r", save_path=save_path)

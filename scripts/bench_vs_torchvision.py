@@ -14,10 +14,16 @@ detections, as a trained model does on a busy photo.
 Prints end to end (``detect()`` vs ``net([image])``) and per stage: backbone +
 FPN, RPN + proposals, box head + NMS, mask head, paste (mask resampling into the
 image). Needs ``pip install torch==2.13.0`` and ``pip install --no-deps
-torchvision==0.28.0``; torchvision's RoIAlign and NMS then run through
-``tests/torchvision_shim.py`` (pure PyTorch), since a CPU-only torch from PyPI
-has no torchvision C++ kernels: torchvision's RoIAlign here is slower than its
-compiled kernel would be, so the per-stage table says where that matters.
+torchvision==0.28.0``, then ``bash ../shared/tools/torchvision-cpu-ops/install.sh
+VENV/bin/python``, which builds torchvision's own C++ CPU kernels (NMS, RoIAlign and
+its backward): the figures in docs/benchmarks.md are measured with them. Without
+them torchvision's RoIAlign and NMS run through ``tests/torchvision_shim.py``
+(pure Python/PyTorch, far slower: the README's old 4.6x came from there); the
+script prints which.
+
+``--model v2``: ``maskrcnn_resnet50_fpn_v2`` against ``MaskRCNN(TorchvisionCOCOv2())``
+(for ``--train``: every stage trained, BatchNorm in training mode on both sides, as
+torchvision builds v2 without pretrained weights).
 
 ``--train``: one SGD step (momentum 0.9, weight decay 1e-4) of each, interleaved,
 on the same batch: 2 images of ``--size`` px with 5 instances each (random
@@ -44,6 +50,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_COCO = os.path.join(ROOT, "..", "shared", "datasets", "tiny_coco", "train2017")
 
 
+def _kernels(tv) -> str:
+    """Which torchvision kernels run: its compiled C++ ops, or the test shim's Python ones."""
+    if tv.extension._has_ops():
+        return "torchvision's compiled C++ CPU kernels"
+    return "tests/torchvision_shim.py (pure PyTorch NMS / RoIAlign; not representative of torchvision's speed)"
+
+
 def _median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1000.0
 
@@ -54,6 +67,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train", action="store_true", help="compare one training step instead")
+    parser.add_argument("--model", choices=("v1", "v2"), default="v1",
+                        help="v1: maskrcnn_resnet50_fpn / TorchvisionCOCO; v2: maskrcnn_resnet50_fpn_v2 / "
+                             "TorchvisionCOCOv2 (BatchNorm FPN and heads, 2-conv RPN head, 4conv1fc box head)")
     parser.add_argument("--steps", type=int, default=3, help="--train: timed steps per side")
     parser.add_argument("--size", type=int, default=512, help="--train: image side")
     parser.add_argument("--conv", nargs="+", default=["auto"], choices=["auto", "direct", "winograd"],
@@ -84,18 +100,20 @@ def main() -> None:
     tv = import_torchvision()
 
     from mrcnn.checkpoint.convert import convert_torchvision
-    from mrcnn.configs import TorchvisionCOCO
+    from mrcnn.configs import TorchvisionCOCO, TorchvisionCOCOv2
     from mrcnn.data.pipeline import prepare_image_batch
     from mrcnn.model import MaskRCNN
     from mrcnn.ops.masks import paste_masks
 
     torch.manual_seed(0)
-    net = tv.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91).eval()
+    build = (tv.models.detection.maskrcnn_resnet50_fpn if args.model == "v1"
+             else tv.models.detection.maskrcnn_resnet50_fpn_v2)
+    net = build(weights=None, weights_backbone=None, num_classes=91).eval()
     net.roi_heads.score_thresh = 0.0
     tmp = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bench_vs_tv_{os.getpid()}")
     os.makedirs(tmp, exist_ok=True)
     torch.save(net.state_dict(), os.path.join(tmp, "tv.pth"))
-    config = TorchvisionCOCO(DETECTION_MIN_CONFIDENCE=0.0)
+    config = (TorchvisionCOCO if args.model == "v1" else TorchvisionCOCOv2)(DETECTION_MIN_CONFIDENCE=0.0)
     convert_torchvision(os.path.join(tmp, "tv.pth"), os.path.join(tmp, "ours.weights.h5"), config)
     model = MaskRCNN(config)
     model.load_weights(os.path.join(tmp, "ours.weights.h5"))
@@ -204,7 +222,7 @@ def main() -> None:
     print(f"{len(images)} tiny_coco photos ({', '.join(f'{a.shape[0]}x{a.shape[1]}' for a in images)}) -> 800 px, "
           f"{args.runs} interleaved runs, {args.threads} threads each; random torchvision weights converted; "
           f"score threshold 0 ({n_ours} vs {n_tv} detections on the last photo)")
-    print("torchvision's RoIAlign and NMS run through tests/torchvision_shim.py (pure PyTorch) on this CPU-only torch")
+    print(f"model {args.model}; torchvision's RoIAlign and NMS: {_kernels(tv)}")
     print(f"masks pasted per photo: ours {stages['ours'].pop('pasted')[-1]}, torchvision "
           f"{stages['torchvision'].pop('pasted')[-1]}")
     print(f"{'stage':<16} {'ours ms':>9} {'torchvision ms':>15} {'speed-up':>9}")
@@ -265,23 +283,31 @@ def train(args: argparse.Namespace) -> None:
     import keras
 
     from mrcnn.checkpoint.convert import convert_state_dict
-    from mrcnn.configs import TorchvisionCOCO
+    from mrcnn.configs import TorchvisionCOCO, TorchvisionCOCOv2
     from mrcnn.data.loader import minimize_masks
-    from mrcnn.engine.training import TorchSGD
     from mrcnn.model import MaskRCNN
+    from mrcnn.solver.optimizer import TorchSGD
 
     lr, momentum, decay = 0.0025, 0.9, 1e-4
     torch.manual_seed(0)
-    resnet = tv.models.resnet50(weights=None, norm_layer=tv.ops.misc.FrozenBatchNorm2d)
-    backbone = tv.models.detection.backbone_utils._resnet_fpn_extractor(resnet, trainable_layers=3)
-    net = tv.models.detection.MaskRCNN(backbone, num_classes=91, min_size=args.size, max_size=args.size).train()
+    if args.model == "v1":
+        resnet = tv.models.resnet50(weights=None, norm_layer=tv.ops.misc.FrozenBatchNorm2d)
+        backbone = tv.models.detection.backbone_utils._resnet_fpn_extractor(resnet, trainable_layers=3)
+        net = tv.models.detection.MaskRCNN(backbone, num_classes=91, min_size=args.size, max_size=args.size).train()
+    else:  # maskrcnn_resnet50_fpn_v2 as torchvision builds it for fine-tuning (stem + C2 frozen, BN trained)
+        net = tv.models.detection.maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=91,
+                                                           trainable_backbone_layers=3, min_size=args.size,
+                                                           max_size=args.size).train()
     params = [p for p in net.parameters() if p.requires_grad]
     sgd = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=decay)
 
     state = {k: v.numpy() for k, v in net.state_dict().items()}
     models = {}
     for algorithm in args.conv:
-        config = TorchvisionCOCO(IMAGE_MIN_DIM=args.size, IMAGE_MAX_DIM=args.size, FREEZE_BACKBONE_STAGES=2,
+        preset = TorchvisionCOCO if args.model == "v1" else TorchvisionCOCOv2
+        # v2 without pretrained weights: torchvision trains every stage (trainable_backbone_layers -> 5).
+        config = preset(IMAGE_MIN_DIM=args.size, IMAGE_MAX_DIM=args.size,
+                        FREEZE_BACKBONE_STAGES=2 if args.model == "v1" else 0,
                                  IMAGES_PER_GPU=2, MAX_GT_INSTANCES=5, WARMUP_STEPS=0,
                                  MIXED_PRECISION="bfloat16" if args.bfloat16 else None,
                                  TRAINING_CONV_ALGORITHM=algorithm)
@@ -321,7 +347,7 @@ def train(args: argparse.Namespace) -> None:
     medians = {name: statistics.median(values) for name, values in times.items()}
     print(f"training step, R50-FPN, 91 classes, 2 images {args.size}x{args.size} with 5 instances, SGD, "
           f"{args.threads} threads each, {args.steps} interleaved steps (median)")
-    print(f"torchvision's RoIAlign runs through tests/torchvision_shim.py (pure PyTorch); ours: "
+    print(f"model {args.model}; torchvision's RoIAlign: {_kernels(tv)}; ours: "
           f"RoIAlign {config.ROI_ALIGN_IMPLEMENTATION}, mini masks {config.MINI_MASK_SHAPE}; "
           f"{'bfloat16 (ours MIXED_PRECISION, torchvision autocast)' if args.bfloat16 else 'float32'}")
     for name, values in times.items():

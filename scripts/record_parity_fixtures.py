@@ -45,6 +45,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "..", "tests", "fixtures", "parity_torchvision")
+DEFAULT_OUT_V2 = os.path.join(HERE, "..", "tests", "fixtures", "parity_torchvision_v2")
 
 # Network and training setting shared with tests/test_parity_torchvision.py.
 WIDTH, FPN, FC, MASK_CH, NUM_CLASSES = 4, 8, 16, 8, 3
@@ -87,13 +88,23 @@ def _import_torchvision():
     return tv
 
 
-def build_model(tv):
-    """The small torchvision MaskRCNN, seeded; train mode; every candidate sampled."""
+def build_model(tv, variant: str = "v1"):
+    """The small torchvision MaskRCNN, seeded; train mode; every candidate sampled.
+
+    ``variant="v2"``: maskrcnn_resnet50_fpn_v2's structure instead: trainable BatchNorm in
+    the ResNet, the FPN (``norm_layer=nn.BatchNorm2d``), the 4conv1fc box head
+    (``FastRCNNConvFCHead``) and the mask head; a two-conv RPN head. Every BatchNorm gets
+    random affine terms and running statistics (so eval mode is not the identity)."""
     import torch
     from torch import nn
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.faster_rcnn import (
+        FastRCNNConvFCHead,
+        FastRCNNPredictor,
+        TwoMLPHead,
+    )
     from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.models.detection.rpn import RPNHead
     from torchvision.models.resnet import Bottleneck
     from torchvision.ops import FrozenBatchNorm2d
     from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -105,7 +116,7 @@ def build_model(tv):
 
         def __init__(self):
             super().__init__()
-            norm = FrozenBatchNorm2d
+            norm = FrozenBatchNorm2d if variant == "v1" else nn.BatchNorm2d
             self.conv1 = nn.Conv2d(3, WIDTH, 7, 2, 3, bias=False)
             self.bn1 = norm(WIDTH)
             self.relu = nn.ReLU(inplace=True)
@@ -120,20 +131,29 @@ def build_model(tv):
                 cin = planes * 4
 
     body = Body()
+    v2 = variant == "v2"
+    bn = nn.BatchNorm2d if v2 else None
     backbone = BackboneWithFPN(body, {f"layer{i + 1}": str(i) for i in range(4)},
-                               [WIDTH * 4 * 2**i for i in range(4)], FPN, extra_blocks=LastLevelMaxPool())
+                               [WIDTH * 4 * 2**i for i in range(4)], FPN, extra_blocks=LastLevelMaxPool(),
+                               norm_layer=bn)
+    heads = {}
+    if v2:
+        heads = {"rpn_head": RPNHead(FPN, 3, conv_depth=2),
+                 "box_head": FastRCNNConvFCHead((FPN, 7, 7), [FPN] * 4, [FC], norm_layer=bn)}
     net = MaskRCNN(
         backbone, num_classes=None, min_size=IMAGE, max_size=IMAGE,
         rpn_pre_nms_top_n_train=ALL, rpn_post_nms_top_n_train=ALL,
         rpn_batch_size_per_image=ALL, rpn_positive_fraction=1.0,
         box_batch_size_per_image=ALL, box_positive_fraction=1.0,
-        box_head=TwoMLPHead(FPN * 7 * 7, FC), box_predictor=FastRCNNPredictor(FC, NUM_CLASSES),
-        mask_head=MaskRCNNHeads(FPN, [MASK_CH] * 4, 1), mask_predictor=MaskRCNNPredictor(MASK_CH, MASK_CH, NUM_CLASSES),
+        box_head=heads.get("box_head", TwoMLPHead(FPN * 7 * 7, FC)), box_predictor=FastRCNNPredictor(FC, NUM_CLASSES),
+        mask_head=MaskRCNNHeads(FPN, [MASK_CH] * 4, 1, norm_layer=bn),
+        mask_predictor=MaskRCNNPredictor(MASK_CH, MASK_CH, NUM_CLASSES),
+        **({"rpn_head": heads["rpn_head"]} if v2 else {}),
     )
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for module in net.modules():
-            if isinstance(module, FrozenBatchNorm2d):
+            if isinstance(module, (FrozenBatchNorm2d, nn.BatchNorm2d)):
                 n = module.weight.shape[0]
                 # Random affine + statistics, small gammas: keeps the un-normalised random
                 # ResNet's activations O(1) over 16 residual blocks.
@@ -199,13 +219,15 @@ def torchvision_inference(net, batch) -> dict[str, np.ndarray]:
     return {f"inference/{k}": v for k, v in out.items()}
 
 
-def record(steps: int = 2) -> dict[str, np.ndarray]:
-    """Build, train ``steps`` SGD steps; returns every array the fixtures hold (flat dict)."""
+def record(steps: int = 2, variant: str = "v1") -> dict[str, np.ndarray]:
+    """Build, train ``steps`` SGD steps; returns every array the fixtures hold (flat dict).
+    ``variant="v2"``: the v2-structured model, its BatchNorm layers in training mode."""
     tv = _import_torchvision()
     import torch
 
-    net = build_model(tv)
-    state = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+    net = build_model(tv, variant)
+    state = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()
+             if not k.endswith("num_batches_tracked")}
     batch = make_batch()
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
@@ -224,6 +246,43 @@ def record(steps: int = 2) -> dict[str, np.ndarray]:
         for p in params:
             out[f"step{step}/{names[id(p)]}"] = p.detach().numpy().copy()
     out["losses"] = np.array(losses, np.float64)
+    if variant == "v2":
+        out.update(float32_error(tv, variant, steps))
+    return out
+
+
+def float32_error(tv, variant: str, steps: int) -> dict[str, np.ndarray]:
+    """torchvision's own float32 error: the same steps in float64, and per parameter
+    ``f32err_step{n}/<key>`` = max|w32 - w64| / max|w64|. Trainable BatchNorm over the tiny
+    maps of a 64 x 64 image (C5 is 2 x 2) is ill-conditioned: float32 rounding alone moves the
+    early backbone weights by ~1e-3 of their size after one step, so that is the bound a
+    float32 reimplementation can be held to there."""
+    import torch
+
+    runs = []
+    global MEAN, STD
+    mean, std = MEAN, STD
+    try:
+        for dtype, np_dtype in ((torch.float32, np.float32), (torch.float64, np.float64)):
+            MEAN, STD = mean.astype(np_dtype), std.astype(np_dtype)
+            net = build_model(tv, variant).to(dtype)
+            batch = {k: v.astype(np_dtype) if v.dtype == np.float32 else v for k, v in make_batch().items()}
+            params = [p for p in net.parameters() if p.requires_grad]
+            optimizer = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+            per_step = []
+            for _ in range(steps):
+                values, _ = torchvision_losses(net, batch)
+                optimizer.zero_grad()
+                sum(values.values()).backward()
+                optimizer.step()
+                per_step.append({k: p.detach().double().numpy().copy() for k, p in net.named_parameters()})
+            runs.append(per_step)
+    finally:
+        MEAN, STD = mean, std
+    out = {}
+    for step, (a, b) in enumerate(zip(*runs), start=1):
+        for k in a:
+            out[f"f32err_step{step}/{k}"] = np.array(np.abs(a[k] - b[k]).max() / max(np.abs(b[k]).max(), 1e-30))
     return out
 
 
@@ -233,7 +292,9 @@ def record(steps: int = 2) -> dict[str, np.ndarray]:
 FULL_SEED = 2026
 FULL_NUM_CLASSES = 91
 FULL_IMAGES = ("000000005802.jpg", "000000012448.jpg")
-TINY_COCO = os.path.join(HERE, "..", "..", "shared", "datasets", "tiny_coco", "train2017")
+# ../shared/datasets (the project's rule); MRCNN_TINY_COCO overrides (e.g. from a git worktree).
+TINY_COCO = os.path.join(os.environ.get("MRCNN_TINY_COCO") or os.path.join(HERE, "..", "..", "shared", "datasets",
+                                                                           "tiny_coco"), "train2017")
 FEATURE_SAMPLES = 4096  # sampled FPN values per level (the maps themselves are ~20 MB / image)
 HEAD_ROWS = 100  # box-head rows (of torchvision's 1000 proposals) kept
 RPN_TOP = 1000  # torchvision's pre-NMS top-k per level at test time
@@ -307,6 +368,44 @@ def full_size_state_dict(seed: int = FULL_SEED) -> dict[str, np.ndarray]:
     return s
 
 
+def full_size_state_dict_v2(seed: int = FULL_SEED) -> dict[str, np.ndarray]:
+    """``maskrcnn_resnet50_fpn_v2(num_classes=91)``'s state dict (without ``num_batches_tracked``),
+    float32, from NumPy: the ResNet and predictors of :func:`full_size_state_dict` (same seed),
+    then, from a second stream (``seed + 1``), v2's parts: FPN convs without bias, each followed
+    by BatchNorm (``inner_blocks.i.1`` / ``layer_blocks.i.1``), a second RPN conv
+    (``rpn.head.conv.1.0``), the 4conv1fc box head (``box_head.{0..3}.0`` conv, ``.1`` BN,
+    ``box_head.5`` the FC) and BatchNorm after each mask-head conv (no conv bias)."""
+    s = full_size_state_dict(seed)
+    rng = np.random.default_rng(seed + 1)
+
+    def he(*shape, gain=2.0):
+        fan_in = int(np.prod(shape[1:]))
+        return (rng.standard_normal(shape) * np.sqrt(gain / fan_in)).astype(np.float32)
+
+    def bn(prefix, n, lo=0.5, hi=1.0):
+        s[f"{prefix}.weight"] = rng.uniform(lo, hi, n).astype(np.float32)
+        s[f"{prefix}.bias"] = (0.1 * rng.standard_normal(n)).astype(np.float32)
+        s[f"{prefix}.running_mean"] = (0.1 * rng.standard_normal(n)).astype(np.float32)
+        s[f"{prefix}.running_var"] = rng.uniform(0.5, 1.5, n).astype(np.float32)
+
+    for i in range(4):
+        for block in ("inner_blocks", "layer_blocks"):
+            del s[f"backbone.fpn.{block}.{i}.0.bias"]
+            bn(f"backbone.fpn.{block}.{i}.1", 256)
+    s["rpn.head.conv.1.0.weight"] = he(256, 256, 3, 3)
+    s["rpn.head.conv.1.0.bias"] = (0.01 * rng.standard_normal(256)).astype(np.float32)
+    for k in ("fc6", "fc7"):
+        del s[f"roi_heads.box_head.{k}.weight"], s[f"roi_heads.box_head.{k}.bias"]
+    for i in range(4):
+        s[f"roi_heads.box_head.{i}.0.weight"] = he(256, 256, 3, 3)
+        bn(f"roi_heads.box_head.{i}.1", 256)
+        del s[f"roi_heads.mask_head.{i}.0.bias"]
+        bn(f"roi_heads.mask_head.{i}.1", 256)
+    s["roi_heads.box_head.5.weight"] = he(1024, 256 * 7 * 7)
+    s["roi_heads.box_head.5.bias"] = (0.01 * rng.standard_normal(1024)).astype(np.float32)
+    return s
+
+
 def full_size_images() -> list[np.ndarray]:
     """The two tiny_coco photos, uint8 RGB [H, W, 3]; FileNotFoundError names a missing one."""
     from PIL import Image
@@ -320,10 +419,10 @@ def full_size_images() -> list[np.ndarray]:
     return out
 
 
-def full_size_config():
-    from mrcnn.configs import TorchvisionCOCO
+def full_size_config(variant: str = "v1"):
+    from mrcnn.configs import TorchvisionCOCO, TorchvisionCOCOv2
 
-    return TorchvisionCOCO()
+    return TorchvisionCOCO() if variant == "v1" else TorchvisionCOCOv2()
 
 
 def full_size_input(image: np.ndarray, config) -> tuple[np.ndarray, tuple[int, int]]:
@@ -341,7 +440,7 @@ def sample_index(n: int, level: int) -> np.ndarray:
     return np.sort(np.random.default_rng(100 + level).choice(n, FEATURE_SAMPLES, replace=False)).astype(np.int64)
 
 
-def record_full_size() -> dict[str, np.ndarray]:
+def record_full_size(variant: str = "v1") -> dict[str, np.ndarray]:
     """torchvision's outputs for :func:`full_size_state_dict` on :data:`FULL_IMAGES` (flat
     dict; boxes in mrcnn's (y1, x1, y2, x2), RPN deltas in (dy, dx, dh, dw), anchor order
     (level, y, x, anchor) as both sides flatten them). Per image ``img{i}/``:
@@ -364,9 +463,10 @@ def record_full_size() -> dict[str, np.ndarray]:
     import torch
     from torchvision.models.detection.image_list import ImageList
 
-    net = tv.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
-                                                    num_classes=FULL_NUM_CLASSES).eval()
-    state = full_size_state_dict()
+    build = (tv.models.detection.maskrcnn_resnet50_fpn if variant == "v1"
+             else tv.models.detection.maskrcnn_resnet50_fpn_v2)
+    net = build(weights=None, weights_backbone=None, num_classes=FULL_NUM_CLASSES).eval()
+    state = full_size_state_dict() if variant == "v1" else full_size_state_dict_v2()
     ref = net.state_dict()
     extra = sorted(set(ref) - set(state))
     if set(state) - set(ref) or any(not k.endswith("num_batches_tracked") for k in extra):
@@ -379,7 +479,7 @@ def record_full_size() -> dict[str, np.ndarray]:
     out = {"state_keys": np.array(keys), "num_torchvision_keys": np.array(len(ref)),
            "state_sums": np.array([[state[k].astype(np.float64).sum(), np.square(state[k].astype(np.float64)).sum()]
                                    for k in keys])}
-    config = full_size_config()
+    config = full_size_config(variant)
     yx = [1, 0, 3, 2]
     for i, image in enumerate(full_size_images()):
         p = f"img{i}/"
@@ -497,7 +597,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--full-size-only", action="store_true", help="only rewrite shim.npz and full_size.npz")
+    parser.add_argument("--model", choices=("v1", "v2"), default="v1",
+                        help="v1: maskrcnn_resnet50_fpn (tests/fixtures/parity_torchvision); v2: "
+                             "maskrcnn_resnet50_fpn_v2 (tests/fixtures/parity_torchvision_v2, no shim.npz)")
     args = parser.parse_args(argv)
+    if args.model == "v2":
+        return main_v2(args.out if args.out != DEFAULT_OUT else DEFAULT_OUT_V2, args.full_size_only)
     paths = [os.path.join(args.out, f"{n}.npz") for n in ("state", "batch", "inference", "steps")]
     if not args.full_size_only:
         arrays = record()
@@ -515,6 +620,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"full size, image {i}: {len(full[f'img{i}/proposals'])} proposals, "
               f"{len(full[f'img{i}/scores'])} detections (scores {full[f'img{i}/scores'].min():.3f}.."
               f"{full[f'img{i}/scores'].max():.3f}), end to end {len(full[f'img{i}/e2e_scores'])}")
+    total = sum(os.path.getsize(p) for p in paths)
+    print(f"wrote {', '.join(paths)} ({total / 1e6:.2f} MB)")
+    if total > 5e6:
+        raise SystemExit("fixtures exceed 5 MB")
+    return 0
+
+
+def main_v2(out: str, full_size_only: bool = False) -> int:
+    """Write the maskrcnn_resnet50_fpn_v2 fixtures: state/batch/inference/steps (the small v2
+    model; BatchNorm in training mode for the two steps) and full_size.npz."""
+    paths = [os.path.join(out, f"{n}.npz") for n in ("state", "batch", "inference", "steps")]
+    if not full_size_only:
+        arrays = record(variant="v2")
+        paths = save(arrays, out)
+        print("losses (rpn_class, rpn_box, class, box, mask):\n", arrays["losses"])
+    full = record_full_size("v2")
+    path = os.path.join(out, "full_size.npz")
+    np.savez_compressed(path, **full)
+    paths.append(path)
+    for i in range(len(FULL_IMAGES)):
+        print(f"full size v2, image {i}: {len(full[f'img{i}/proposals'])} proposals, "
+              f"{len(full[f'img{i}/scores'])} detections, end to end {len(full[f'img{i}/e2e_scores'])}")
     total = sum(os.path.getsize(p) for p in paths)
     print(f"wrote {', '.join(paths)} ({total / 1e6:.2f} MB)")
     if total > 5e6:

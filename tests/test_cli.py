@@ -121,14 +121,45 @@ def test_output_names():
 
 
 # ----- evaluate -------------------------------------------------------------------------------
-def test_evaluate_on_shapes_writes_strict_json(run, tmp_path):
-    metrics_path = tmp_path / "m.json"
-    assert main(["evaluate", "--config", run.config, "--weights", run.weights, "--dataset", "shapes",
-                 "--val-images", "2", "--json-out", str(metrics_path)]) == 0
+def test_evaluate_on_shapes_writes_strict_json(tmp_path):
+    """`mrcnn evaluate` of the trained shapes model (tests/fixtures/shapes_model) on 4 shapes
+    images: strict JSON whose 12 stats per IoU type are pycocotools' own for the detections it
+    wrote to --results-out against the images' masks, and a segm AP50 a trained model earns (a
+    random or misaligned model, a wrong image set or a mislabelled metric would fail)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from mrcnn.evaluate import METRIC_NAMES, dataset_to_coco
+    from tests.test_evaluate import trained_shapes_model
+
+    _, weights = trained_shapes_model(tmp_path)
+    metrics_path, results = tmp_path / "m.json", tmp_path / "results.json"
+    assert main(["evaluate", "--config", "mrcnn.data.synthetic:ShapesDemoConfig", "--weights", str(weights),
+                 "--dataset", "shapes", "--val-images", "4", "--json-out", str(metrics_path),
+                 "--results-out", str(results)]) == 0
     text = metrics_path.read_text()
     assert "NaN" not in text and "Infinity" not in text
     metrics = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
-    assert set(metrics) == {"bbox", "segm"} and "AP50" in metrics["segm"]
+    assert set(metrics) == {"bbox", "segm", "per_class"}
+    val = ShapesDataset()
+    val.load_shapes(4, seed=2)  # what --dataset shapes --val-images 4 evaluates
+    gt_file = tmp_path / "gt.json"
+    gt_file.write_text(json.dumps(dataset_to_coco(val).dataset))
+    gt = COCO(str(gt_file))
+    for iou_type in ("bbox", "segm"):
+        ev = COCOeval(gt, gt.loadRes(str(results)), iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+        for name, stat in zip(METRIC_NAMES, ev.stats):
+            want = None if stat == -1 else pytest.approx(float(stat), abs=1e-12)
+            assert metrics[iou_type][name] == want, (iou_type, name)
+    assert metrics["segm"]["AP50"] > 0.8, metrics["segm"]
+    # Per-class AP by the dataset's class names, for each IoU type (the classes with ground truth).
+    assert set(metrics["per_class"]) == {"bbox", "segm"}
+    for table in metrics["per_class"].values():
+        assert table and set(table) <= set(CLASS_NAMES[1:])
+        assert all(v is None or 0.0 <= v <= 1.0 for v in table.values())
 
 
 def _write_coco(folder: Path, count: int = 2) -> tuple[Path, Path]:
@@ -166,7 +197,7 @@ def test_evaluate_coco_files_the_readme_command(run, tmp_path, capsys):
                  "--annotations", str(ann), "--images", f"{images}/", "--json-out", str(out),
                  "--results-out", str(results)]) == 0
     metrics = json.loads(out.read_text())
-    assert set(metrics) == {"bbox", "segm"}
+    assert set(metrics) == {"bbox", "segm", "per_class"}
     assert all(isinstance(v, (float, int)) or v is None for v in metrics["bbox"].values())
     assert isinstance(json.loads(results.read_text()), list)
     capsys.readouterr()
@@ -339,3 +370,193 @@ def test_json_ready_makes_strict_json():
     text = json.dumps(json_ready(metrics), allow_nan=False)
     assert json.loads(text) == {"bbox": {"AP": 0.5, "APl": None, "AR": None},
                                 "per_class": {"1": [0.25, None]}, "steps": 7, "names": ["a", "b"]}
+
+
+
+# ----- a first day: detect a user can trust, one-line errors, class names, data show -------------
+def _parser_actions(*path):
+    from mrcnn.cli import build_parser
+
+    parser = build_parser()
+    for name in path:
+        sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+        parser = sub.choices[name]
+    return parser
+
+
+@pytest.mark.parametrize("path", [("detect",), ("evaluate",), ("data", "show")])
+def test_help_shows_every_default(path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([*path, "--help"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    parser = _parser_actions(*path)
+    for action in parser._actions:
+        if action.option_strings and action.help and action.default is not None and action.dest != "help":
+            assert f"(default: {action.default})" in text, (action.dest, text)
+    if path == ("detect",):
+        assert "(default: 0.5)" in text and "(default: 128)" in text
+
+
+def _truncated_jpeg(path: Path) -> str:
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path, quality=90)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return str(path)
+
+
+def test_detect_folders_globs_bad_images_and_nothing_above_threshold(run, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    _images(folder, [("a.png", (60, 70, 3)), ("c.png", (50, 40, 3))])
+    bad = _truncated_jpeg(folder / "b.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    _images(tmp_path / "more", [("d.png", (30, 30, 3)), ("e.jpg", (30, 30, 3))])
+    out = tmp_path / "det"
+    capsys.readouterr()
+    # A folder (its images, sorted) and a glob; the truncated JPEG is reported and skipped.
+    code = main(["detect", "--config", run.config, "--weights", run.weights, "--out", str(out),
+                 "--min-score", "0.999", str(folder), str(tmp_path / "more" / "*.png")])
+    err = capsys.readouterr().err
+    assert code == 1
+    records = json.loads((out / "detections.json").read_text())
+    assert [os.path.basename(r["image"]) for r in records] == ["a.png", "c.png", "d.png"]
+    assert sorted(os.listdir(out)) == ["a.png", "c.png", "d.png", "detections.json"]
+    assert f"skipped {bad}" in err and "truncated" in err
+    # Random weights score below 0.999: each image says so with the best score it saw.
+    found = re.findall(r"no detection at --min-score 0\.999; the best score was (0\.\d+) \((\w+)\)", err)
+    assert len(found) == 3 and all(float(score) < 0.999 and name in CLASS_NAMES for score, name in found)
+    assert all(r["detections"] == [] for r in records)
+    # Nothing matches: one line, exit status 2.
+    assert main(["detect", "--config", run.config, "--weights", run.weights, "--out", str(out),
+                 str(tmp_path / "*.tif")]) == 2
+    assert "no file matches" in capsys.readouterr().err
+
+
+def _one_line_error(capsys) -> str:
+    """The one error line on stderr (progress bars aside), with no traceback."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]
+    assert len(lines) == 1 and re.match(r"mrcnn [a-z]+: error: ", lines[0]), err
+    return lines[0]
+
+
+def test_evaluate_truncated_jpeg_is_one_line(run, tmp_path, capsys):
+    ann, images = _write_coco(tmp_path, count=2)
+    doc = json.loads(ann.read_text())
+    doc["images"][1]["file_name"] = "broken.jpg"
+    _truncated_jpeg(images / "broken.jpg")
+    doc["images"][1]["height"] = doc["images"][1]["width"] = 64
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] != doc["images"][1]["id"]]
+    ann.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["evaluate", "--config", run.config, "--weights", run.weights, "--dataset", "coco",
+                 "--annotations", str(ann), "--images", str(images)]) == 2
+    err = _one_line_error(capsys)
+    assert "broken.jpg" in err and "image 1 (COCO id 2)" in err and "truncated" in err
+    assert "fix or replace the file" in err
+
+
+def test_coco_errors_are_one_line(run, tmp_path, capsys):
+    ann, images = _write_coco(tmp_path, count=2)
+    doc = json.loads(ann.read_text())
+    doc["annotations"][0]["category_id"] = 99
+    bad_ann = tmp_path / "bad.json"
+    bad_ann.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["evaluate", "--config", run.config, "--weights", run.weights, "--dataset", "coco",
+                 "--annotations", str(bad_ann), "--images", str(images)]) == 2
+    err = _one_line_error(capsys)
+    assert "bad.json: annotation 1 (image id 1) has category_id 99" in err and "[1, 2, 3]" in err
+    # A dataset with more classes than the config: said once, with what to set.
+    two = tmp_path / "two.json"
+    two.write_text(TinyConfig(NUM_CLASSES=2).to_json())
+    assert main(["evaluate", "--config", str(two), "--weights", run.weights, "--dataset", "coco",
+                 "--annotations", str(ann), "--images", str(images)]) == 2
+    err = _one_line_error(capsys)
+    assert "has 4 classes (BG + 3: 'square', 'circle', 'triangle')" in err and "NUM_CLASSES=2" in err
+    assert "set NUM_CLASSES = 4" in err
+
+
+def test_weights_of_another_class_count_name_both_counts(run, tmp_path, capsys):
+    two = tmp_path / "two.json"
+    two.write_text(TinyConfig(NUM_CLASSES=2).to_json())
+    (image,) = _images(tmp_path, [("x.png", (32, 32, 3))])
+    capsys.readouterr()
+    assert main(["detect", "--config", str(two), "--weights", run.weights, "--out", str(tmp_path / "o"),
+                 image]) == 2
+    err = _one_line_error(capsys)
+    assert "trained with NUM_CLASSES=4 but the config has NUM_CLASSES=2" in err
+    assert f"--init coco:{run.weights}" in err
+
+
+def test_data_show_with_a_config_file_importing_its_sibling(tmp_path, capsys, monkeypatch):
+    """`--config file.py:Class` whose file imports a module beside it, run from another folder;
+    `mrcnn data show` writes the samples after resize (96 -> 160 px) with their masks drawn."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "sizes.py").write_text("SIDE = 160\n")
+    (project / "my_config.py").write_text(textwrap.dedent("""
+        import sys
+        sys.path.insert(0, {!r})
+        from conftest import TinyConfig
+        from sizes import SIDE
+
+        class ShowConfig(TinyConfig):
+            IMAGE_MIN_DIM = IMAGE_MAX_DIM = SIDE
+            CLASS_NAMES = ("BG", "square", "circle", "triangle")
+    """.format(str(ROOT / "tests"))))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "show"
+    assert main(["data", "show", "--config", "project/my_config.py:ShowConfig", "--dataset", "shapes",
+                 "--train-images", "4", "--val-images", "2", "--out", str(out), "--count", "3"]) == 0
+    assert "wrote 3 train sample(s)" in capsys.readouterr().out
+    files = sorted(os.listdir(out))
+    assert files == ["sample_000.png", "sample_001.png", "sample_002.png"]
+    ds = ShapesDataset()
+    ds.load_shapes(4, seed=1)
+    for name in files:
+        picture = io.imread(out / name)
+        assert picture.shape == (160, 160, 3)
+        # Masks and boxes are drawn in saturated instance colours the shapes images never have.
+        assert picture.reshape(-1, 3).tolist() != ds.load_image(0).reshape(-1, 3).tolist()
+    # A sibling module that does not exist: one line naming the file.
+    (project / "broken.py").write_text("import no_such_sibling\n")
+    assert main(["data", "show", "--config", "project/broken.py:X", "--dataset", "shapes",
+                 "--out", str(out)]) == 2
+    err = _one_line_error(capsys)
+    assert "broken.py" in err and "no_such_sibling" in err
+
+
+@pytest.mark.slow
+def test_train_on_coco_files_keeps_the_class_names(tmp_path, capsys):
+    """`mrcnn train --dataset coco` with a config without CLASS_NAMES: the run's config.json
+    has the dataset's names, and detect, the export's labels and the metrics use them."""
+    from mrcnn.config import load_config
+    from mrcnn.export.saved_model import class_names_for
+
+    ann, images = _write_coco(tmp_path, count=2)
+    doc = json.loads(ann.read_text())
+    for cat, name in zip(doc["categories"], ("cell", "nucleus", "debris")):
+        cat["name"] = name
+    ann.write_text(json.dumps(doc))
+    config = tmp_path / "config.json"
+    config.write_text(TinyConfig(STEPS_PER_EPOCH=1, CHECKPOINT_MONITOR=None).to_json())
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--dataset", "coco", "--annotations", str(ann),
+                 "--images", str(images), "--out", str(out), "--epochs", "1", "--check", "none"]) == 0
+    saved = load_config(str(out / "config.json"))
+    assert saved.CLASS_NAMES == ("BG", "cell", "nucleus", "debris")
+    assert class_names_for(saved) == ["BG", "cell", "nucleus", "debris"]
+    det = tmp_path / "det"
+    assert main(["detect", "--config", str(out / "config.json"), "--weights", str(out / "final.weights.h5"),
+                 "--out", str(det), "--min-score", "0", str(images)]) == 0
+    names = {d["class_name"] for r in json.loads((det / "detections.json").read_text()) for d in r["detections"]}
+    assert names and names <= {"cell", "nucleus", "debris"}
+    metrics = tmp_path / "m.json"
+    assert main(["evaluate", "--config", str(out / "config.json"), "--weights", str(out / "final.weights.h5"),
+                 "--dataset", "coco", "--annotations", str(ann), "--images", str(images),
+                 "--json-out", str(metrics)]) == 0
+    assert set(json.loads(metrics.read_text())["per_class"]["bbox"]) <= {"cell", "nucleus", "debris"}

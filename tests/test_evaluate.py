@@ -449,24 +449,147 @@ def test_streaming_evaluation_equals_keeping_every_result(tmp_path: Path) -> Non
     assert len(json.loads(out.read_text())) == 6 * 12
 
 
-def test_failed_evaluation_keeps_what_was_computed(tmp_path: Path) -> None:
-    bench, _ = _bench()
-    dataset = bench.BoxesDataset(5, 120)
-    inner = bench.make_detector(dataset, 3)
-    calls = []
-
-    def detect(images):
-        calls.append(1)
-        if len(calls) == 4:
+def _dropping_detector(hand: HandDrawnDataset, seen: list[int], crash_at: int | None = None):
+    """GT of each image (recognised by its top-left pixel) minus its last instance, so that AP < 1
+    and a reused image with the wrong results would change the metrics; raises at call ``crash_at``."""
+    def detect(images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        if crash_at is not None and len(seen) >= crash_at:
             raise RuntimeError("detector crashed")
-        return inner(images)
+        out = []
+        for im in images:
+            seen.append(int(im[0, 0, 0]))
+            d = gt_as_detections(hand, seen[-1])
+            keep = max(len(d["scores"]) - 1, 0)
+            out.append({k: (v[..., :keep] if k == "masks" else v[:keep]) for k, v in d.items()})
+        return out
+    return detect
+
+
+def test_a_rerun_reuses_the_partial_results_and_redoes_a_torn_last_line(hand: HandDrawnDataset, tmp_path: Path) -> None:
+    """A crash after 3 images leaves 3 image lines in ``.partial``; the last is torn (cut inside, as
+    a kill during its write would leave it). The rerun with the same ``resume_key`` detects only
+    images 2-4 and its metrics and results file equal an uninterrupted run's; a rerun with another
+    key (another model) reuses nothing."""
+    want_seen: list[int] = []
+    want = evaluate_dataset(_dropping_detector(hand, want_seen), hand, progress=False,
+                            json_out=tmp_path / "want.json", resume_key="model-a")
+    assert want_seen == [0, 1, 2, 3, 4] and 0.3 < want["segm"]["AP"] < 0.95
 
     out = tmp_path / "dets.json"
+    seen: list[int] = []
     with pytest.raises(RuntimeError, match="crashed"):
-        evaluate_dataset(detect, dataset, progress=False, json_out=out)
+        evaluate_dataset(_dropping_detector(hand, seen, crash_at=3), hand, progress=False, json_out=out,
+                         resume_key="model-a")
     assert not out.exists()
-    lines = (tmp_path / "dets.json.partial").read_text().splitlines()
-    assert len(lines) == 3 * 3 and {json.loads(line)["image_id"] for line in lines} == {0, 1, 2}
+    partial = Path(str(out) + ".partial")
+    lines = partial.read_text().splitlines()
+    assert len(lines) == 1 + 3 and [json.loads(line)["image_id"] for line in lines[1:]] == [0, 1, 2]
+    partial.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])  # torn line 3
+
+    seen.clear()
+    got = evaluate_dataset(_dropping_detector(hand, seen), hand, progress=False, json_out=out,
+                           resume_key="model-a")
+    assert seen == [2, 3, 4]  # images 0 and 1 reused, the torn image 2 detected again
+    for iou_type in ("bbox", "segm"):
+        for name in METRIC_NAMES:
+            assert got[iou_type][name] == pytest.approx(want[iou_type][name], nan_ok=True, abs=0), name
+    assert json.loads(out.read_text()) == json.loads((tmp_path / "want.json").read_text())
+    assert not partial.exists()
+
+    # Another evaluation's partial file is not reused.
+    with pytest.raises(RuntimeError):
+        evaluate_dataset(_dropping_detector(hand, [], crash_at=3), hand, progress=False, json_out=out,
+                         resume_key="model-a")
+    seen.clear()
+    evaluate_dataset(_dropping_detector(hand, seen), hand, progress=False, json_out=out, resume_key="model-b")
+    assert seen == [0, 1, 2, 3, 4]
+
+
+SHAPES_WEIGHTS = Path(__file__).resolve().parent / "fixtures" / "shapes_model" / "shapes_demo_weights.npz"
+
+
+def trained_shapes_model(folder: Path):
+    """The trained shapes model (tests/fixtures/shapes_model) and its weights as a .weights.h5 in folder."""
+    from mrcnn import MaskRCNN
+    from mrcnn.data.synthetic import ShapesDemoConfig
+
+    model = MaskRCNN(ShapesDemoConfig())
+    with np.load(SHAPES_WEIGHTS) as f:
+        model.set_weights([f[f"arr_{i}"].astype(np.float32) for i in range(len(f.files))])
+    path = folder / "shapes.weights.h5"
+    model.save_weights(str(path))
+    return model, path
+
+
+DYING_SHAPES = """
+import os, signal
+from mrcnn.data.synthetic import ShapesDataset
+
+
+class DyingShapes(ShapesDataset):
+    def load_image(self, image_id):
+        if image_id == int(os.environ.get("KILL_AT_IMAGE", "-1")):
+            print("KILLING at image", image_id, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().load_image(image_id)
+
+
+def shapes(subset):
+    ds = DyingShapes()
+    ds.load_shapes(8, seed=2)
+    return ds
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_mrcnn_evaluate_then_the_same_command_reuses_the_partial(tmp_path: Path) -> None:
+    """`mrcnn evaluate` of the trained shapes model on 8 images (batches of 4) SIGKILLs itself when it
+    loads image 5: the 4 images of the first batch are in ``.partial``. Its last line is then torn
+    (cut inside). The same command reuses 3 images and its metrics and detections equal an in-process
+    uninterrupted ``evaluate_dataset`` of the same model."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "dying_shapes.py").write_text(DYING_SHAPES)
+    model, weights = trained_shapes_model(tmp_path)
+    results, metrics_out = tmp_path / "results.json", tmp_path / "metrics.json"
+    cmd = [sys.executable, "-m", "mrcnn", "evaluate", "--config", "mrcnn.data.synthetic:ShapesDemoConfig",
+           "--weights", str(weights), "--dataset", "dying_shapes:shapes", "--results-out", str(results),
+           "--json-out", str(metrics_out)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=f"{root}:{tmp_path}")
+
+    killed = subprocess.run(cmd, cwd=tmp_path, env=dict(env, KILL_AT_IMAGE="5"), capture_output=True, text=True,
+                            timeout=900)
+    assert killed.returncode == -9 and "KILLING at image 5" in killed.stdout, killed.stdout + killed.stderr
+    partial = Path(str(results) + ".partial")
+    lines = partial.read_text().splitlines()
+    assert [json.loads(line)["image_id"] for line in lines[1:]] == [0, 1, 2, 3] and not results.exists()
+    partial.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
+
+    rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-3000:]
+    assert "reusing 3 of 8 images" in rerun.stdout + rerun.stderr
+    assert not partial.exists()
+
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dying_shapes", tmp_path / "dying_shapes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    want = evaluate_dataset(model.detect, module.shapes("val"), batch_size=4, progress=False,
+                            json_out=tmp_path / "want.json")
+    got = json.loads(metrics_out.read_text())
+    assert want["segm"]["AP50"] > 0.8  # a trained model: the metrics say something
+    for iou_type in ("bbox", "segm"):
+        for name in METRIC_NAMES:
+            value = want[iou_type][name]  # strict JSON: NaN (no such area range) is null
+            assert got[iou_type][name] == (None if math.isnan(value) else pytest.approx(value, abs=1e-6)), name
+    dets, want_dets = json.loads(results.read_text()), json.loads((tmp_path / "want.json").read_text())
+    assert [d["image_id"] for d in dets] == [d["image_id"] for d in want_dets]
+    assert [d["category_id"] for d in dets] == [d["category_id"] for d in want_dets]
+    np.testing.assert_allclose([d["score"] for d in dets], [d["score"] for d in want_dets], atol=1e-5)
+    np.testing.assert_allclose([d["bbox"] for d in dets], [d["bbox"] for d in want_dets], atol=0.05)
 
 
 def test_evaluation_memory_does_not_grow_with_full_size_masks() -> None:

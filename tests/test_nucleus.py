@@ -162,20 +162,50 @@ def test_real_masks_and_crops():
 
 @needs_data
 def test_cli_evaluate_random_weights(tmp_path, capsys):
-    model = N.build_model(N.make_config(N.NucleusConfig, TINY))
+    """`nucleus.py evaluate` on 2 images: its detections are the model's (as many per image, the
+    same scores) and its metrics are pycocotools' own for those detections against the images'
+    masks, all 12 stats of both IoU types (wrong images, a dropped or extra detection, another
+    max-detections cap or a mislabelled metric would change them)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from mrcnn.evaluate import dataset_to_coco
+
+    config = N.make_config(N.NucleusConfig, TINY)
+    model = N.build_model(config)
     weights = tmp_path / "random.weights.h5"
     model.save_weights(str(weights))
-    out = tmp_path / "metrics.json"
+    out, results = tmp_path / "metrics.json", tmp_path / "results.json"
     result = N.main(["evaluate", "--dataset", str(DATA), "--weights", str(weights), "--limit", "2",
-                     "--json-out", str(out), "--quiet", *tiny_args()])
+                     "--json-out", str(out), "--results-out", str(results), "--quiet", *tiny_args()])
     written = json.loads(out.read_text())
-    assert set(written) == {"bbox", "segm"}
-    for iou_type in ("bbox", "segm"):
-        assert list(written[iou_type]) == list(METRIC_NAMES)
-        ap50 = written[iou_type]["AP50"]
-        assert ap50 is not None and 0.0 <= ap50 <= 1.0
-    assert result == written
+    assert result == written and set(written) == {"bbox", "segm"}
     assert "AP50" in capsys.readouterr().out
+
+    ds = N.NucleusDataset().load_nucleus(DATA, "all", limit=2)
+    dets = json.loads(results.read_text())
+    for image_id in ds.image_ids:
+        want = model.detect([ds.load_image(image_id)])[0]
+        got = sorted((d["score"] for d in dets if d["image_id"] == image_id), reverse=True)
+        assert len(got) == len(want["scores"]) > 0
+        np.testing.assert_allclose(got, np.sort(want["scores"])[::-1], atol=1e-5)
+    gt_file = tmp_path / "gt.json"
+    gt_file.write_text(json.dumps(dataset_to_coco(ds).dataset))
+    gt = COCO(str(gt_file))
+    for iou_type in ("bbox", "segm"):
+        ev = COCOeval(gt, gt.loadRes(str(results)), iou_type)
+        ev.params.maxDets = [1, 10, config.DETECTION_MAX_INSTANCES]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+        # summarize() takes AP at a hard-coded maxDets=100; at this cap it is the mean precision
+        # at maxDets=50 (evaluate.coco_metrics' documented convention).
+        precision = ev.eval["precision"][:, :, :, 0, -1]
+        ev.stats[0] = precision[precision > -1].mean() if (precision > -1).any() else -1
+        assert list(written[iou_type]) == list(METRIC_NAMES)
+        for name, stat in zip(METRIC_NAMES, ev.stats):
+            want = None if stat == -1 else float(stat)
+            assert written[iou_type][name] == (want if want is None else pytest.approx(want, abs=1e-12)), name
 
 
 @needs_data
@@ -191,8 +221,8 @@ def test_cli_train_stops_at_budget_then_evaluates(tmp_path):
     points = curve["points"]
     assert points and all({"minutes", "step", "segm_AP50", "bbox_AP50"} <= set(p) for p in points)
     assert points[-1]["minutes"] >= budget  # stopped by the budget, not by the epochs
-    # Within a few steps of the budget; the first step also traces the graph (a minute on a busy CPU).
-    assert points[-1]["minutes"] < budget + 3.0
+    # (That TimeBudget stops within one step of the budget is counted in steps, not minutes:
+    # tests/engine/test_reliability_units.py::test_time_budget_stop_keeps_the_backup_and_the_same_call_resumes.)
     steps = [p["step"] for p in points]
     assert steps == sorted(steps)
     saved = json.loads((out / "config.json").read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from mrcnn import visualize
@@ -43,3 +44,28 @@ def test_draw_instances_without_masks_or_instances():
     assert out[4, 4:20].any() and not out[25:, 25:].any()
     empty = visualize.draw_instances(image, np.zeros((0, 4)), np.zeros((32, 32, 0), bool), np.zeros(0))
     np.testing.assert_array_equal(empty, image)
+
+
+def test_draw_instances_min_score_draws_only_confident_instances():
+    from mrcnn.visualize import draw_instances
+
+    image = np.zeros((40, 40, 3), np.uint8)
+    masks = np.zeros((40, 40, 3), bool)
+    masks[2:10, 2:10, 0] = masks[15:25, 15:25, 1] = masks[30:38, 30:38, 2] = True
+    boxes = np.array([[2, 2, 10, 10], [15, 15, 25, 25], [30, 30, 38, 38]], np.float32)
+    scores = np.array([0.9, 0.3, 0.6])
+    colors = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
+    out = draw_instances(image, boxes, masks, np.array([1, 1, 1]), ["BG", "a"], scores, colors=colors,
+                         min_score=0.5)
+    assert out[5, 5].any() and out[34, 34].any()  # 0.9 and 0.6 drawn
+    assert not out[20, 20].any()  # 0.3 not drawn, its colour not used
+    everything = draw_instances(image, boxes, masks, np.array([1, 1, 1]), ["BG", "a"], scores, colors=colors)
+    assert everything[20, 20].any()
+    # The same with box-format crops + offsets (what `mrcnn detect` passes).
+    crops = [masks[2:10, 2:10, 0], masks[15:25, 15:25, 1], masks[30:38, 30:38, 2]]
+    offsets = np.array([[2, 2], [15, 15], [30, 30]])
+    boxed = draw_instances(image, boxes, crops, np.array([1, 1, 1]), ["BG", "a"], scores, colors=colors,
+                           mask_offsets=offsets, min_score=0.5)
+    assert np.array_equal(boxed, out)
+    with pytest.raises(ValueError, match="min_score needs scores"):
+        draw_instances(image, boxes, masks, np.array([1, 1, 1]), min_score=0.5)

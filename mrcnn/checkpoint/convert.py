@@ -7,7 +7,7 @@
     convert_detectron2("model_final_f10217.pkl", "d2.weights.h5")
 
 or ``mrcnn convert-weights --from torchvision|detectron2 CHECKPOINT --out FILE.weights.h5``
-(:func:`main_convert`). The result loads into ``MaskRCNN(config)`` for the matching
+(its arguments are parsed in :mod:`mrcnn.cli`). The result loads into ``MaskRCNN(config)`` for the matching
 preset (:class:`mrcnn.configs.TorchvisionCOCO`, :class:`mrcnn.configs.Detectron2COCO`).
 
 Reading needs no PyTorch and is done by :mod:`mrcnn.checkpoint.foreign` (shared with the
@@ -45,16 +45,14 @@ preset sets ``INPUT_CHANNEL_ORDER="BGR"`` and ``STRIDE_IN_1X1=True``.
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import os
-import pickle
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import keras
 import numpy as np
 
 from mrcnn.checkpoint.foreign import (
@@ -72,8 +70,8 @@ from mrcnn.config import Config
 
 __all__ = [
     "IGNORED", "SOURCES", "ConversionError", "background_last_to_first", "conv_kernel", "conv_transpose_kernel",
-    "convert", "convert_detectron2", "convert_state_dict", "convert_torchvision", "dense_kernel",
-    "flatten_chw_to_hwc", "main_convert", "read_checkpoint", "xy_to_yx_deltas",
+    "VARIANTS", "checkpoint_variant", "convert", "convert_detectron2", "convert_state_dict", "convert_torchvision",
+    "dense_kernel", "flatten_chw_to_hwc", "preset_for", "read_checkpoint", "xy_to_yx_deltas",
 ]
 
 # Source tensors that have no Keras counterpart and are skipped on purpose.
@@ -206,6 +204,12 @@ def _build_table(model, source: str, state: dict[str, np.ndarray]) -> list[_Entr
         if getattr(layer, "bias", None) is not None:
             add(layer, "bias", f"{prefix}.bias", t)
 
+    def add_norm(layer, prefix: str):
+        # BatchNorm / FrozenBatchNorm / RoIBatchNorm: 4 fields; GroupNorm: weight and bias only.
+        fields = NORM_FIELDS[:2] if isinstance(layer, keras.layers.GroupNormalization) else NORM_FIELDS
+        for src_field, keras_field in fields:
+            add(layer, keras_field, f"{prefix}.{src_field}")
+
     def add_dense(layer, prefix: str, kernel_fn=None, transform_out=None):
         t = transform_out or (lambda a: a)
         add(layer, "kernel", f"{prefix}.weight", lambda a: (kernel_fn or dense_kernel)(t(a)))
@@ -214,7 +218,7 @@ def _build_table(model, source: str, state: dict[str, np.ndarray]) -> list[_Entr
     # Backbone: convs (no bias) and norms.
     if c.BACKBONE_NORM == "gn":
         raise ConversionError("BACKBONE_NORM='gn': the checkpoint's batch-norm statistics need "
-                              "BACKBONE_NORM='frozen_bn' (or 'bn')")
+                              "BACKBONE_NORM='frozen_bn' (or 'bn' / 'syncbn')")
     for name, layer in sorted(_layers_by_name(component(model, "backbone")).items()):
         prefix = backbone_key(name, source)
         if prefix is None:
@@ -223,20 +227,32 @@ def _build_table(model, source: str, state: dict[str, np.ndarray]) -> list[_Entr
         if name.endswith("_conv"):
             add(layer, "kernel", f"{prefix}.weight", conv_kernel)
         else:
-            for src_field, keras_field in NORM_FIELDS:
-                add(layer, keras_field, f"{prefix}.{src_field}")
+            add_norm(layer, prefix)
 
-    # FPN.
+    # FPN (v2 / LSJ: each conv without bias, followed by a norm: torchvision's
+    # Conv2dNormActivation index 1, Detectron2's Conv2d(norm=...) ".norm").
     fpn = component(model, "fpn")
+    lateral_norms = getattr(fpn, "lateral_norms", [None] * 4)
+    output_norms = getattr(fpn, "output_norms", [None] * 4)
     for i, (lateral, output) in enumerate(zip(fpn.lateral, fpn.output_convs)):
         level = i + 2
-        add_conv(lateral, f"backbone.fpn.inner_blocks.{i}.0" if tv else f"backbone.fpn_lateral{level}")
-        add_conv(output, f"backbone.fpn.layer_blocks.{i}.0" if tv else f"backbone.fpn_output{level}")
+        inner = f"backbone.fpn.inner_blocks.{i}" if tv else f"backbone.fpn_lateral{level}"
+        outer = f"backbone.fpn.layer_blocks.{i}" if tv else f"backbone.fpn_output{level}"
+        for conv, norm, prefix in ((lateral, lateral_norms[i], inner), (output, output_norms[i], outer)):
+            add_conv(conv, f"{prefix}.0" if tv else prefix)
+            if norm is not None:
+                add_norm(norm, f"{prefix}.1" if tv else f"{prefix}.norm")
 
-    # RPN: deltas (dx, dy, dw, dh) per anchor -> (dy, dx, dh, dw).
+    # RPN: deltas (dx, dy, dw, dh) per anchor -> (dy, dx, dh, dw). Two convs (v2 / LSJ):
+    # torchvision conv.0.0 / conv.1.0, Detectron2 conv.conv0 / conv.conv1 (one: "conv").
     rpn = component(model, "rpn_head")
     base = "rpn.head" if tv else "proposal_generator.rpn_head"
-    add_conv(rpn.conv, f"{base}.conv.0.0" if tv else f"{base}.conv")
+    rpn_convs = [rpn.conv, *getattr(rpn, "extra_convs", [])]
+    for i, conv in enumerate(rpn_convs):
+        if tv:
+            add_conv(conv, f"{base}.conv.{i}.0")
+        else:
+            add_conv(conv, f"{base}.conv.conv{i}" if len(rpn_convs) > 1 else f"{base}.conv")
     add_conv(rpn.cls_logits, f"{base}.cls_logits" if tv else f"{base}.objectness_logits")
     add_conv(rpn.bbox_pred, f"{base}.bbox_pred" if tv else f"{base}.anchor_deltas",
              transform_out=xy_to_yx_deltas)
@@ -244,9 +260,19 @@ def _build_table(model, source: str, state: dict[str, np.ndarray]) -> list[_Entr
     # Box head: fc6 input flatten order (c, h, w) -> (h, w, c).
     box = component(model, "box_head")
     pool, channels = c.POOL_SIZE, c.FPN_CHANNELS
-    add_dense(box.fc6, "roi_heads.box_head.fc6" if tv else "roi_heads.box_head.fc1",
-              kernel_fn=lambda a: flatten_chw_to_hwc(a, channels, pool, pool))
-    add_dense(box.fc7, "roi_heads.box_head.fc7" if tv else "roi_heads.box_head.fc2")
+    if hasattr(box, "fc7"):  # "2fc"
+        add_dense(box.fc6, "roi_heads.box_head.fc6" if tv else "roi_heads.box_head.fc1",
+                  kernel_fn=lambda a: flatten_chw_to_hwc(a, channels, pool, pool))
+        add_dense(box.fc7, "roi_heads.box_head.fc7" if tv else "roi_heads.box_head.fc2")
+    else:  # "4conv1fc": torchvision Sequential(Conv2dNormActivation x4, Flatten, Linear, ReLU)
+        for i, (conv, norm) in enumerate(zip(box.convs, box.norms)):
+            prefix = f"roi_heads.box_head.{i}" if tv else f"roi_heads.box_head.conv{i + 1}"
+            add_conv(conv, f"{prefix}.0" if tv else prefix)
+            if norm is not None:
+                add_norm(norm, f"{prefix}.1" if tv else f"{prefix}.norm")
+        conv_channels = box.conv_channels
+        add_dense(box.fc6, f"roi_heads.box_head.{len(box.convs) + 1}" if tv else "roi_heads.box_head.fc1",
+                  kernel_fn=lambda a: flatten_chw_to_hwc(a, conv_channels, pool, pool))
     k = c.NUM_CLASSES
     if tv:
         add_dense(box.cls_score, "roi_heads.box_predictor.cls_score")
@@ -271,8 +297,11 @@ def _build_table(model, source: str, state: dict[str, np.ndarray]) -> list[_Entr
     mask = component(model, "mask_head")
     if mask is None:
         return entries
-    for i, conv in enumerate(mask.convs):
-        add_conv(conv, f"roi_heads.mask_head.{i}.0" if tv else f"roi_heads.mask_head.mask_fcn{i + 1}")
+    for i, (conv, norm) in enumerate(zip(mask.convs, getattr(mask, "norms", [None] * len(mask.convs)))):
+        prefix = f"roi_heads.mask_head.{i}" if tv else f"roi_heads.mask_head.mask_fcn{i + 1}"
+        add_conv(conv, f"{prefix}.0" if tv else prefix)
+        if norm is not None:
+            add_norm(norm, f"{prefix}.1" if tv else f"{prefix}.norm")
     add_conv(mask.deconv, "roi_heads.mask_predictor.conv5_mask" if tv else "roi_heads.mask_head.deconv",
              kernel=conv_transpose_kernel)
     if tv:
@@ -326,6 +355,61 @@ def _check_detectron2_pixel_stats(state, config: Config, path: str) -> None:
                 )
 
 
+# ----- which model a checkpoint holds --------------------------------------------------------------
+# (source, variant) -> (preset name in mrcnn.configs.PRESETS, what it is)
+VARIANTS: dict[tuple[str, str], tuple[str, str]] = {
+    ("torchvision", "v1"): ("torchvision", "torchvision v1 (maskrcnn_resnet50_fpn)"),
+    ("torchvision", "v2"): ("torchvision_v2", "torchvision v2 (maskrcnn_resnet50_fpn_v2)"),
+    ("detectron2", "fpn"): ("detectron2", "Detectron2 R-FPN (2fc box head, frozen BN)"),
+    ("detectron2", "lsj"): ("detectron2_lsj", "Detectron2 new baselines LSJ (4conv1fc, SyncBN)"),
+}
+
+
+def _keys(state) -> set[str]:
+    return {k[len("module."):] if k.startswith("module.") else k for k in state}
+
+
+def checkpoint_variant(state: dict[str, Any], source: str) -> str:
+    """Which architecture a checkpoint holds, from its key names: "v1" / "v2" for torchvision
+    (v2: the conv box head ``roi_heads.box_head.0.0.weight``), "fpn" / "lsj" for Detectron2
+    (lsj: ``roi_heads.box_head.conv1.weight``); see :data:`VARIANTS`."""
+    keys = _keys(state)
+    if source == "torchvision":
+        return "v2" if "roi_heads.box_head.0.0.weight" in keys else "v1"
+    if source == "detectron2":
+        return "lsj" if "roi_heads.box_head.conv1.weight" in keys else "fpn"
+    raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+
+
+def checkpoint_depth(state: dict[str, Any], source: str) -> str:
+    """"resnet101" when the third residual stage has 23 blocks, else "resnet50"."""
+    keys = _keys(state)
+    key = BACKBONE_PREFIX[source] + ("layer3.22.conv1.weight" if source == "torchvision" else "res4.22.conv1.weight")
+    return "resnet101" if key in keys else "resnet50"
+
+
+def preset_for(state: dict[str, Any], source: str) -> Config:
+    """The :mod:`mrcnn.configs` preset matching a checkpoint (variant and ResNet depth)."""
+    from mrcnn.configs import PRESETS
+
+    preset = PRESETS[VARIANTS[(source, checkpoint_variant(state, source))][0]]
+    depth = checkpoint_depth(state, source)
+    return preset() if depth == preset.BACKBONE else preset(BACKBONE=depth)
+
+
+def _check_architecture(named: dict, source: str, config: Config, path: str) -> None:
+    """A one-line error when the checkpoint's variant is not the model's (before any key error)."""
+    variant = checkpoint_variant(named, source)
+    conv_box = variant in ("v2", "lsj")
+    if conv_box != (config.BOX_HEAD == "4conv1fc"):
+        preset, what = VARIANTS[(source, variant)]
+        from mrcnn.configs import PRESETS
+
+        raise ConversionError(
+            f"{path}: this is a {what} checkpoint but the config has BOX_HEAD={config.BOX_HEAD!r}; "
+            f"use a config derived from mrcnn.configs:{PRESETS[preset].__name__}")
+
+
 # Source keys of heads a fine-tuned model may lack (ignored, and reported, with fine_tune=True).
 _HEAD_PREFIXES = {
     "mask_head": ("roi_heads.mask_head.", "roi_heads.mask_predictor."),
@@ -356,9 +440,7 @@ def convert_state_dict(model, state: dict[str, np.ndarray], source: str, path: s
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     named = _normalise_keys(state, source, path)
-    if source == "torchvision" and any(k.startswith("roi_heads.box_head.0.") for k in named):
-        raise ConversionError(f"{path}: this is a maskrcnn_resnet50_fpn_v2 checkpoint (conv box head, "
-                              "GroupNorm heads), an architecture this project does not have")
+    _check_architecture(named, source, model.config, path)
     if source == "detectron2":
         _check_detectron2_pixel_stats(named, model.config, path)
     entries = _build_table(model, source, state)
@@ -423,12 +505,6 @@ def convert_state_dict(model, state: dict[str, np.ndarray], source: str, path: s
             "skipped_keys": skipped_keys, "why": failed_groups}
 
 
-def _default_config(source: str) -> Config:
-    from mrcnn.configs import PRESETS
-
-    return PRESETS[source]()
-
-
 def convert(path: str | os.PathLike, out_weights_path: str | os.PathLike, source: str,
             config: Config | None = None) -> dict:
     """Read ``path``, build ``MaskRCNN(config or preset)``, assign, save ``out_weights_path``.
@@ -442,73 +518,30 @@ def convert(path: str | os.PathLike, out_weights_path: str | os.PathLike, source
     out = os.fspath(out_weights_path)
     if not out.endswith(".weights.h5"):
         raise ValueError(f"the output file name must end in .weights.h5 (Keras' rule), got {out!r}")
-    config = config if config is not None else _default_config(source)
     state = read_checkpoint(path)
+    variant = checkpoint_variant(state, source)
+    config = config if config is not None else preset_for(state, source)
     model = MaskRCNN(config)
     report = convert_state_dict(model, state, source, os.fspath(path))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     model.save_weights(out)
-    return {**report, "out": out, "config": type(config).__name__}
+    return {**report, "out": out, "config": type(config).__name__, "variant": variant,
+            "model": f"{VARIANTS[(source, variant)][1]}, {config.BACKBONE}"}
 
 
 def convert_torchvision(path, out_weights_path, config: Config | None = None) -> dict:
-    """torchvision ``maskrcnn_resnet50_fpn`` state dict (.pth) -> Keras ``.weights.h5``.
+    """torchvision ``maskrcnn_resnet50_fpn`` or ``_v2`` state dict (.pth) -> Keras ``.weights.h5``.
 
-    ``config`` defaults to :class:`mrcnn.configs.TorchvisionCOCO`; for a model
+    ``config`` defaults to :class:`mrcnn.configs.TorchvisionCOCO` (v1) or
+    :class:`~mrcnn.configs.TorchvisionCOCOv2` (v2), recognised from the keys; for a model
     fine-tuned with another number of classes pass a config with that NUM_CLASSES.
     """
     return convert(path, out_weights_path, "torchvision", config)
 
 
 def convert_detectron2(path, out_weights_path, config: Config | None = None) -> dict:
-    """Detectron2 R50-FPN Mask R-CNN (``model_final_*.pkl`` or a training ``.pth``) ->
-    Keras ``.weights.h5``; ``config`` defaults to :class:`mrcnn.configs.Detectron2COCO`."""
+    """Detectron2 R50/R101-FPN Mask R-CNN (``model_final_*.pkl`` or a training ``.pth``) ->
+    Keras ``.weights.h5``; ``config`` defaults to :class:`mrcnn.configs.Detectron2COCO`, or
+    :class:`~mrcnn.configs.Detectron2LSJ` for a new-baselines LSJ checkpoint (resnet101 when
+    the checkpoint is R101)."""
     return convert(path, out_weights_path, "detectron2", config)
-
-
-# ----- command line ----------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``convert-weights`` arguments (shared by :func:`main_convert` and ``mrcnn.cli``)."""
-    parser.add_argument("--from", dest="source", required=True, choices=SOURCES,
-                        help="checkpoint format")
-    parser.add_argument("checkpoint", help="torchvision .pth or Detectron2 .pkl/.pth file")
-    parser.add_argument("--out", required=True, help="output Keras weights, FILE.weights.h5")
-    parser.add_argument("--config", default=None,
-                        help="module:Class or config.json (default: mrcnn.configs.TorchvisionCOCO / "
-                             "Detectron2COCO)")
-    return parser
-
-
-def run_convert(args: argparse.Namespace) -> int:
-    """Run a parsed ``convert-weights`` command; returns the exit status."""
-    config = None
-    if args.config:
-        from mrcnn.config import load_config
-
-        try:
-            config = load_config(args.config)
-        except (ValueError, FileNotFoundError) as exc:
-            print(f"mrcnn convert-weights: error: {exc}", file=sys.stderr)
-            return 2
-    try:
-        report = convert(args.checkpoint, args.out, args.source, config)
-    except (ConversionError, FileNotFoundError, ValueError, pickle.UnpicklingError) as exc:
-        print(f"mrcnn convert-weights: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"converted {len(report['keys'])} tensors ({report['assigned']} Keras weights, "
-          f"{len(report['ignored'])} ignored) for {report['config']} -> {report['out']}")
-    return 0
-
-
-def main_convert(argv: list[str] | None = None) -> int:
-    """``mrcnn convert-weights --from torchvision|detectron2 CHECKPOINT --out FILE.weights.h5
-    [--config module:Class]``."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    parser = add_arguments(argparse.ArgumentParser(
-        prog="mrcnn convert-weights",
-        description="Convert a torchvision or Detectron2 Mask R-CNN checkpoint to Keras weights"))
-    return run_convert(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main_convert())

@@ -15,6 +15,7 @@ from mrcnn.data.dataset import Dataset
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from mrcnn.data.coco import CocoDataset
     from mrcnn.data.pipeline import build_dataset
+    from mrcnn.data.polygons import polygons_to_mask, polygons_to_masks
     from mrcnn.data.records import RecordDataset
     from mrcnn.data.synthetic import ShapesDataset
 
@@ -24,9 +25,12 @@ _LAZY = {
     "build_dataset": "mrcnn.data.pipeline",
     "RecordDataset": "mrcnn.data.records",
     "ShapesDataset": "mrcnn.data.synthetic",
+    "polygons_to_mask": "mrcnn.data.polygons",
+    "polygons_to_masks": "mrcnn.data.polygons",
 }
 
-__all__ = ["Dataset", "CocoDataset", "build_dataset", "RecordDataset", "ShapesDataset"]
+__all__ = ["Dataset", "CocoDataset", "build_dataset", "RecordDataset", "ShapesDataset", "polygons_to_mask",
+           "polygons_to_masks"]
 
 
 def __getattr__(name: str) -> Any:

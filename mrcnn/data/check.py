@@ -91,6 +91,36 @@ class DatasetCheckError(ValueError):
         )
 
 
+class ClassCountError(DatasetCheckError):
+    """The dataset has more classes than ``config.NUM_CLASSES``: every image would be bad."""
+
+    def __init__(self, message: str, total: int = 0) -> None:
+        self.report = CheckReport(0, total, [])
+        ValueError.__init__(self, message)
+
+
+def check_class_count(dataset: Any, config: Config) -> None:
+    """Raise :class:`ClassCountError` when ``dataset`` has more classes than ``config.NUM_CLASSES``.
+
+    One message for the whole dataset (its class count, a few names and the values to
+    set) instead of one "class id" problem per image. A dataset with fewer classes is
+    accepted (e.g. a subset of the classes a model predicts).
+    """
+    names = list(getattr(dataset, "class_names", None) or [])
+    count = len(names) or int(getattr(dataset, "num_classes", 0) or 0)
+    if not count or count <= config.NUM_CLASSES:
+        return
+    shown = ", ".join(repr(n) for n in names[1:6]) + (", ..." if count > 6 else "")
+    name = type(dataset).__name__
+    raise ClassCountError(
+        f"the dataset ({name}) has {count} classes (BG + {count - 1}: {shown}) but the config has "
+        f"NUM_CLASSES={config.NUM_CLASSES}: set NUM_CLASSES = {count} and CLASS_NAMES = the dataset's "
+        "class_names in the config, or load only the classes you train "
+        "(e.g. CocoDataset(annotations, images, class_ids=[...]))",
+        total=len(getattr(dataset, "image_info", []) or []),
+    )
+
+
 def _classify(dataset: Any, image_id: int, config: Config) -> tuple[str, str] | None:
     from mrcnn.data import loader
 
@@ -132,9 +162,13 @@ def check_dataset(dataset: Any, config: Config, sample: int | None = 200, seed: 
         sample: check a random subset of this many images (seeded by ``seed``)
             when the dataset is larger; None checks every image.
         image_ids: ids to consider (default all).
+
+    Raises:
+        ClassCountError: the dataset has more classes than NUM_CLASSES (checked first).
     """
     from mrcnn.data import loader
 
+    check_class_count(dataset, config)
     ids = np.asarray(dataset.image_ids if image_ids is None else image_ids, dtype=np.int64)
     chosen = ids
     if sample is not None and ids.size > sample:

@@ -111,10 +111,13 @@ class CocoDataset(Dataset):
         anns_per_image: dict[int, list[dict[str, Any]]] = {i: [] for i in images}
         orphans = []
         for ann in annotations:
-            if ann["category_id"] not in known_cats:
+            if ann.get("category_id") not in known_cats:
+                ids = sorted(known_cats)
+                listed = f"{ids}" if len(ids) <= 10 else f"[{ids[0]}, ..., {ids[-1]}] ({len(ids)} ids)"
                 raise ValueError(
-                    f"{self.annotation_file}: annotation {ann.get('id')} has category_id "
-                    f"{ann['category_id']}, which is not in 'categories'"
+                    f"{self.annotation_file}: annotation {ann.get('id')} (image id {ann.get('image_id')}) "
+                    f"has category_id {ann.get('category_id')}, which is not in 'categories' {listed}; "
+                    "add that category to 'categories' or correct the annotation's category_id"
                 )
             if ann["image_id"] not in images:
                 orphans.append(ann)

@@ -72,7 +72,9 @@ class Dataset:
     keypoint_skeleton: list[tuple[int, int]] | None = None
     keypoint_sigmas: list[float] | None = None
 
-    def __init__(self) -> None:
+    def __init__(self, class_map: dict | None = None) -> None:
+        # class_map: accepted for matterport scripts (``utils.Dataset(class_map=None)``), which
+        # never used it either.
         self.class_info: list[dict[str, Any]] = [{"source": "", "id": 0, "name": "BG"}]
         self.image_info: list[dict[str, Any]] = []
         self._prepared = False
@@ -93,8 +95,11 @@ class Dataset:
         self.image_info.append(info)
         self._prepared = False
 
-    def prepare(self) -> None:
-        """Index classes and images; call after the last add_class/add_image."""
+    def prepare(self, class_map: dict | None = None) -> None:
+        """Index classes and images; call after the last add_class/add_image.
+
+        ``class_map`` is accepted for matterport scripts and unused (as in matterport).
+        """
         self.num_classes = len(self.class_info)
         self.class_ids = np.arange(self.num_classes)
         self.class_names = [c["name"] for c in self.class_info]
@@ -107,6 +112,11 @@ class Dataset:
             f"{info['source']}.{info['id']}": idx for idx, info in enumerate(self.image_info)
         }
         self.sources = sorted({i["source"] for i in self.class_info if i["source"]})
+        # source -> internal class ids of that source, the background included (matterport's).
+        self.source_class_ids = {
+            source: [i for i, info in enumerate(self.class_info) if i == 0 or info["source"] == source]
+            for source in self.sources
+        }
         self._prepared = True
 
     def _require_prepared(self) -> None:
@@ -122,8 +132,21 @@ class Dataset:
         """'source.class_id' -> internal class id."""
         return self.class_from_source_map[source_class_id]
 
+    def get_source_class_id(self, class_id: int, source: str) -> Any:
+        """Internal class id -> the id it has in ``source`` (the inverse of map_source_class_id)."""
+        info = self.class_info[class_id]
+        if info["source"] != source:
+            raise ValueError(f"class {class_id} ({info['name']!r}) is from source {info['source']!r}, not {source!r}")
+        return info["id"]
+
     def source_image_link(self, image_id: int) -> Any:
+        """The image's path (or URL) as registered with add_image."""
         return self.image_info[image_id].get("path")
+
+    def image_reference(self, image_id: int) -> str:
+        """A link or a note that helps find the image (for debugging); a subclass overrides it.
+        The base returns "" (as matterport's)."""
+        return ""
 
     def __len__(self) -> int:
         return len(self.image_info)

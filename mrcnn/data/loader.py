@@ -314,7 +314,8 @@ def sanitize_masks(
     if masks.shape[:2] != (height, width):
         raise ValueError(
             f"{ref}: masks shape {masks.shape} does not match image shape "
-            f"{(height, width)} (expected [{height}, {width}, N])"
+            f"{(height, width)} (expected [{height}, {width}, N]); load_mask must return masks "
+            "of the size load_image returns (check the annotation's image size)"
         )
     if masks.dtype == np.bool_:
         pass

@@ -57,6 +57,7 @@ otherwise (throughput).
 from __future__ import annotations
 
 import atexit
+import os
 import random
 import threading
 import time
@@ -69,7 +70,7 @@ import tensorflow as tf
 from mrcnn.config import Config
 from mrcnn.data import augment as augment_lib
 from mrcnn.data import transforms
-from mrcnn.data.loader import load_instance, sanitize_image
+from mrcnn.data.loader import load_instance
 from mrcnn.ops.keypoints import flip_keypoints, scale_keypoints
 
 
@@ -125,6 +126,27 @@ def _mini_shape(config: Config) -> tuple[int, int] | None:
     return int(config.MINI_MASK_SHAPE[0]), int(config.MINI_MASK_SHAPE[1])
 
 
+def _run_position(run_dir: str | os.PathLike, training: bool, seed: int | None, batch_size: int,
+                  start_element: int) -> int:
+    """``start_element`` of a training stream resuming the run in ``run_dir`` (see build_dataset)."""
+    # The run folder is the hand-over between the input and the callbacks of a plain fit: its
+    # newest intact step backup (OUT/backup/step_*.json, mrcnn.checkpoint.backups) is the one
+    # StepBackup restores, and its step is where this stream starts.
+    from mrcnn.fileio import read_commits
+
+    if not training or seed is None or start_element:
+        raise ValueError("build_dataset(run_dir=...) is for a training stream with a fixed seed and no "
+                         "start_element: pass training=True, seed=<int> (the same on every start)")
+    states = read_commits(os.path.join(os.fspath(run_dir), "backup"), "step_")
+    if not states:
+        return 0
+    state = max(states, key=lambda s: int(s["step"]))
+    if int(state.get("batch_size", batch_size)) != batch_size:
+        raise ValueError(f"{run_dir}: the run was trained with batch size {state['batch_size']}, this "
+                         f"pipeline has {batch_size}; use the same to resume it, or another run folder")
+    return int(state["step"]) * batch_size
+
+
 def build_dataset(
     dataset: Any,
     config: Config,
@@ -137,6 +159,7 @@ def build_dataset(
     start_element: int = 0,
     augment: augment_lib.AugmentFn | str | None = None,
     check: bool | str = False,
+    run_dir: str | os.PathLike | None = None,
     data_service: str | None = None,
     data_service_job: str | None = None,
 ) -> tf.data.Dataset:
@@ -168,6 +191,13 @@ def build_dataset(
             bad samples raise :class:`mrcnn.data.check.DatasetCheckError` listing
             them by image id. Not for a :class:`~mrcnn.data.records.RecordDataset`
             (``mrcnn data convert`` validated every sample when it wrote them).
+        run_dir: the folder of a training run whose callbacks come from
+            :func:`mrcnn.engine.default_callbacks` (training only, with ``seed``):
+            the stream starts where the run's newest backup left it
+            (``start_element`` = its global step x batch size), the same backup
+            the callbacks restore, so a plain ``fit`` run again after any
+            interruption sees the batches the uninterrupted run would have seen.
+            A fresh folder starts at element 0.
         data_service: ``grpc://HOST:PORT`` of a tf.data service dispatcher: the
             whole pipeline (decode, augment, batch) runs on its workers
             (:func:`distribute_to_service`). Needs a ``RecordDataset`` (the
@@ -210,6 +240,8 @@ def build_dataset(
         raise ValueError(
             f"{ids.size} images < batch_size={batch_size} with drop_remainder: the dataset would be empty"
         )
+    if run_dir is not None:
+        start_element = _run_position(run_dir, training, seed, batch_size, start_element)
     deterministic = seed is not None or not training
     rng_seed = int(seed) if seed is not None else random.SystemRandom().randrange(2**31 - 1)
 
@@ -391,31 +423,10 @@ def distribute_to_service(ds: tf.data.Dataset, address: str, job_name: str | Non
 def prepare_image_batch(
     images: Sequence[np.ndarray], config: Config
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Resize and pad arbitrary-size images for inference (what ``detect()`` feeds the model).
+    """:func:`mrcnn.inference.preprocess.prepare_image_batch`, the inference resize/pad rule
+    (its home since the package layout of issue #21; kept here for existing callers)."""
+    from mrcnn.inference.preprocess import (
+        prepare_image_batch as prepare,  # inference sits above data
+    )
 
-    Each image goes through :func:`~mrcnn.data.loader.sanitize_image` (so the same
-    gray/RGBA/uint16/float conversions as training apply) and
-    :func:`~mrcnn.data.transforms.resize_and_pad`; then all are zero-padded to a
-    common shape (the fixed square in "square" mode, the largest in "pad32").
-
-    Returns:
-        images: float32 ``[B, Hp, Wp, 3]`` raw RGB 0-255.
-        image_sizes: int32 ``[B, 2]`` (new_h, new_w) valid regions.
-        scales: float32 ``[B, 2]`` (new_h / H, new_w / W); divide detected
-            (y, x) coordinates by it to return to each original image.
-    """
-    if len(images) == 0:
-        raise ValueError("prepare_image_batch needs at least one image")
-    resized, sizes, scales = [], [], []
-    for i, image in enumerate(images):
-        image = sanitize_image(image, f"images[{i}]")
-        out, size, scale = transforms.resize_and_pad(tf.convert_to_tensor(image), config)
-        resized.append(out.numpy())
-        sizes.append(size.numpy())
-        scales.append(scale.numpy())
-    pad_h = max(r.shape[0] for r in resized)
-    pad_w = max(r.shape[1] for r in resized)
-    batch = np.zeros((len(resized), pad_h, pad_w, 3), np.float32)
-    for i, r in enumerate(resized):
-        batch[i, : r.shape[0], : r.shape[1]] = r
-    return batch, np.stack(sizes).astype(np.int32), np.stack(scales).astype(np.float32)
+    return prepare(images, config)

@@ -10,7 +10,7 @@ own round trip):
 - :class:`RoIPooler` -- multi-level RoIAlign (output size, strides, sampling
   ratio, aligned, canonical level/size, implementation).
 - :class:`RoIHeads` -- RoI sampling and targets (box, mask, keypoint), a
-  :class:`RoIPooler` and a head per branch (:class:`BoxHead`, :class:`MaskHead`,
+  :class:`RoIPooler` and a head per branch (:class:`BoxHead` or :class:`ConvFCBoxHead`, :class:`MaskHead`,
   :class:`KeypointHead`), the head losses, inference post-processing.
 - :class:`BoxCoder` -- the (dy, dx, dh, dw) encoding and its weights.
 - :class:`Conv3x3` -- the 3x3 stride-1 convolution of the blocks, FPN, RPN and heads
@@ -24,9 +24,9 @@ from mrcnn.layers.backbone import ResNet
 from mrcnn.layers.box_coder import BoxCoder
 from mrcnn.layers.conv import Conv3x3
 from mrcnn.layers.fpn import FPN
-from mrcnn.layers.norm import FrozenBatchNorm
+from mrcnn.layers.norm import FrozenBatchNorm, RoIBatchNorm
 from mrcnn.layers.pooler import RoIPooler
-from mrcnn.layers.roi_heads import BoxHead, KeypointHead, MaskHead, RoIHeads
+from mrcnn.layers.roi_heads import BoxHead, ConvFCBoxHead, KeypointHead, MaskHead, RoIHeads
 from mrcnn.layers.rpn import RPN, RPNHead
 
 __all__ = [
@@ -36,11 +36,13 @@ __all__ = [
     "BoxCoder",
     "BoxHead",
     "Conv3x3",
+    "ConvFCBoxHead",
     "FrozenBatchNorm",
     "KeypointHead",
     "MaskHead",
     "RPNHead",
     "ResNet",
+    "RoIBatchNorm",
     "RoIHeads",
     "RoIPooler",
 ]

@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from mrcnn.layers.conv import Conv3x3
+from mrcnn.layers.norm import STAGE_NORMS, make_stage_norm
 
 
 def upsample_nearest_to(x: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
@@ -31,31 +32,48 @@ class FPN(keras.layers.Layer):
     """Lateral 1x1 convs, top-down nearest x2 + add, 3x3 output convs; P6 = P5[::2, ::2].
 
     Input: [C2, C3, C4, C5]. Output: [P2, P3, P4, P5, P6], each [B, h, w, channels].
+
+    ``norm`` (None | "bn" | "syncbn" | "gn", ``Config.FPN_NORM``): each lateral and
+    output conv is followed by that norm and has no bias, as torchvision's
+    ``FeaturePyramidNetwork(norm_layer=...)`` (``Conv2dNormActivation`` without
+    activation; maskrcnn_resnet50_fpn_v2) and Detectron2's ``FPN(norm=...)``; the
+    norms are named ``fpn_inner{l}_norm`` / ``fpn_layer{l}_norm``.
     """
 
-    def __init__(self, channels: int = 256, **kwargs):
+    def __init__(self, channels: int = 256, norm: str | None = None, gn_groups: int = 32, **kwargs):
         super().__init__(**kwargs)
+        if norm not in STAGE_NORMS:
+            raise ValueError(f"FPN norm must be one of {STAGE_NORMS}, got {norm!r}")
         self.channels = channels
+        self.norm = norm
+        self.gn_groups = gn_groups
         init = keras.initializers.VarianceScaling(1.0, "fan_in", "uniform")  # kaiming_uniform a=1
+        bias = norm is None
         self.lateral = [
-            keras.layers.Conv2D(channels, 1, kernel_initializer=init, name=f"fpn_inner{i + 2}")
+            keras.layers.Conv2D(channels, 1, use_bias=bias, kernel_initializer=init, name=f"fpn_inner{i + 2}")
             for i in range(4)
         ]
         self.output_convs = [
-            Conv3x3(channels, kernel_initializer=init, name=f"fpn_layer{i + 2}")
+            Conv3x3(channels, use_bias=bias, kernel_initializer=init, name=f"fpn_layer{i + 2}")
             for i in range(4)
         ]
+        self.lateral_norms = [make_stage_norm(norm, f"fpn_inner{i + 2}_norm", gn_groups) for i in range(4)]
+        self.output_norms = [make_stage_norm(norm, f"fpn_layer{i + 2}_norm", gn_groups) for i in range(4)]
 
-    def call(self, features):
-        top = self.lateral[3](features[3])
-        outputs = [self.output_convs[3](top)]
+    def _apply(self, conv, norm, x, training):
+        x = conv(x)
+        return x if norm is None else norm(x, training=training)
+
+    def call(self, features, training=None):
+        top = self._apply(self.lateral[3], self.lateral_norms[3], features[3], training)
+        outputs = [self._apply(self.output_convs[3], self.output_norms[3], top, training)]
         for i in (2, 1, 0):
-            lateral = self.lateral[i](features[i])
+            lateral = self._apply(self.lateral[i], self.lateral_norms[i], features[i], training)
             top = lateral + upsample_nearest_to(top, tf.shape(lateral)[1:3])
-            outputs.insert(0, self.output_convs[i](top))
+            outputs.insert(0, self._apply(self.output_convs[i], self.output_norms[i], top, training))
         # LastLevelMaxPool: max_pool2d(kernel 1, stride 2) == subsampling.
         outputs.append(outputs[-1][:, ::2, ::2, :])
         return outputs
 
     def get_config(self):
-        return {**super().get_config(), "channels": self.channels}
+        return {**super().get_config(), "channels": self.channels, "norm": self.norm, "gn_groups": self.gn_groups}

@@ -13,6 +13,7 @@ import tensorflow as tf
 from mrcnn.layers.box_coder import BoxCoder
 from mrcnn.layers.conv import Conv3x3
 from mrcnn.layers.detection import Detections, detect_boxes
+from mrcnn.layers.norm import STAGE_NORMS, make_stage_norm
 from mrcnn.layers.pooler import RoIPooler, pooler_settings
 from mrcnn.layers.precision import dtype_policy_scope, policy_name, to_float32
 from mrcnn.layers.targets import RoITargets, roi_targets
@@ -21,6 +22,9 @@ from mrcnn.ops.keypoints import heatmaps_to_keypoints
 
 if TYPE_CHECKING:
     from mrcnn.config import Config
+
+# Config.BOX_HEAD: "2fc" (v1: 2 FC of FPN_FC_LAYERS_SIZE), "4conv1fc" (v2 / new baselines).
+BOX_HEADS = ("2fc", "4conv1fc")
 
 # He init, fan-out (torchvision's mask and keypoint heads).
 def _he_fan_out() -> keras.initializers.Initializer:
@@ -49,6 +53,34 @@ def _per_roi(fcn, pooled: tf.Tensor) -> tf.Tensor:
     x = tf.concat([x, tf.zeros(tf.concat([[1], shape[2:]], axis=0), x.dtype)], axis=0)
     x = fcn(tf.ensure_shape(x, [None, *pooled.shape[2:]]))[:-1]
     return tf.reshape(x, tf.concat([shape[:2], tf.shape(x)[1:]], axis=0))
+
+
+def _per_roi_masked(fcn, pooled: tf.Tensor, valid: tf.Tensor | None) -> tf.Tensor:
+    """:func:`_per_roi` for an ``fcn(x, mask)`` whose norms take the RoIs' validity:
+    pooled [B, R, h, w, C], valid [B, R] bool (None: all) -> [B, R, h', w', C'].
+    The zero RoI that rides along is never valid."""
+    shape = tf.shape(pooled)
+    x = tf.reshape(pooled, tf.concat([[-1], shape[2:]], axis=0))
+    x = tf.concat([x, tf.zeros(tf.concat([[1], shape[2:]], axis=0), x.dtype)], axis=0)
+    mask = tf.ones([shape[0] * shape[1]], tf.bool) if valid is None else tf.reshape(valid, [-1])
+    mask = tf.concat([mask, [False]], axis=0)
+    x = fcn(tf.ensure_shape(x, [None, *pooled.shape[2:]]), mask)[:-1]
+    return tf.reshape(x, tf.concat([shape[:2], tf.shape(x)[1:]], axis=0))
+
+
+def _norm_relu_convs(channels: int, count: int, prefix: str, norm: str | None, gn_groups: int):
+    """``count`` x 3x3 conv (no bias when normed) and their norms (None without):
+    convs ``{prefix}1..``, norms ``{prefix}1_norm..``; the caller applies conv, norm, ReLU."""
+    convs = [Conv3x3(channels, use_bias=norm is None, kernel_initializer=_he_fan_out(), name=f"{prefix}{i + 1}")
+             for i in range(count)]
+    norms = [make_stage_norm(norm, f"{prefix}{i + 1}_norm", gn_groups, rois=True) for i in range(count)]
+    return convs, norms
+
+
+def _apply_norm(norm, x, training, mask):
+    if isinstance(norm, keras.layers.GroupNormalization):  # per RoI: no batch statistics, no mask
+        return norm(x)
+    return norm(x, training=training, valid=mask)
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
@@ -95,19 +127,103 @@ class BoxHead(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
+class ConvFCBoxHead(keras.layers.Layer):
+    """``num_convs`` x (3x3 conv -> norm -> ReLU) -> flatten -> FC -> ReLU -> predictors.
+
+    torchvision's ``FastRCNNConvFCHead`` (maskrcnn_resnet50_fpn_v2: 4 convs of 256 with
+    BatchNorm, one FC of 1024) and Detectron2's ``FastRCNNConvFCHead`` ("4conv1fc",
+    new baselines: NaiveSyncBN) — ``Config.BOX_HEAD = "4conv1fc"``. Convs ``conv1..``
+    (no bias when normed), norms ``conv1_norm..``, the FC ``fc6``, predictors
+    ``cls_score`` / ``bbox_pred`` as :class:`BoxHead`'s.
+
+    Input: [B, R, 7, 7, C] pooled features (and, for training-mode batch norm,
+    ``valid`` [B, R] bool: padding slots do not enter the statistics). Output:
+    (logits [B, R, K+1], deltas [B, R, K+1, 4]) as :class:`BoxHead`. The flatten
+    order is (h, w, c) (converted weights are permuted from PyTorch's (c, h, w)).
+    """
+
+    def __init__(self, num_classes: int, conv_channels: int = 256, num_convs: int = 4, fc_size: int = 1024,
+                 norm: str | None = None, gn_groups: int = 32, **kwargs):
+        super().__init__(**kwargs)
+        if norm not in STAGE_NORMS:
+            raise ValueError(f"ConvFCBoxHead norm must be one of {STAGE_NORMS}, got {norm!r}")
+        self.num_classes = num_classes
+        self.conv_channels = conv_channels
+        self.num_convs = num_convs
+        self.fc_size = fc_size
+        self.norm = norm
+        self.gn_groups = gn_groups
+        self.convs, self.norms = _norm_relu_convs(conv_channels, num_convs, "conv", norm, gn_groups)
+        init = keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")  # torch Linear default
+        self.fc6 = keras.layers.Dense(fc_size, activation="relu", kernel_initializer=init, name="fc6")
+        self.cls_score = keras.layers.Dense(
+            num_classes, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01), name="cls_score"
+        )
+        self.bbox_pred = keras.layers.Dense(
+            num_classes * 4, kernel_initializer=keras.initializers.RandomNormal(stddev=0.001), name="bbox_pred"
+        )
+
+    def build(self, input_shape):
+        _, _, h, w, c = input_shape
+        for conv, norm in zip(self.convs, self.norms):
+            conv.build((None, h, w, c))
+            c = self.conv_channels
+            if norm is not None:
+                norm.build((None, h, w, c))
+        self.fc6.build((None, None, h * w * c))
+        for dense in (self.cls_score, self.bbox_pred):
+            dense.build((None, None, self.fc_size))
+
+    def call(self, pooled, training=None, valid=None):
+        shape = tf.shape(pooled)
+
+        def fcn(x, mask):
+            for conv, norm in zip(self.convs, self.norms):
+                x = conv(x)
+                x = tf.nn.relu(x if norm is None else _apply_norm(norm, x, training, mask))
+            return x
+
+        x = _per_roi_masked(fcn, pooled, valid)
+        flat_size = x.shape[2] * x.shape[3] * x.shape[4]
+        x = self.fc6(tf.reshape(x, [shape[0], shape[1], flat_size]))
+        logits = to_float32(self.cls_score(x))
+        deltas = tf.reshape(to_float32(self.bbox_pred(x)), [shape[0], shape[1], self.num_classes, 4])
+        return logits, deltas
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "conv_channels": self.conv_channels,
+                "num_convs": self.num_convs, "fc_size": self.fc_size, "norm": self.norm,
+                "gn_groups": self.gn_groups}
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
 class MaskHead(keras.layers.Layer):
     """num_convs x (3x3 conv + ReLU) -> 2x2 stride-2 transposed conv + ReLU -> 1x1 conv.
 
     Input: [B, R, 14, 14, C]. Output: [B, R, 28, 28, K+1] mask logits (one sigmoid
     mask per class; the loss and inference pick the channel of the class).
+
+    ``norm`` (``Config.HEAD_NORM``): each 3x3 conv is conv (no bias) -> norm -> ReLU
+    (torchvision's ``MaskRCNNHeads(norm_layer=BatchNorm2d)``, Detectron2's
+    ``MaskRCNNConvUpsampleHead(conv_norm=...)``); norms ``mask_fcn{i}_norm``. Training-mode
+    batch norm then takes ``valid`` [B, R] (the RoIs that count).
     """
 
-    def __init__(self, num_classes: int, channels: int = 256, num_convs: int = 4, **kwargs):
+    def __init__(self, num_classes: int, channels: int = 256, num_convs: int = 4, norm: str | None = None,
+                 gn_groups: int = 32, **kwargs):
         super().__init__(**kwargs)
+        if norm not in STAGE_NORMS:
+            raise ValueError(f"MaskHead norm must be one of {STAGE_NORMS}, got {norm!r}")
         self.num_classes = num_classes
         self.channels = channels
         self.num_convs = num_convs
-        self.convs = _relu_conv_stack(channels, num_convs, "mask_fcn")
+        self.norm = norm
+        self.gn_groups = gn_groups
+        if norm is None:
+            self.convs = _relu_conv_stack(channels, num_convs, "mask_fcn")
+            self.norms = [None] * num_convs
+        else:
+            self.convs, self.norms = _norm_relu_convs(channels, num_convs, "mask_fcn", norm, gn_groups)
         self.deconv = keras.layers.Conv2DTranspose(
             channels, 2, strides=2, activation="relu", kernel_initializer=_he_fan_out(), name="conv5_mask"
         )
@@ -115,14 +231,24 @@ class MaskHead(keras.layers.Layer):
 
     def build(self, input_shape):
         _, _, h, w, c = input_shape
-        for conv in self.convs:
+        for conv, norm in zip(self.convs, self.norms):
             conv.build((None, h, w, c))
             c = self.channels
+            if norm is not None:
+                norm.build((None, h, w, c))
         self.deconv.build((None, h, w, c))
         self.logits.build((None, 2 * h, 2 * w, self.channels))
 
-    def call(self, pooled):
-        return to_float32(_per_roi(self._fcn, pooled))
+    def call(self, pooled, training=None, valid=None):
+        if self.norm is None:
+            return to_float32(_per_roi(self._fcn, pooled))
+
+        def fcn(x, mask):
+            for conv, norm in zip(self.convs, self.norms):
+                x = tf.nn.relu(_apply_norm(norm, conv(x), training, mask))
+            return self.logits(self.deconv(x))
+
+        return to_float32(_per_roi_masked(fcn, pooled, valid))
 
     def _fcn(self, x):
         for conv in self.convs:
@@ -135,6 +261,8 @@ class MaskHead(keras.layers.Layer):
             "num_classes": self.num_classes,
             "channels": self.channels,
             "num_convs": self.num_convs,
+            "norm": self.norm,
+            "gn_groups": self.gn_groups,
         }
 
 
@@ -244,10 +372,23 @@ class RoIHeads(keras.layers.Layer):
         keypoint_num_convs: int = 8,
         keypoint_heatmap_size: int = 56,
         head_dtype: str = "float32",
+        mask_class_pick: str = "batched",
+        box_head: str = "2fc",
+        head_norm: str | None = None,
+        box_conv_channels: int = 256,
+        gn_groups: int = 32,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if box_head not in BOX_HEADS:
+            raise ValueError(f"box_head must be one of {BOX_HEADS}, got {box_head!r}")
+        if head_norm not in STAGE_NORMS:
+            raise ValueError(f"head_norm must be one of {STAGE_NORMS}, got {head_norm!r}")
+        if box_head == "2fc" and head_norm is not None:
+            raise ValueError("head_norm needs the conv box head (box_head='4conv1fc'); the 2fc head has no norm")
         self.settings = {
+            "box_head": box_head, "head_norm": head_norm, "box_conv_channels": int(box_conv_channels),
+            "gn_groups": int(gn_groups),
             "num_classes": int(num_classes), "fc_size": int(fc_size), "pool_size": int(pool_size),
             "strides": [int(s) for s in strides], "sampling_ratio": int(sampling_ratio),
             "aligned": bool(aligned), "canonical_level": int(canonical_level),
@@ -263,8 +404,10 @@ class RoIHeads(keras.layers.Layer):
             "num_keypoints": int(num_keypoints),
             "keypoint_pool_size": int(keypoint_pool_size), "keypoint_conv_channels": int(keypoint_conv_channels),
             "keypoint_num_convs": int(keypoint_num_convs), "keypoint_heatmap_size": int(keypoint_heatmap_size),
-            "head_dtype": str(head_dtype),
+            "head_dtype": str(head_dtype), "mask_class_pick": str(mask_class_pick),
         }
+        if mask_class_pick not in CLASS_PICKS:
+            raise ValueError(f"mask_class_pick must be one of {tuple(CLASS_PICKS)}, got {mask_class_pick!r}")
         pooling = {
             "strides": strides, "sampling_ratio": sampling_ratio, "aligned": aligned,
             "canonical_level": canonical_level, "canonical_size": canonical_size,
@@ -284,9 +427,14 @@ class RoIHeads(keras.layers.Layer):
         # The heads compute under head_dtype (Config.MIXED_PRECISION); the poolers and this
         # layer stay float32, so RoIAlign always samples float32 features at float32 boxes.
         with dtype_policy_scope(head_dtype):
-            self.box_head = BoxHead(num_classes, fc_size, name="box_head")
+            if box_head == "2fc":
+                self.box_head = BoxHead(num_classes, fc_size, name="box_head")
+            else:
+                self.box_head = ConvFCBoxHead(num_classes, box_conv_channels, 4, fc_size, norm=head_norm,
+                                              gn_groups=gn_groups, name="box_head")
             if mask_head:
-                self.mask_head = MaskHead(num_classes, mask_conv_channels, mask_num_convs, name="mask_head")
+                self.mask_head = MaskHead(num_classes, mask_conv_channels, mask_num_convs, norm=head_norm,
+                                          gn_groups=gn_groups, name="mask_head")
             if num_keypoints:
                 self.keypoint_head = KeypointHead(
                     num_keypoints, keypoint_conv_channels, keypoint_num_convs, name="keypoint_head"
@@ -328,6 +476,11 @@ class RoIHeads(keras.layers.Layer):
             keypoint_num_convs=config.KEYPOINT_HEAD_NUM_CONVS,
             keypoint_heatmap_size=config.KEYPOINT_HEATMAP_SIZE,
             head_dtype=policy_name(config.MIXED_PRECISION),
+            mask_class_pick=config.MASK_CLASS_PICK,
+            box_head=config.BOX_HEAD,
+            head_norm=config.HEAD_NORM,
+            box_conv_channels=config.FPN_CHANNELS,  # the references' 256 = FPN width (docs/design.md)
+            gn_groups=config.GROUP_NORM_GROUPS,
             **kwargs,
         )
 
@@ -342,13 +495,24 @@ class RoIHeads(keras.layers.Layer):
             self.keypoint_head.build((None, None, k, k, channels))
 
     # ----- per-branch steps (training and inference) ----------------------------------
-    def box_forward(self, features, rois: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """rois [B, R, 4] -> (class logits [B, R, K+1], class-specific deltas [B, R, K+1, 4])."""
-        return self.box_head(self.box_pooler(features, rois))
+    def box_forward(self, features, rois: tf.Tensor, training=None, valid=None) -> tuple[tf.Tensor, tf.Tensor]:
+        """rois [B, R, 4] -> (class logits [B, R, K+1], class-specific deltas [B, R, K+1, 4]).
 
-    def mask_logits(self, features, rois: tf.Tensor, class_ids: tf.Tensor) -> tf.Tensor:
+        ``training``/``valid`` [B, R] bool: for a normed head's training-mode batch statistics
+        (only the valid RoIs count)."""
+        pooled = self.box_pooler(features, rois)
+        if isinstance(self.box_head, ConvFCBoxHead):
+            return self.box_head(pooled, training=training, valid=valid)
+        return self.box_head(pooled)
+
+    def mask_logits(self, features, rois: tf.Tensor, class_ids: tf.Tensor, training=None,
+                    valid=None) -> tf.Tensor:
         """rois [B, R, 4], class_ids [B, R] -> [B, R, 28, 28] mask logits of that class."""
-        return _pick_class_channel(self.mask_head(self.mask_pooler(features, rois)), class_ids)
+        pick = CLASS_PICKS[self.settings["mask_class_pick"]]
+        pooled = self.mask_pooler(features, rois)
+        if self.mask_head.norm is None:
+            return pick(self.mask_head(pooled), class_ids)
+        return pick(self.mask_head(pooled, training=training, valid=valid), class_ids)
 
     def keypoint_heatmaps(self, features, rois: tf.Tensor) -> tf.Tensor:
         """rois [B, R, 4] -> [B, R, 56, 56, K] heatmap logits."""
@@ -365,14 +529,22 @@ class RoIHeads(keras.layers.Layer):
             num_samples=s["batch_size_per_image"], positive_fraction=s["positive_fraction"],
             positive_iou=s["positive_iou"], box_coder=self.box_coder, mask_shape=tuple(s["mask_shape"]),
             mini_mask=s["mini_mask"], mask_threshold=s["mask_target_threshold"],
-            roi_align_implementation=s["roi_align_implementation"], num_mask_rois=self.num_mask_rois,
+            # Mask targets crop GT masks with one roi_align call; "gather" is a pooler
+            # form for exports, whose stock-ops twin for that crop is "portable".
+            roi_align_implementation=(
+                "portable" if s["roi_align_implementation"] == "gather" else s["roi_align_implementation"]
+            ),
+            num_mask_rois=self.num_mask_rois,
             gt_keypoints=targets["gt_keypoints"] if self.keypoint_head is not None else None,
             heatmap_size=s["keypoint_heatmap_size"],
         )
 
-    def losses_for(self, features, roi: RoITargets) -> dict[str, tf.Tensor]:
-        """The head losses (scalars) of a sample from :meth:`sample`."""
-        class_logits, box_deltas = self.box_forward(features, roi.rois)
+    def losses_for(self, features, roi: RoITargets, training=None) -> dict[str, tf.Tensor]:
+        """The head losses (scalars) of a sample from :meth:`sample`.
+
+        ``training``: normed heads use batch statistics of the sampled RoIs (box head: every
+        valid RoI; mask head: the positives, the RoIs it sees in torchvision and Detectron2)."""
+        class_logits, box_deltas = self.box_forward(features, roi.rois, training=training, valid=roi.valid)
         positive = roi.valid & (roi.class_ids > 0)
         box_pred = tf.gather(box_deltas, roi.class_ids, batch_dims=2)
         values = {
@@ -383,7 +555,8 @@ class RoIHeads(keras.layers.Layer):
         }
         m = roi.mask_slots  # the slots that hold positives (see roi_targets)
         if self.mask_head is not None:
-            logits = self.mask_logits(features, roi.rois[:, :m], roi.class_ids[:, :m])
+            logits = self.mask_logits(features, roi.rois[:, :m], roi.class_ids[:, :m], training=training,
+                                      valid=positive[:, :m])
             values["mask_loss"] = losses.mask_loss(logits, roi.masks, positive[:, :m])
         if self.keypoint_head is not None:
             # Same slots as the mask branch: every positive is among them.
@@ -413,11 +586,13 @@ class RoIHeads(keras.layers.Layer):
         }
         if self.mask_head is not None:
             # Detections come sorted by score, so those that get a mask fill the first
-            # slots: the head runs on as many slots as the busiest image needs (only
-            # _per_roi's zero RoI on an empty picture), not on all DETECTION_MAX_INSTANCES.
+            # slots: the head runs on as many slots as the busiest image needs, not on
+            # all DETECTION_MAX_INSTANCES. At least one slot (a zero box, its mask then
+            # zeroed): a picture without detections would otherwise send empty tensors
+            # through the pooler, which LiteRT's kernels (UNPACK) refuse.
             with_mask = det.valid & (det.scores >= self.settings["mask_min_score"])
             count = tf.reduce_max(tf.reduce_sum(tf.cast(with_mask, tf.int32), axis=1))
-            count = tf.maximum(count, 0)  # reduce_max of an empty batch is int32 min
+            count = tf.maximum(count, 1)  # also: reduce_max of an empty batch is int32 min
             masks = tf.sigmoid(self.mask_logits(features, det.boxes[:, :count], det.class_ids[:, :count]))
             masks = masks * tf.expand_dims(tf.expand_dims(tf.cast(with_mask[:, :count], tf.float32), -1), -1)
             pad = tf.shape(det.boxes)[1] - count
@@ -427,10 +602,10 @@ class RoIHeads(keras.layers.Layer):
             out["keypoints"] = heatmaps_to_keypoints(heatmaps, det.boxes) * validf[:, :, None, None]
         return out
 
-    def call(self, features, proposals, proposal_valid, image_sizes, targets=None):
+    def call(self, features, proposals, proposal_valid, image_sizes, targets=None, training=None):
         if targets is None:
             return self.detect(features, proposals, proposal_valid, image_sizes), {}
-        return {}, self.losses_for(features, self.sample(proposals, proposal_valid, targets))
+        return {}, self.losses_for(features, self.sample(proposals, proposal_valid, targets), training=training)
 
     def get_config(self):
         # Plain lists: Keras wraps the attribute dict's lists into tracked containers.
@@ -438,7 +613,27 @@ class RoIHeads(keras.layers.Layer):
         return {**super().get_config(), **plain}
 
 
-def _pick_class_channel(mask_logits: tf.Tensor, class_ids: tf.Tensor) -> tf.Tensor:
+def _pick_class_channel_batched(mask_logits: tf.Tensor, class_ids: tf.Tensor) -> tf.Tensor:
     """[B, R, mh, mw, K+1] logits, [B, R] class ids -> [B, R, mh, mw] of that class."""
     per_class = tf.transpose(mask_logits, [0, 1, 4, 2, 3])
     return tf.gather(per_class, class_ids, batch_dims=2)
+
+
+def _pick_class_channel_flat(mask_logits: tf.Tensor, class_ids: tf.Tensor) -> tf.Tensor:
+    """As :func:`_pick_class_channel_batched`, with one plain Gather on a flattened table.
+
+    [B, R, mh, mw, K] -> rows (b, r, k) of a [B*R*K, mh, mw] table, row (b * R + r) * K
+    + class. OpenVINO's converter rejects ``tf.gather(..., batch_dims=2)`` (its
+    transpose-sinking pass) or turns it, ``tf.one_hot`` and a one-hot product over the
+    last axis into wrong masks (tested on 2026.4); this form converts right. Exact.
+    """
+    k = mask_logits.shape[-1]
+    per_class = tf.transpose(mask_logits, [0, 1, 4, 2, 3])
+    shape = tf.shape(per_class)
+    table = tf.reshape(per_class, tf.concat([[-1], shape[3:]], 0))
+    rows = tf.reshape(tf.range(shape[0] * shape[1]) * k, tf.shape(class_ids))
+    return tf.gather(table, rows + tf.cast(class_ids, tf.int32))
+
+
+# RoIHeads(mask_class_pick=...) / Config.MASK_CLASS_PICK.
+CLASS_PICKS = {"batched": _pick_class_channel_batched, "flat": _pick_class_channel_flat}

@@ -24,17 +24,28 @@ if TYPE_CHECKING:
 class RPNHead(keras.layers.Layer):
     """3x3 conv + ReLU shared by all levels, then 1x1 convs to A logits and 4A deltas.
 
+    ``num_convs`` (``Config.RPN_HEAD_CONVS``): 1, or 2 stacked 3x3 conv + ReLU (no norm),
+    torchvision's ``RPNHead(conv_depth=2)`` (maskrcnn_resnet50_fpn_v2) and Detectron2's
+    ``StandardRPNHead(conv_dims=[-1, -1])`` (new baselines); named ``rpn_conv``, ``rpn_conv2``.
+
     Input: list of [B, h, w, C] maps. Output: (logits [B, sum(h*w*A)],
     deltas [B, sum(h*w*A), 4] as (dy, dx, dh, dw)), flattened level by level in
     anchor order (row, column, anchor); float32 under any dtype policy.
     """
 
-    def __init__(self, num_anchors: int = 3, channels: int = 256, **kwargs):
+    def __init__(self, num_anchors: int = 3, channels: int = 256, num_convs: int = 1, **kwargs):
         super().__init__(**kwargs)
+        if num_convs not in (1, 2):
+            raise ValueError(f"RPNHead num_convs must be 1 or 2, got {num_convs!r}")
         self.num_anchors = num_anchors
         self.channels = channels
+        self.num_convs = num_convs
         init = keras.initializers.RandomNormal(stddev=0.01)
         self.conv = Conv3x3(channels, activation="relu", kernel_initializer=init, name="rpn_conv")
+        self.extra_convs = [
+            Conv3x3(channels, activation="relu", kernel_initializer=init, name=f"rpn_conv{i + 2}")
+            for i in range(num_convs - 1)
+        ]
         self.cls_logits = keras.layers.Conv2D(num_anchors, 1, kernel_initializer=init, name="rpn_cls_logits")
         self.bbox_pred = keras.layers.Conv2D(4 * num_anchors, 1, kernel_initializer=init, name="rpn_bbox_pred")
 
@@ -42,6 +53,8 @@ class RPNHead(keras.layers.Layer):
         # input_shape: one shape per level (all with the same channels) or a single shape.
         first = input_shape[0] if isinstance(input_shape[0], (list, tuple)) else input_shape
         self.conv.build((None, None, None, first[-1]))
+        for conv in self.extra_convs:
+            conv.build((None, None, None, self.channels))
         self.cls_logits.build((None, None, None, self.channels))
         self.bbox_pred.build((None, None, None, self.channels))
 
@@ -49,6 +62,8 @@ class RPNHead(keras.layers.Layer):
         logits, deltas = [], []
         for feature_map in features:
             t = self.conv(feature_map)
+            for conv in self.extra_convs:
+                t = conv(t)
             batch = tf.shape(t)[0]
             logits.append(tf.reshape(to_float32(self.cls_logits(t)), [batch, -1]))
             deltas.append(tf.reshape(to_float32(self.bbox_pred(t)), [batch, -1, 4]))
@@ -68,7 +83,14 @@ class RPNHead(keras.layers.Layer):
         3x3 convolution gives the same gradients (for the weights and the
         features) for S x 9 x C x C multiply-adds instead of two dense
         convolutions over every level: the RPN's backward pass almost vanishes.
+
+        With two convs (``num_convs=2``) the dense outputs are gathered instead
+        (same values and gradients; the saving above is then not made).
         """
+        if self.extra_convs:
+            logits, deltas = self.call(features)
+            logits, deltas = tf.concat(logits, axis=1), tf.concat(deltas, axis=1)
+            return tf.gather(logits, indices, batch_dims=1), tf.gather(deltas, indices, batch_dims=1)
         num_anchors = self.num_anchors
         batch = tf.shape(indices)[0]
         channels = features[0].shape[-1]
@@ -107,7 +129,8 @@ class RPNHead(keras.layers.Layer):
         return tf.gather(logits, anchor, batch_dims=2), tf.gather(deltas, anchor, batch_dims=2)
 
     def get_config(self):
-        return {**super().get_config(), "num_anchors": self.num_anchors, "channels": self.channels}
+        return {**super().get_config(), "num_anchors": self.num_anchors, "channels": self.channels,
+                "num_convs": self.num_convs}
 
 
 def generate_proposals(
@@ -187,10 +210,12 @@ class RPN(keras.layers.Layer):
         negative_iou: float = 0.3,
         box_loss_beta: float = 1.0 / 9.0,
         head_dtype: str = "float32",
+        head_convs: int = 1,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.settings = {
+            "head_convs": int(head_convs),
             "num_anchors": int(num_anchors), "channels": int(channels), "head_dtype": str(head_dtype),
             "pre_nms_top_n_train": int(pre_nms_top_n_train), "pre_nms_top_n_test": int(pre_nms_top_n_test),
             "post_nms_top_n_train": int(post_nms_top_n_train), "post_nms_top_n_test": int(post_nms_top_n_test),
@@ -201,7 +226,7 @@ class RPN(keras.layers.Layer):
             "box_loss_beta": float(box_loss_beta),
         }
         with dtype_policy_scope(head_dtype):  # e.g. "mixed_bfloat16" (Config.MIXED_PRECISION)
-            self.head = RPNHead(num_anchors, channels, name="head")
+            self.head = RPNHead(num_anchors, channels, num_convs=head_convs, name="head")
         self.box_coder = BoxCoder(box_weights, name="box_coder")
 
     @classmethod
@@ -222,6 +247,7 @@ class RPN(keras.layers.Layer):
             negative_iou=config.RPN_NEGATIVE_IOU,
             box_loss_beta=config.RPN_BOX_LOSS_BETA,
             head_dtype=policy_name(config.MIXED_PRECISION),
+            head_convs=config.RPN_HEAD_CONVS,
             **kwargs,
         )
 

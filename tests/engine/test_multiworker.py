@@ -1,8 +1,8 @@
 """MultiWorkerMirroredStrategy for real: worker processes on localhost ports, one CPU device each.
 
 Every multi-process test starts its workers in their own process groups and
-kills the groups when a bounded wait runs out, so a hung collective fails the
-test instead of hanging the suite.
+kills the groups when a bounded wait (``HANG``) runs out, so a hung collective fails
+the test instead of hanging the suite. No test asserts how fast anything happens.
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ import pytest
 
 from mrcnn.engine import distribute
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TESTS = os.path.join(ROOT, "tests")
+# Seconds after which a worker is taken for hung (and killed): a bound that only catches hangs,
+# far above the minutes these runs take on a loaded 2-core machine, never a speed requirement.
+HANG = 1800
 
 
 # ----- process helpers ---------------------------------------------------------------------
@@ -252,7 +255,7 @@ def _arrays(path) -> list[np.ndarray]:
 def test_workers_match_one_process(tmp_path, num_workers):
     """n workers x 1 image = one process x n images: same losses, same weights, for 3 steps."""
     workers = Workers([sys.executable, "-c", WORKER, TESTS, str(tmp_path)], num_workers, tmp_path)
-    codes = workers.wait(timeout=500)
+    codes = workers.wait(timeout=HANG)
     assert codes == [0] * num_workers, workers.tails()
     results = [_result(workers.output(i)) for i in range(num_workers)]
     assert [r["replicas"] for r in results] == [num_workers] * num_workers
@@ -326,19 +329,18 @@ def test_cli_multi_worker_kill_resume_and_equal_weights(tmp_path):
             "--val-steps", "1", "--seed", "5", "--check", "none", "--deterministic", "--out", str(out)]
     first = Workers(argv, 2, tmp_path, "first")
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + HANG
         while not _backup_steps(out / "backup") and time.monotonic() < deadline:
             assert all(p.poll() is None for p in first.procs), first.tails()
             time.sleep(0.1)
         assert _backup_steps(out / "backup"), first.tails()
-        killed_at = time.monotonic()
         first.kill(1)
-        # The survivor fails at its next all-reduce instead of waiting for the dead peer.
-        codes = first.wait(timeout=90)
+        # The survivor fails at its next all-reduce instead of waiting for the dead peer forever
+        # (a hang is what the bound catches; how soon it notices is not asserted).
+        codes = first.wait(timeout=HANG)
         assert codes[0] is not None, "worker 0 hung after its peer was killed\n" + first.tails()
         assert codes[0] == 4, first.tails()
         assert "lost another worker" in first.output(0) and "start all workers again" in first.output(0)
-        assert time.monotonic() - killed_at < 90
     finally:
         first.close()
     assert "MultiWorkerMirroredStrategy: 2 workers, this is worker 0 (chief); 2 replica(s) x 1 image(s) = " \
@@ -348,7 +350,7 @@ def test_cli_multi_worker_kill_resume_and_equal_weights(tmp_path):
     assert 10 <= resumed_from < 40
 
     second = Workers(argv, 2, tmp_path, "second")
-    codes = second.wait(timeout=400)
+    codes = second.wait(timeout=HANG)
     assert codes == [0, 0], second.tails()
     for i in range(2):  # both resumed from the chief's backup, at the same step
         text = second.output(i)

@@ -3,6 +3,7 @@ system, torn backups, non-finite losses, bad samples, time-budget stops."""
 
 import glob
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -25,7 +26,8 @@ from mrcnn.engine.runlock import RunLock, RunLockedError
 from mrcnn.engine.runner import run_training
 from mrcnn.fileio import atomic_save_weights, write_json
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HANG = 900  # seconds: only catches a hung subprocess; nothing here asserts speed
 
 
 def _env():
@@ -77,14 +79,21 @@ WRITER = textwrap.dedent("""
 
 
 def test_kill_during_write_keeps_the_old_file(tmp_path):
+    """SIGKILL while atomic_write holds 4 MB in its temporary (MRCNN_TEST_WRITE_DELAY, before the
+    rename): the target keeps its old content; only the temporary is torn."""
     target = tmp_path / "state.json"
     write_json(target, {"good": 1})
     env = dict(_env(), MRCNN_TEST_WRITE_DELAY="30")
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target), str(4 << 20), "0"], env=env)
-    deadline = time.monotonic() + 60
-    while not glob.glob(str(tmp_path / ".tmp-state.json.*")) and time.monotonic() < deadline:
+
+    def written():  # every byte is in the temporary: the writer is inside the injected delay
+        tmp = glob.glob(str(tmp_path / ".tmp-state.json.*"))
+        return tmp and os.path.getsize(tmp[0]) == 4 << 20
+
+    deadline = time.monotonic() + HANG
+    while not written():
+        assert proc.poll() is None and time.monotonic() < deadline, "the writer exited or hung"
         time.sleep(0.02)
-    time.sleep(0.5)  # inside the injected delay: data written, rename pending
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert open(target).read().replace(" ", "").replace("\n", "") == '{"good":1}'
@@ -96,7 +105,7 @@ def test_write_that_runs_out_of_space_keeps_the_old_file_and_leaves_no_temporary
     target.write_bytes(b"old")
     # RLIMIT_FSIZE makes write() fail with EFBIG past 1 MB: the same code path as ENOSPC.
     out = subprocess.run([sys.executable, "-c", WRITER, str(target), str(4 << 20), str(1 << 20)],
-                         env=_env(), capture_output=True, text=True, timeout=120)
+                         env=_env(), capture_output=True, text=True, timeout=HANG)
     assert out.returncode == 1 and out.stdout.startswith("OSError"), out.stdout + out.stderr
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["final.bin"]
@@ -110,7 +119,8 @@ def _tiny_model(tiny_config, **overrides):
     return config, model
 
 
-def test_torn_backup_falls_back_to_the_previous_one_with_a_warning(tmp_path, tiny_config):
+def _two_backups(tmp_path, tiny_config):
+    """Backups at steps 10 and 20 of a tiny model, the kernel changed between them."""
     config, model = _tiny_model(tiny_config)
     backup = StepBackup(tmp_path, every_steps=10, steps_per_epoch=15, planned_epochs=3, extra_state={"seed": 1})
     backup.set_model(model)
@@ -122,12 +132,59 @@ def test_torn_backup_falls_back_to_the_previous_one_with_a_warning(tmp_path, tin
     backup.step = 20
     backup.save()
     assert [s["step"] for s in list_backups(tmp_path)] == [20, 10]
-    # Tear the newest weights file (what a crash of a non-atomic writer leaves).
+    kernel.assign(first * 0.0)
+    return model, kernel, first
+
+
+def test_torn_backup_falls_back_to_the_previous_one_with_a_warning(tmp_path, tiny_config):
+    """The newest weights file cut in half (what a crash of a non-atomic writer leaves): its size
+    no longer matches the JSON, it is skipped with a warning, step 10's weights come back exactly."""
+    model, kernel, first = _two_backups(tmp_path, tiny_config)
     newest = tmp_path / "step_00000020.weights.h5"
     data = newest.read_bytes()
     newest.write_bytes(data[: len(data) // 2])
-    kernel.assign(first * 0.0)
     with pytest.warns(UserWarning, match="torn backup .*step_00000020"):
+        state = restore_backup(model, tmp_path)
+    assert state["step"] == 10
+    np.testing.assert_array_equal(kernel.numpy(), first)
+
+
+def _largest_dataset_offset(path):
+    """(byte offset, size) of the largest contiguous dataset in an HDF5 file."""
+    found = []
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset) and obj.id.get_offset() is not None:
+                found.append((obj.id.get_storage_size(), obj.id.get_offset()))
+        f.visititems(visit)
+    size, offset = max(found)
+    return offset, size
+
+
+@pytest.mark.parametrize("damage", ["weights", "header"])
+def test_full_size_corrupt_backup_falls_back_to_the_previous_one(tmp_path, tiny_config, damage):
+    """The newest backup keeps its recorded size but not its content. "weights": the bytes of its
+    largest variable are inverted, a valid HDF5 file that loads without error: its SHA-256 no longer
+    matches the JSON's. "header": the first 4 KiB are garbage, and the JSON has no checksum (as a
+    backup written before checksums): h5py cannot open it. Either way a warning names the file and
+    step 10's weights come back exactly."""
+    model, kernel, first = _two_backups(tmp_path, tiny_config)
+    newest = tmp_path / "step_00000020.weights.h5"
+    data = bytearray(newest.read_bytes())
+    if damage == "weights":
+        offset, size = _largest_dataset_offset(newest)
+        data[offset : offset + size] = bytes(255 - b for b in data[offset : offset + size])
+        reason = "does not match the SHA-256"
+    else:
+        data[:4096] = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+        marker = tmp_path / "step_00000020.json"
+        state = json.loads(marker.read_text())
+        del state["weights_sha256"]
+        marker.write_text(json.dumps(state))
+        reason = "does not load"
+    newest.write_bytes(bytes(data))
+    assert newest.stat().st_size == list_backups(tmp_path)[0]["weights_bytes"]  # passes the size check
+    with pytest.warns(UserWarning, match=f"step_00000020.weights.h5 .*{reason}|{reason}.*step_00000020"):
         state = restore_backup(model, tmp_path)
     assert state["step"] == 10
     np.testing.assert_array_equal(kernel.numpy(), first)
@@ -195,6 +252,30 @@ def test_skip_nonfinite_steps_skips_then_stops_after_n_in_a_row(tmp_path, tiny_c
     assert "update skipped (1 in a row, 1 in all)" in printed
     assert "update skipped (2 in a row, 2 in all)" in printed
     _all_weight_files_finite(tmp_path / "run")
+
+
+# ----- signals --------------------------------------------------------------------------------
+def test_first_ctrl_c_asks_for_a_stop_and_the_second_interrupts_at_once():
+    """Real SIGINTs to this process: while SignalStop is installed the first one only sets
+    ``signum`` and ``stop_training`` (the step finishes, the backup follows); it also puts the
+    previous handler back, so a second Ctrl-C raises KeyboardInterrupt at once; at the end of
+    training the handlers are as before."""
+    from types import SimpleNamespace
+
+    from mrcnn.engine.callbacks import SignalStop
+
+    before = signal.getsignal(signal.SIGINT)
+    stop = SignalStop(verbose=False)
+    stop.set_model(SimpleNamespace(stop_training=False))
+    stop.on_train_begin()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signum == signal.SIGINT and stop.model.stop_training
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.on_train_end()
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 # ----- clean stop by time budget ----------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -58,15 +57,26 @@ class Rects(Dataset):
         return m, np.ones(1, np.int32)
 
 
-class Oracle:
-    """A stand-in model whose detect() returns the ground truth, slowly (0.3 s a call)."""
+class FakeClock:
+    """``time.monotonic`` for the budget and the curve: advances only when told to."""
 
-    def __init__(self, dataset):
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+
+class Oracle:
+    """A stand-in model whose detect() returns the ground truth and takes 0.3 s of the fake clock a call."""
+
+    def __init__(self, dataset, clock):
         self.dataset = dataset
+        self.clock = clock
         self.calls = 0
 
     def detect(self, images, batch_size=None, **kwargs):
-        time.sleep(0.3)
+        self.clock.now += 0.3
         out = []
         for _ in images:
             masks, _ = self.dataset.load_mask(self.calls % 3)
@@ -77,24 +87,29 @@ class Oracle:
         return out
 
 
-def test_metric_curve_records_ap_against_minutes_and_pauses_the_budget(tmp_path):
+def test_metric_curve_records_ap_against_minutes_and_pauses_the_budget(tmp_path, monkeypatch):
+    """The curve's points are at the training minutes of the budget, and the evaluation's own time
+    (3 detect calls of 0.3 s on a fake clock: no real time is measured) is excluded from the budget."""
+    clock = FakeClock()
+    monkeypatch.setattr("mrcnn.engine.callbacks.time", clock)
+    monkeypatch.setattr("mrcnn.engine.runs.time", clock)
     ds = Rects()
     budget = TimeBudget(minutes=10.0, verbose=False)
     budget.on_train_begin()
+    clock.now += 90.0  # 1.5 minutes of training
     curve = MetricCurve(ds, tmp_path / "curve.json", budget, batch_size=1, every_n_epochs=2)
-    curve.set_model(Oracle(ds))
+    curve.set_model(Oracle(ds, clock))
     for _ in range(5):
         curve.on_train_batch_end(0)
     logs = {}
     curve.on_epoch_end(0, logs)  # not an evaluation epoch
     assert not curve.points and not logs
-    before = budget.elapsed_minutes()
     curve.on_epoch_end(1, logs)
-    after = budget.elapsed_minutes()
-    # About 0.9 s of (fake) detection happened, none of it counted by the budget.
-    assert after - before < 0.1 / 60
+    assert clock.now == pytest.approx(1000.0 + 90.0 + 0.9)
+    assert budget.elapsed_minutes() == pytest.approx(1.5)  # the 0.9 s of evaluation not counted
     point = curve.points[0]
-    assert point["step"] == 5 and point["eval_seconds"] >= 0.9
+    assert point["step"] == 5 and point["eval_seconds"] == pytest.approx(0.9)
+    assert point["minutes"] == pytest.approx(1.5)
     assert point["segm_AP50"] == pytest.approx(1.0) and point["bbox_AP"] == pytest.approx(1.0)
     assert logs["val_segm_AP50"] == pytest.approx(1.0)
     written = json.loads((tmp_path / "curve.json").read_text())

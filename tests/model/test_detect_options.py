@@ -84,15 +84,37 @@ def test_an_image_without_masks_gives_empty_masks(model, images, field):
 
 
 def test_detect_with_tiles_maps_back_to_the_image(model):
+    """Every tiled detection is one the model makes on a tile run alone, shifted by that tile's
+    offset: same class and score, its box the tile's box + (y0, x0) (or, for an instance merged
+    across a seam, containing it), its mask crop the tile's at the shifted offset (unmerged). A
+    wrong offset, swapped axes or an invented detection fails."""
+    from mrcnn.inference.tiling import tile_grid
+
     rng = np.random.default_rng(1)
     image = rng.integers(0, 255, (200, 260, 3), dtype=np.uint8)
     out = model.detect(image, tile_size=128, tile_overlap=32, mask_format="box")[0]
     assert set(out) >= {"rois", "scores", "class_ids", "masks", "mask_offsets"}
     assert len(out["rois"]) > 0
-    assert np.all(out["rois"] >= 0) and np.all(out["rois"][:, [2, 3]] <= [200, 260])
-    # Each mask crop lies inside the image.
-    for crop, (y0, x0) in zip(out["masks"], out["mask_offsets"]):
+    tiles = tile_grid(image.shape, 128, 32)
+    alone = []  # (class, score, box in image coordinates, mask crop, offset in image coordinates)
+    crops = [image[y0:y1, x0:x1] for y0, x0, y1, x1 in tiles]
+    for (y0, x0, _, _), r in zip(tiles, model.detect(crops, mask_format="box")):
+        for k in range(len(r["scores"])):
+            alone.append((int(r["class_ids"][k]), float(r["scores"][k]), r["rois"][k] + [y0, x0, y0, x0],
+                          r["masks"][k], r["mask_offsets"][k] + [y0, x0]))
+    unmerged = 0
+    for box, score, cid, crop, offset in zip(out["rois"], out["scores"], out["class_ids"], out["masks"],
+                                             out["mask_offsets"]):
+        same = [a for a in alone if a[0] == cid and abs(a[1] - score) <= 1e-4
+                and np.all(a[2][:2] >= box[:2] - 1e-3) and np.all(a[2][2:] <= box[2:] + 1e-3)]
+        assert same, (box, score, cid)
+        exact = [a for a in same if np.abs(a[2] - box).max() <= 1e-3]
+        if exact:
+            unmerged += 1
+            assert any(np.array_equal(a[4], offset) and np.array_equal(a[3], crop) for a in exact)
+        y0, x0 = offset
         assert y0 + crop.shape[0] <= 200 and x0 + crop.shape[1] <= 260
+    assert unmerged >= len(out["rois"]) // 2, (unmerged, len(out["rois"]))
 
 
 def test_drawing_box_format_masks_equals_drawing_full_masks(model, images):

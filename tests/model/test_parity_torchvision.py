@@ -14,7 +14,7 @@ proposals + GT), so both sides see the same anchors and RoIs.
 
 Here the initial state dict is converted with mrcnn's converter
 (``convert_state_dict``), ``MaskRCNN.train_step`` runs twice with
-:class:`mrcnn.engine.training.TorchSGD` on the same batch, and the losses and the weights
+:class:`mrcnn.solver.optimizer.TorchSGD` on the same batch, and the losses and the weights
 after each step are compared with torchvision's (the weights through the same
 converter, so the comparison is per Keras variable).
 
@@ -123,8 +123,8 @@ def parity(reference, request):
     import tensorflow as tf
 
     from mrcnn.checkpoint.convert import convert_state_dict
-    from mrcnn.engine.training import TorchSGD
     from mrcnn.model import MaskRCNN
+    from mrcnn.solver.optimizer import TorchSGD
 
     rec, ref, recorded, live = reference
     state = {k[len("state/"):]: v for k, v in ref.items() if k.startswith("state/")}
@@ -169,9 +169,13 @@ def test_fixtures_are_small_and_match_live_torchvision(parity):
     for step in (1, 2):
         assert 0 < int(parity["ref"][f"proposals{step}"]) + 2 < rec.ALL
     if parity["live"]:
-        # Live mode: the committed fixtures are what torchvision computes now.
+        # Live mode: the committed fixtures are what torchvision computes now. Tolerance relative
+        # to each array's largest value: another CPU moves float32 results by ~1e-7 of it (1.6e-7
+        # seen on inference/p2 and mask_logits); a stale fixture differs by O(1).
         for k, v in parity["ref"].items():
-            np.testing.assert_allclose(parity["recorded"][k], v, rtol=1e-6, atol=1e-7, err_msg=k)
+            scale = float(np.max(np.abs(v))) if np.size(v) else 0.0
+            np.testing.assert_allclose(parity["recorded"][k], v, rtol=1e-5, atol=1e-5 * max(scale, 1e-6),
+                                       err_msg=k)
 
 
 @pytest.mark.parametrize("step", [1, 2])
@@ -506,8 +510,10 @@ def full_parity(tmp_path_factory):
         own_box = [_mask_iou(paste_masks(t_masks[i:i + 1], t_det_boxes[i:i + 1], (h, w))[..., 0],
                              paste_masks(out["masks"][j:j + 1], out["boxes"][j:j + 1], (h, w))[..., 0])
                    for i, j in zip(ok, match[ok])]
+        # And the other way: each of ours has a torchvision detection (extra detections fail).
+        reverse = _match(out["boxes"][:n], out["class_ids"][:n], t_det_boxes, t_labels, 1.0)
         res["detections"] = {
-            "count": [n, len(t_det_boxes)], "matched": int(len(ok)),
+            "count": [n, len(t_det_boxes)], "matched": int(len(ok)), "matched_reverse": int((reverse >= 0).sum()),
             "score_range": [float(t_scores.min()), float(t_scores.max())] if len(t_scores) else None,
             "max_box_px": float(np.abs(out["boxes"][match[ok]] - t_det_boxes[ok]).max()) if len(ok) else None,
             "max_score_diff": float(np.abs(out["scores"][match[ok]] - t_scores[ok]).max()) if len(ok) else None,
@@ -522,8 +528,10 @@ def full_parity(tmp_path_factory):
         e_ours_paste = paste_masks(want["e2e_masks"].astype(np.float32), e_boxes, image.shape[:2])
         match = _match(e_boxes, want["e2e_labels"], got["rois"], got["class_ids"], 1.0)
         ok = np.where(match >= 0)[0]
+        reverse = _match(got["rois"], got["class_ids"], e_boxes, want["e2e_labels"], 1.0)
         res["detect_vs_torchvision"] = {
             "count": [len(got["rois"]), len(e_boxes)], "matched": int(len(ok)),
+            "matched_reverse": int((reverse >= 0).sum()),
             "max_box_px": float(np.abs(got["rois"][match[ok]] - e_boxes[ok]).max()) if len(ok) else None,
             "max_score_diff": float(np.abs(got["scores"][match[ok]] - want["e2e_scores"][ok]).max())
             if len(ok) else None,
@@ -595,7 +603,10 @@ def test_full_size_parity_final_detections(full_parity):
     for res in full_parity["per_image"]:
         d = res["detections"]
         assert d["count"][1] > 0, "the random model detects nothing: nothing compared"
-        assert d["matched"] >= 0.95 * d["count"][1], d
+        # Two-sided: as many detections as torchvision, each of theirs matched by one of ours
+        # and each of ours by one of theirs (same class, every box coordinate within 1 px).
+        assert d["count"][0] == d["count"][1], d
+        assert d["matched"] == d["matched_reverse"] == d["count"][1], d
         assert d["max_box_px"] <= 1.0 and d["max_score_diff"] <= 1e-3, d
         assert d["mask_iou_same_box"]["min"] >= 0.98, d
         # Each model's own box (sub-pixel apart) on a random, high-frequency mask: see docs/weights.md.
@@ -606,7 +617,8 @@ def test_full_size_parity_final_detections(full_parity):
 def test_full_size_parity_detect_vs_torchvision_end_to_end(full_parity):
     for res in full_parity["per_image"]:
         d = res["detect_vs_torchvision"]
-        assert d["count"][1] > 0 and d["matched"] >= 0.95 * d["count"][1], d
+        assert d["count"][1] > 0 and d["count"][0] == d["count"][1], d  # two-sided, as above
+        assert d["matched"] == d["matched_reverse"] == d["count"][1], d
         assert d["max_box_px"] <= 1.0 and d["max_score_diff"] <= 1e-3, d
         # Random masks are noise at the 28x28 cell scale ("mask_texture" ~0.5), so boxes
         # 0.02 px apart (float resize differences) already move pixels; docs/weights.md.

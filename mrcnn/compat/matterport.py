@@ -1,0 +1,139 @@
+"""matterport/Mask_RCNN's ``modellib.MaskRCNN(mode=..., config=..., model_dir=...)``.
+
+``mrcnn.model.MaskRCNN`` called the matterport way (a ``mode=`` keyword, or a mode string
+as first argument) returns a :class:`MatterportMaskRCNN` (``MaskRCNN.__new__`` dispatches
+on that; ``MaskRCNN(config)`` is unchanged). It is a thin object around one
+:class:`mrcnn.model.MaskRCNN` (``keras_model``) whose methods call the packages:
+``train`` -> :func:`mrcnn.engine.matterport.train` (the engine's ``run_training``),
+``load_weights`` -> :func:`mrcnn.checkpoint.matterport.load_weights`, ``detect`` ->
+``MaskRCNN.detect``. See docs/matterport.md for what differs from matterport.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mrcnn.config import Config
+
+MODES = ("training", "inference")
+
+
+class MatterportMaskRCNN:
+    """matterport's model object: ``keras_model``, ``train``, ``detect``, ``load_weights``,
+    ``find_last``, ``get_imagenet_weights``, ``set_trainable``, ``mold_inputs``.
+
+    Args:
+        mode: "training" or "inference" (the same network here; the mode only decides
+            which of ``train``/``detect`` may be called, as in matterport).
+        config: a :class:`mrcnn.config.Config` (subclass).
+        model_dir: the folder of the run folders (``<name><YYYYmmddTHHMM>/``).
+    """
+
+    def __init__(self, mode: str, config: Config, model_dir: str | os.PathLike) -> None:
+        from mrcnn.model import MaskRCNN
+
+        if mode not in MODES:
+            raise ValueError(f"mode must be 'training' or 'inference', got {mode!r}")
+        if not isinstance(config, Config):
+            raise TypeError(f"config must be a mrcnn.config.Config, got {type(config).__name__}")
+        self.mode = mode
+        self.config = config
+        self.model_dir = os.fspath(model_dir)
+        self.keras_model = MaskRCNN(config)
+        self.epoch = 0
+        self.set_log_dir()
+
+    # ----- run folders --------------------------------------------------------------
+    def set_log_dir(self, model_path: str | os.PathLike | None = None) -> None:
+        """A new run folder, or the one ``model_path`` (``.../<name><time>/mask_rcnn_<name>_<epoch>.h5``)
+        sits in, going on from its epoch (matterport's resume)."""
+        from mrcnn.engine import matterport as runs
+
+        self.epoch = 0
+        self.log_dir = os.path.join(self.model_dir, runs.run_dir_name(self.config, datetime.datetime.now()))
+        found = runs.epoch_of(model_path, self.config) if model_path is not None else None
+        if found is not None:
+            self.log_dir, self.epoch = found
+        self.checkpoint_path = os.path.join(self.log_dir, f"mask_rcnn_{self.config.NAME.lower()}_*epoch*.h5")
+
+    def find_last(self) -> str:
+        """The newest weights file under ``model_dir`` (matterport's run folders and ``mrcnn train`` ones)."""
+        from mrcnn.engine.matterport import find_last
+
+        return find_last(self.model_dir, self.config)
+
+    def get_imagenet_weights(self) -> str:
+        """The path of torchvision's ImageNet checkpoint of ``config.BACKBONE`` (downloaded once;
+        offline, an error with the URL and where to put the file)."""
+        from mrcnn.checkpoint.imagenet import download_imagenet_weights
+
+        return str(download_imagenet_weights(self.config.BACKBONE))
+
+    # ----- weights --------------------------------------------------------------------
+    def load_weights(self, filepath: str | os.PathLike, by_name: bool = False,
+                     exclude: Sequence[str] | None = None):
+        """Load weights (see :func:`mrcnn.checkpoint.matterport.load_weights`); a checkpoint of a
+        matterport-named run folder makes training go on in that folder from its epoch."""
+        from mrcnn.checkpoint.matterport import load_weights
+
+        report = load_weights(self.keras_model, filepath, by_name=by_name, exclude=list(exclude or []))
+        self.set_log_dir(filepath)
+        return report
+
+    def set_trainable(self, layer_regex: str, keras_model: Any = None, indent: int = 0, verbose: int = 1) -> list[str]:
+        """Train only the layers ``layer_regex`` selects (:func:`mrcnn.engine.matterport.set_trainable`)."""
+        from mrcnn.engine.matterport import set_trainable
+
+        return set_trainable(keras_model or self.keras_model, layer_regex, verbose=verbose)
+
+    # ----- training ---------------------------------------------------------------------
+    def train(self, train_dataset: Any, val_dataset: Any, learning_rate: float, epochs: int, layers: str,
+              augmentation: Any = None, custom_callbacks: Sequence[Any] | None = None,
+              no_augmentation_sources: Sequence[str] | None = None) -> None:
+        """Train up to epoch ``epochs`` (the total) at ``learning_rate`` (as given) the ``layers``
+        selected: "heads", "3+", "4+", "5+", "all" or a regular expression over layer paths.
+        ``augmentation``: None or fn(sample, seed) -> sample (imgaug is not supported)."""
+        from mrcnn.engine import matterport as runs
+
+        if self.mode != "training":
+            raise RuntimeError("Create model in training mode: MaskRCNN(mode='training', ...)")
+        if no_augmentation_sources:
+            raise ValueError("no_augmentation_sources is not supported (docs/matterport.md)")
+        self.epoch = runs.train(self.keras_model, self.config, self.log_dir, self.epoch, train_dataset, val_dataset,
+                                learning_rate, epochs, layers, augmentation, custom_callbacks)
+
+    # ----- inference --------------------------------------------------------------------
+    def detect(self, images: Sequence[np.ndarray], verbose: int = 0) -> list[dict]:
+        """One dict per image: "rois" [N, 4] (y1, x1, y2, x2), "class_ids" [N], "scores" [N],
+        "masks" bool [H, W, N] (``MaskRCNN.detect``)."""
+        if self.mode != "inference":
+            raise RuntimeError("Create model in inference mode: MaskRCNN(mode='inference', ...)")
+        if verbose:
+            print(f"Processing {len(images)} images")
+            for image in images:
+                print(f"image                    shape: {np.shape(image)}")
+        return self.keras_model.detect(list(images), verbose=verbose)
+
+    def mold_inputs(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(molded_images [N, H, W, 3] float32, image_metas [N, 12 + NUM_CLASSES], windows [N, 4]).
+
+        The images are resized and padded as ``detect`` does (bottom/right padding), raw
+        RGB 0-255 (this model normalises inside). image_metas in matterport's layout:
+        image id 0, original shape, padded shape, window (y1, x1, y2, x2), scale (of the
+        height), active class ids (all ones).
+        """
+        from mrcnn.data.pipeline import prepare_image_batch
+
+        batch, sizes, scales = prepare_image_batch(list(images), self.config)
+        windows = np.array([[0, 0, h, w] for h, w in sizes], np.int32)
+        metas = np.array([
+            [0, *np.shape(image)[:2], 3, *batch.shape[1:3], 3, *window, float(scale[0]),
+             *np.ones(self.config.NUM_CLASSES)]
+            for image, window, scale in zip(images, windows, scales)
+        ], np.float32)
+        return batch, metas, windows
