@@ -7,6 +7,8 @@
     mrcnn export   --config CFG --weights FILE --output DIR
     mrcnn convert-weights --from torchvision|detectron2 CHECKPOINT --out FILE.weights.h5
     mrcnn build-ops [--force]
+    mrcnn data convert --dataset DS --out DIR [--shards N]
+    mrcnn data-service dispatcher|worker --port P
 
 CFG is ``module:ConfigClass`` (e.g. ``mrcnn.data.synthetic:ShapesDemoConfig``),
 ``file.py:ConfigClass`` (imported with its folder on ``sys.path``) or a ``config.json``
@@ -14,7 +16,8 @@ written by training. DS is ``shapes`` (synthetic; sizes from
 ``--train-images N``/``--val-images N``), ``coco`` (``--annotations FILE --images DIR``,
 per subset ``--train-annotations``/``--train-image-dir`` and the ``--val-`` forms) or
 ``module:function`` where ``function(subset)`` returns a prepared ``mrcnn.Dataset``
-for "train"/"val".
+for "train"/"val", or ``records:PATTERN`` (TFRecord shards written by ``mrcnn data
+convert``; validation records with ``--val-records PATTERN``).
 
 Exit status: 0 done; 2 an error (one line on stderr: the file, image id, field and the
 fix); ``detect`` 1 when some images could not be read (each reported and skipped; the
@@ -70,6 +73,19 @@ def load_dataset(args: argparse.Namespace, subset: str):
         count = args.shapes_train_count if subset == "train" else args.shapes_val_count
         ds.load_shapes(count, seed=1 if subset == "train" else 2)
         return ds
+    if spec.startswith("records:"):
+        from mrcnn.data.records import RecordDataset
+
+        pattern = spec.split(":", 1)[1]
+        if subset == "val":
+            # Records of the training set are no validation set: only --val-records gives one.
+            pattern = getattr(args, "val_records", None)
+            if not pattern:
+                return None
+        try:
+            return RecordDataset(pattern)
+        except (FileNotFoundError, ValueError) as exc:
+            raise CLIError(f"--dataset {spec}: {exc}") from None
     if spec == "coco":
         from mrcnn.data.coco import CocoDataset
 
@@ -100,6 +116,37 @@ def load_dataset(args: argparse.Namespace, subset: str):
         raise CLIError(f"--dataset {spec}: {spec}({subset!r}) returned {type(dataset).__name__}, "
                        "not a prepared mrcnn.Dataset")
     return dataset
+
+
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from mrcnn.data.loader import BadSampleError
+    from mrcnn.data.records_write import write_records
+
+    if args.dataset.startswith("records:"):
+        raise CLIError("--dataset records:... is already records; convert a coco or module:function dataset")
+    dataset = load_dataset(args, args.subset)
+    try:
+        summary = write_records(dataset, args.out, num_shards=args.shards or None, skip_bad=args.skip_bad)
+    except (FileExistsError, BadSampleError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    print(summary.text())
+    return 0
+
+
+def cmd_data_service(args: argparse.Namespace) -> int:
+    from mrcnn.engine import data_service
+
+    try:
+        if args.role == "dispatcher":
+            server = data_service.start_dispatcher(args.port, work_dir=args.work_dir,
+                                                   worker_timeout_s=args.worker_timeout)
+        else:
+            server = data_service.start_worker(args.dispatcher, args.port, host=args.host)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"tf.data service {args.role} serving on port {args.port} (Ctrl-C stops it)", flush=True)
+    data_service.serve_until_signal(server)
+    return 0
 
 
 def weights_class_count(path: str) -> int | None:
@@ -206,13 +253,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     train, val = load_dataset(args, "train"), load_dataset(args, "val")
     config = with_class_names(config, train)
     resume = "restart" if args.restart else ("require" if args.resume else "auto")
+    from mrcnn.data.records import RecordDataset
+
+    records = isinstance(train, RecordDataset)  # checked sample by sample when written
+    input_fn = None
+    if args.data_service:
+        from mrcnn.data.pipeline import build_dataset
+
+        if not records:
+            raise CLIError("--data-service needs --dataset records:PATTERN (write them with `mrcnn data "
+                           "convert`): a Python Dataset cannot run on data workers")
+
+        def input_fn(seed: int, start_element: int):
+            # The service's dynamic sharding has no global order: a resume starts fresh batches.
+            return build_dataset(train, config, training=True, seed=seed, data_service=args.data_service)
     try:
         result = run_training(
             lambda: _start_model(config, args), train, config, args.out, args.epochs,
             args.steps_per_epoch or config.STEPS_PER_EPOCH, val_dataset=val, val_steps=args.val_steps,
             eval_every=args.eval_every, max_minutes=args.max_minutes, seed=args.seed, resume=resume,
-            check=None if args.check == "none" else args.check, write_config=True, strategy=strategy,
-            verbose=args.verbose, force=args.force,
+            check=None if args.check == "none" or records else args.check, write_config=True,
+            strategy=strategy, input_fn=input_fn, verbose=args.verbose, force=args.force,
         )
     except (RunLockedError, ResumeError, BadSampleError, DatasetCheckError) as exc:
         raise CLIError(str(exc)) from None
@@ -436,6 +497,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mrcnn.evaluate import evaluate_dataset, format_metrics
 
     config = load_config(args.config)
+    if args.dataset.startswith("records:"):
+        raise CLIError("evaluate reads images and annotations through a Dataset (COCO metrics need the "
+                       "annotation file): use --dataset coco or module:function, not records")
     dataset = load_dataset(args, "val")
     _check_class_count(dataset, config, f"--dataset {args.dataset}:")
     model = _build_model(config, args.weights)
@@ -589,7 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def dataset_args(p):
-        p.add_argument("--dataset", required=True, help="shapes | coco | module:function")
+        p.add_argument("--dataset", required=True,
+                       help="shapes | coco | module:function | records:PATTERN (TFRecords of `mrcnn data convert`)")
         p.add_argument("--annotations", help="COCO instances JSON (--dataset coco)")
         p.add_argument("--images", help="COCO image folder (--dataset coco)")
         # The shapes counts have their own dest: "train_images" would read like the COCO folder.
@@ -599,6 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="shapes: number of validation images")
         p.add_argument("--val-annotations", help="COCO: validation annotations (default --annotations)")
         p.add_argument("--val-image-dir", help="COCO: validation image folder (default --images)")
+        p.add_argument("--val-records", help="records: validation TFRecords PATTERN (default none: no "
+                                             "validation loss)")
 
     p = sub.add_parser("train", help="train with model.fit",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -631,9 +698,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="resume even though the config differs from the run's config.json (the changes are "
                         "listed); without it such a resume is refused")
+    p.add_argument("--data-service", default=None, metavar="grpc://HOST:PORT",
+                   help="run the input pipeline on tf.data service workers (needs --dataset records:...; "
+                        "docs/distributed.md); default: in this process")
     p.set_defaults(func=cmd_train)
 
     defaults = argparse.ArgumentDefaultsHelpFormatter  # every default shown in --help
+    p = sub.add_parser("data-service", help="start a tf.data service dispatcher or worker (docs/distributed.md)")
+    p.add_argument("role", choices=("dispatcher", "worker"))
+    p.add_argument("--port", type=int, required=True, help="port to serve on")
+    p.add_argument("--dispatcher", default="localhost:5050",
+                   help="worker: the dispatcher's HOST:PORT (default localhost:5050)")
+    p.add_argument("--host", default="localhost",
+                   help="worker: the host name the dispatcher and trainers reach this worker at (default localhost)")
+    p.add_argument("--work-dir", default=None,
+                   help="dispatcher: folder for its journal, so a restarted dispatcher resumes its jobs "
+                        "(default none: in memory)")
+    p.add_argument("--worker-timeout", type=float, default=30.0,
+                   help="dispatcher: seconds without a heartbeat before a worker counts as lost (default 30)")
+    p.set_defaults(func=cmd_data_service)
+
     p = sub.add_parser("detect", help="detect instances in image files", formatter_class=defaults,
                        description="Detect instances in images: one PNG with the detections drawn per "
                                    "image and detections.json (written for every image that ran; an "
@@ -666,8 +750,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "FILE.partial; the same command reuses the images it finished)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("data", help="look at a dataset before training")
+    p = sub.add_parser("data", help="dataset tools: look at a dataset before training, convert it to TFRecords")
     data_sub = p.add_subparsers(dest="data_command", required=True)
+    q = data_sub.add_parser("convert", help="write a dataset as TFRecord shards (TF Object Detection API fields)")
+    dataset_args(q)
+    q.add_argument("--out", required=True, help="folder for the shards and records.json")
+    q.add_argument("--shards", type=int, default=0, help="number of shard files (default 0 = one per 256 images)")
+    q.add_argument("--subset", choices=("train", "val"), default="train",
+                   help="which subset of --dataset to convert (module:function datasets; default train)")
+    q.add_argument("--skip-bad", action="store_true",
+                   help="skip images the loader rejects (listed in the summary) instead of stopping")
+    q.set_defaults(func=cmd_data_convert)
+
     p = data_sub.add_parser("show", formatter_class=defaults,
                             help="draw N samples with masks, boxes and class names as the model sees them",
                             description="Write OUT/sample_NNN.png: N samples of --subset after the input "

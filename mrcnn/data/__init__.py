@@ -1,7 +1,7 @@
 """Datasets and the tf.data input pipeline.
 
-``Dataset`` (the base class) is imported eagerly; ``CocoDataset``, ``build_dataset`` and the
-synthetic ``ShapesDataset`` are resolved on first access, so that ``import mrcnn.data``
+``Dataset`` (the base class) is imported eagerly; ``CocoDataset``, ``build_dataset``,
+``RecordDataset`` (TFRecord shards) and the synthetic ``ShapesDataset`` are resolved on first access, so that ``import mrcnn.data``
 does not import TensorFlow or pycocotools.
 """
 
@@ -16,18 +16,21 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from mrcnn.data.coco import CocoDataset
     from mrcnn.data.pipeline import build_dataset
     from mrcnn.data.polygons import polygons_to_mask, polygons_to_masks
+    from mrcnn.data.records import RecordDataset
     from mrcnn.data.synthetic import ShapesDataset
 
 # public name -> module that defines it (imported lazily)
 _LAZY = {
     "CocoDataset": "mrcnn.data.coco",
     "build_dataset": "mrcnn.data.pipeline",
+    "RecordDataset": "mrcnn.data.records",
     "ShapesDataset": "mrcnn.data.synthetic",
     "polygons_to_mask": "mrcnn.data.polygons",
     "polygons_to_masks": "mrcnn.data.polygons",
 }
 
-__all__ = ["Dataset", "CocoDataset", "build_dataset", "ShapesDataset", "polygons_to_mask", "polygons_to_masks"]
+__all__ = ["Dataset", "CocoDataset", "build_dataset", "RecordDataset", "ShapesDataset", "polygons_to_mask",
+           "polygons_to_masks"]
 
 
 def __getattr__(name: str) -> Any:

@@ -56,8 +56,11 @@ otherwise (throughput).
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,6 +72,52 @@ from mrcnn.data import augment as augment_lib
 from mrcnn.data import transforms
 from mrcnn.data.loader import load_instance
 from mrcnn.ops.keypoints import flip_keypoints, scale_keypoints
+
+
+class _ExitGuard:
+    """Lets the interpreter exit while a Python-path iterator is still alive.
+
+    At exit the iterator is destroyed during finalisation, with the GIL held, and
+    the destructor waits for the parallel map's in-flight ``load_instance`` calls,
+    which wait for the GIL: a deadlock (seen with two cores, where several calls
+    are in flight). An ``atexit`` hook runs before that: it makes new calls fail at
+    once and waits (bounded) until none is in flight, so the destructor has nothing
+    to wait for. Process-lifetime state by nature, hence module level.
+    """
+
+    def __init__(self) -> None:
+        self.exiting = threading.Event()
+        self.in_flight = 0
+        self.lock = threading.Lock()
+        atexit.register(self.drain)
+
+    def __enter__(self) -> None:
+        if self.exiting.is_set():
+            raise RuntimeError("the interpreter is exiting")
+        with self.lock:
+            self.in_flight += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+    def drain(self, limit_s: float = 30.0) -> None:
+        self.exiting.set()
+        deadline = time.monotonic() + limit_s
+        quiet_since = None
+        while time.monotonic() < deadline:
+            with self.lock:
+                busy = self.in_flight > 0
+            if busy:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > 0.5:  # the map's threads have stopped asking
+                return
+            time.sleep(0.02)
+
+
+_exit_guard = _ExitGuard()
 
 
 def _mini_shape(config: Config) -> tuple[int, int] | None:
@@ -111,6 +160,8 @@ def build_dataset(
     augment: augment_lib.AugmentFn | str | None = None,
     check: bool | str = False,
     run_dir: str | os.PathLike | None = None,
+    data_service: str | None = None,
+    data_service_job: str | None = None,
 ) -> tf.data.Dataset:
     """Build the batched input pipeline over ``dataset``.
 
@@ -138,7 +189,8 @@ def build_dataset(
         check: pre-flight check of the samples (:func:`mrcnn.data.check.check_dataset`):
             True / "sample" checks a random 200 of them, "all" every one;
             bad samples raise :class:`mrcnn.data.check.DatasetCheckError` listing
-            them by image id.
+            them by image id. Not for a :class:`~mrcnn.data.records.RecordDataset`
+            (``mrcnn data convert`` validated every sample when it wrote them).
         run_dir: the folder of a training run whose callbacks come from
             :func:`mrcnn.engine.default_callbacks` (training only, with ``seed``):
             the stream starts where the run's newest backup left it
@@ -146,13 +198,32 @@ def build_dataset(
             the callbacks restore, so a plain ``fit`` run again after any
             interruption sees the batches the uninterrupted run would have seen.
             A fresh folder starts at element 0.
+        data_service: ``grpc://HOST:PORT`` of a tf.data service dispatcher: the
+            whole pipeline (decode, augment, batch) runs on its workers
+            (:func:`distribute_to_service`). Needs a ``RecordDataset`` (the
+            Python path's ``numpy_function`` cannot run on another process).
+            ``start_element`` is ignored there: dynamic sharding has no global
+            order to resume in.
+        data_service_job: shared job name (consumers with the same name split
+            one stream); default an anonymous job per consumer.
 
     Returns:
         A ``tf.data.Dataset`` of dicts as described in the module docstring.
     """
+    from mrcnn.data.records import RecordDataset
+
+    records = isinstance(dataset, RecordDataset)
+    if data_service and not records:
+        raise ValueError("data_service needs a RecordDataset (records written by `mrcnn data convert`): the "
+                         "Python path's load_instance runs in this process and cannot be sent to data workers")
     ids = np.asarray(dataset.image_ids if image_ids is None else image_ids, dtype=np.int64)
     if ids.ndim != 1 or ids.size == 0:
         raise ValueError(f"image_ids must be a non-empty 1-D list, got shape {ids.shape}")
+    if records:
+        if image_ids is not None and not np.array_equal(np.sort(ids), dataset.image_ids):
+            raise ValueError("a RecordDataset reads whole files: select images with RecordDataset.shard() or "
+                             "by writing another set of records, not with image_ids")
+        check = False
     if check:
         from mrcnn.data.check import DatasetCheckError, check_dataset
 
@@ -189,15 +260,14 @@ def build_dataset(
     group = bool(training) and mode == "pad32" and canvas is None and bool(config.ASPECT_RATIO_GROUPING)
 
     def load_py(image_id: np.ndarray) -> tuple[np.ndarray, ...]:
-        record = load_instance(dataset, int(image_id), config)
+        with _exit_guard:
+            record = load_instance(dataset, int(image_id), config)
         out = (record["image"], record["boxes"], record["class_ids"], record["masks"])
         return (*out, record["keypoints"]) if num_kp else out
 
-    def element(index: tf.Tensor, image_id: tf.Tensor) -> dict[str, tf.Tensor]:
-        types = [tf.uint8, tf.float32, tf.int32, tf.uint8] + ([tf.float32] if num_kp else [])
-        loaded = tf.numpy_function(load_py, [image_id], types, name="load_instance")
-        image, boxes, class_ids, masks = loaded[:4]
-        keypoints = loaded[4] if num_kp else tf.zeros([tf.shape(boxes)[0], 0, 3])
+    def finish(index: tf.Tensor, image: tf.Tensor, boxes: tf.Tensor, class_ids: tf.Tensor,
+               masks: tf.Tensor, keypoints: tf.Tensor) -> dict[str, tf.Tensor]:
+        """A loaded sample (the loader's record, in TF tensors) -> the model's input element."""
         image.set_shape([None, None, 3])
         boxes.set_shape([None, 4])
         class_ids.set_shape([None])
@@ -268,17 +338,35 @@ def build_dataset(
             out["gt_keypoints"] = transforms.pad_to_count(keypoints, max_gt)
         return out
 
-    ds = tf.data.Dataset.from_tensor_slices(ids)
-    if shuffle:
-        # Whole-list buffer: ids are cheap, and a full buffer is a true permutation.
-        ds = ds.shuffle(ids.size, seed=rng_seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
+    def element(index: tf.Tensor, image_id: tf.Tensor) -> dict[str, tf.Tensor]:
+        types = [tf.uint8, tf.float32, tf.int32, tf.uint8] + ([tf.float32] if num_kp else [])
+        loaded = tf.numpy_function(load_py, [image_id], types, name="load_instance")
+        image, boxes, class_ids, masks = loaded[:4]
+        keypoints = loaded[4] if num_kp else tf.zeros([tf.shape(boxes)[0], 0, 3])
+        return finish(index, image, boxes, class_ids, masks, keypoints)
+
+    if records:
+        decode = dataset.decode_fn(config)
+
+        def record_element(index: tf.Tensor, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+            return finish(index, *decode(serialized))
+
+        ds = dataset.records(shuffle=shuffle, repeat=repeat, seed=rng_seed)
+        map_fn = record_element
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(ids)
+        if shuffle:
+            # Whole-list buffer: ids are cheap, and a full buffer is a true permutation.
+            ds = ds.shuffle(ids.size, seed=rng_seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        map_fn = element
     ds = ds.enumerate()
-    if start_element:
-        # Skip ids, not loaded images (mrcnn.engine.runner resumes with this; see docs/reliability.md).
+    if start_element and not data_service:
+        # Skip ids (or raw records), not loaded images (mrcnn.engine.runner resumes with this;
+        # see docs/reliability.md). Under the data service there is no global order to skip in.
         ds = ds.skip(int(start_element))
-    ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
     if mode == "square" or canvas is not None:
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
@@ -307,4 +395,26 @@ def build_dataset(
             )
         else:
             ds = ds.padded_batch(batch_size, padded_shapes=padded_shapes, drop_remainder=drop_remainder)
+    if data_service:
+        ds = distribute_to_service(ds, data_service, job_name=data_service_job)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def distribute_to_service(ds: tf.data.Dataset, address: str, job_name: str | None = None) -> tf.data.Dataset:
+    """Run ``ds`` on the tf.data service at ``address`` (``grpc://HOST:PORT``), dynamically sharded.
+
+    ``processing_mode="distributed_epoch"`` (``ShardingPolicy.DYNAMIC``): the
+    dispatcher hands the source's splits (record files; for a records pipeline
+    one split = one shard file) to whichever worker asks next, so in one epoch every element is
+    produced exactly once while all workers live. A worker that dies loses the
+    splits it was processing (at most once: elements lost, never repeated; see
+    docs/distributed.md for the measured cost). Consumers that pass the same
+    ``job_name`` share one job (and so split one epoch between them).
+    """
+    if "://" not in address:
+        raise ValueError(f"data service address must be PROTOCOL://HOST:PORT (e.g. grpc://10.0.0.5:5050), "
+                         f"got {address!r}")
+    protocol, target = address.split("://", 1)
+    return ds.apply(tf.data.experimental.service.distribute(
+        processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
+        service=(protocol, target), job_name=job_name))

@@ -237,6 +237,14 @@ def distribute_dataset(
                      seed=seed, repeat=repeat, start_element=int(start_step) * config.BATCH_SIZE)
 
     def per_worker(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        if hasattr(dataset, "shard") and hasattr(dataset, "decode_fn"):
+            # Records (mrcnn.data.RecordDataset): whole files per worker, no id selection.
+            part = dataset.shard(context.num_input_pipelines, context.input_pipeline_id)
+            per_replica = context.get_per_replica_batch_size(config.BATCH_SIZE)
+            local_replicas = config.BATCH_SIZE // (per_replica * context.num_input_pipelines)
+            return build(part, config, training=training, batch_size=per_replica,
+                         seed=None if seed is None else int(seed) + context.input_pipeline_id, repeat=repeat,
+                         start_element=int(start_step) * per_replica * local_replicas)
         shard = shard_image_ids(ids, context.num_input_pipelines, context.input_pipeline_id, seed or 0)
         worker_seed = None if seed is None else int(seed) + context.input_pipeline_id
         per_replica = context.get_per_replica_batch_size(config.BATCH_SIZE)
