@@ -194,8 +194,8 @@ def test_a_killed_worker_costs_at_most_its_splits_and_training_goes_on(tmp_path,
     assert service.workers[0].poll() is not None  # the kill happened mid-epoch
     assert after_kill > 0  # the surviving worker kept the stream going
     assert repeated == 0  # at most once: a split is never handed out twice
-    # What a dead worker takes with it is not bounded by the service: measured 0 of 40 when the
-    # client moved on at once, 34 of 40 when it stalled on the dead worker's task (loaded machine).
+    # What a dead worker takes with it is not bounded by the service: measured 0, 34 and 20 of 40
+    # (loaded machine; more when the client stalls on the dead worker's task).
     assert 0 <= lost < n - 4
     assert service.workers[1].poll() is None
 
