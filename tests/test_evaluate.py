@@ -597,7 +597,7 @@ def test_evaluation_memory_does_not_grow_with_full_size_masks() -> None:
 
     def peak(n):
         out = subprocess.run([sys.executable, str(script), "--images", str(n), "--size", "1000", "--dets", "100"],
-                             capture_output=True, text=True, timeout=900)
+                             capture_output=True, text=True, timeout=3600)
         assert out.returncode == 0, out.stderr[-2000:]
         return json.loads(out.stdout.strip().splitlines()[-1])
 
