@@ -47,7 +47,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_COCO = os.path.join(ROOT, "..", "shared", "datasets", "tiny_coco", "train2017")
+# ../shared/datasets (the project's rule); MRCNN_TINY_COCO overrides (e.g. from a git worktree).
+TINY_COCO = os.path.join(os.environ.get("MRCNN_TINY_COCO") or os.path.join(ROOT, "..", "shared", "datasets", "tiny_coco"),
+                         "train2017")
 
 
 def _kernels(tv) -> str:
