@@ -259,32 +259,14 @@ def output_names(paths: list[str]) -> list[str]:
     return names
 
 
-def mask_to_rle(mask) -> dict[str, Any]:
-    """bool [H, W] -> COCO RLE ``{"size": [H, W], "counts": str}`` (pycocotools' compressed
-    format, what ``pycocotools.mask.decode`` and COCO results files take)."""
-    import numpy as np
-    from pycocotools import mask as mask_utils
+def __getattr__(name: str) -> Any:
+    # mask_to_rle / mask_to_polygons: documented here (docs/api.md), at home in
+    # mrcnn.ops.mask_formats; resolved on first use so that `mrcnn --help` needs no TensorFlow.
+    if name in ("mask_to_rle", "mask_to_polygons"):
+        from mrcnn.ops import mask_formats
 
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": rle["counts"].decode("ascii")}
-
-
-def mask_to_polygons(mask, tolerance: float = 1.0) -> list[list[float]]:
-    """bool [H, W] -> outlines as COCO polygons ``[x1, y1, x2, y2, ...]`` (pixel corners:
-    the contour of the mask's pixel squares, simplified to within ``tolerance`` pixels)."""
-    import numpy as np
-    from skimage import measure
-
-    padded = np.pad(mask.astype(np.uint8), 1)  # closes contours that touch the border
-    polygons = []
-    for contour in measure.find_contours(padded, 0.5):
-        contour = measure.approximate_polygon(contour, tolerance) - 1.0  # undo the pad
-        if len(contour) < 3:
-            continue
-        # find_contours gives (row, col) of pixel centres; +0.5 puts them on pixel edges.
-        xy = np.stack([contour[:, 1] + 0.5, contour[:, 0] + 0.5], axis=1)
-        polygons.append([round(float(v), 2) for v in xy.ravel()])
-    return polygons
+        return getattr(mask_formats, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def detection_records(result: dict[str, Any], keep, class_names: list[str],
@@ -298,6 +280,8 @@ def detection_records(result: dict[str, Any], keep, class_names: list[str],
     """
     import numpy as np
 
+    from mrcnn.ops.mask_formats import box_mask_to_rle, mask_to_polygons, mask_to_rle
+
     records = []
     for i in np.flatnonzero(keep):
         y1, x1, y2, x2 = (float(v) for v in result["rois"][i])
@@ -310,8 +294,6 @@ def detection_records(result: dict[str, Any], keep, class_names: list[str],
             "score": round(float(result["scores"][i]), 4),
         }
         if "masks" in result and "mask_offsets" in result:  # box format: crop + offset
-            from mrcnn.ops.mask_formats import box_mask_to_rle
-
             crop, (oy, ox) = result["masks"][i], result["mask_offsets"][i]
             record["mask_area"] = int(crop.sum())
             record["segmentation"] = box_mask_to_rle(crop, (oy, ox), result["image_shape"])
@@ -531,11 +513,35 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from mrcnn.export import saved_model as export
+def _run_export(args: argparse.Namespace) -> str | list[str]:
+    """``mrcnn export``: a SavedModel (default) or a runtime file (--format)."""
+    from mrcnn.export import runtimes, saved_model
+    from mrcnn.export.formats import MissingRuntimeError
 
+    if args.format != "saved_model":
+        try:
+            paths = runtimes.export_model_from_files(
+                args.weights, args.config, args.output, args.format, overwrite=args.overwrite
+            )
+        except MissingRuntimeError as err:
+            raise CLIError(str(err)) from err
+        print(f"{args.format} model written to {', '.join(paths)} (class names in labels.txt)")
+        return paths
+    if args.max_pixels < 0:
+        raise CLIError(f"--max-pixels must be >= 0 (0 = no limit), got {args.max_pixels}")
+    path = saved_model.export_from_files(
+        args.weights, args.config, args.output, args.version, overwrite=args.overwrite,
+        max_pixels=args.max_pixels or None,
+    )
+    print(f"SavedModel written to {path}")
+    print(f"signatures: {saved_model.SIGNATURE_IMAGE} (uint8 images), "
+          f"{saved_model.SIGNATURE_ENCODED} (JPEG/PNG bytes)")
+    return path
+
+
+def cmd_export(args: argparse.Namespace) -> int:
     try:
-        export.run(args)
+        _run_export(args)
     except CLIError:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear line
@@ -678,10 +684,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffle, flips and augmentation")
     p.set_defaults(func=cmd_data_show)
 
-    p = sub.add_parser("export", help="SavedModel for TF Serving (stock TF ops only)")
-    from mrcnn.export import saved_model as export
+    p = sub.add_parser("export", help="SavedModel for TF Serving (stock TF ops only), ONNX, OpenVINO, LiteRT")
+    from mrcnn.export.formats import FORMATS
+    from mrcnn.export.saved_model import DEFAULT_MAX_PIXELS
 
-    export.add_arguments(p)
+    p.add_argument("--weights", required=True, help="trained weights (.weights.h5)")
+    p.add_argument("--config", required=True, help="MODULE:CLASS, FILE.py:CLASS or a config JSON (Config.to_dict())")
+    p.add_argument("--output", required=True, help="base directory; writes OUTPUT/VERSION/")
+    p.add_argument("--version", type=int, default=1, help="version folder (default 1)")
+    p.add_argument("--no-version-dir", dest="version", action="store_const", const=None,
+                   help="write the SavedModel directly into OUTPUT (no version folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    p.add_argument(
+        "--format", default="saved_model", choices=FORMATS,
+        help="saved_model (TF Serving, default): OUTPUT/VERSION/; onnx: OUTPUT/model.onnx; "
+        "openvino: OUTPUT/model.xml + model.bin; litert: OUTPUT/model.tflite (docs/serving.md)",
+    )
+    p.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+        help=f"SavedModel: refuse requests with more than this many pixels (H * W), encoded "
+        f"images before decoding (default {DEFAULT_MAX_PIXELS}; 0 = no limit)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("convert-weights", help="torchvision/Detectron2 checkpoint -> Keras weights")

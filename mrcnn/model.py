@@ -46,10 +46,6 @@ from mrcnn.layers.fpn import FPN
 from mrcnn.layers.precision import dtype_policy_scope, policy_name
 from mrcnn.layers.roi_heads import RoIHeads
 from mrcnn.layers.rpn import RPN
-from mrcnn.ops.mask_formats import box_masks_to_rle, paste_masks_in_boxes
-from mrcnn.ops.masks import paste_masks
-
-MASK_FORMATS = ("full", "box", "rle")
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
@@ -262,11 +258,19 @@ class MaskRCNN(keras.Model):
 
     # ----- NumPy inference --------------------------------------------------------------
     def _inference_function(self):
+        """tf.function: (images [B, Hp, Wp, 3], sizes [B, 2], scales [B, 2], original sizes
+        [B, 2]) -> detections in original pixels (:func:`mrcnn.inference.postprocess.to_original`)."""
         if self._predict_fn is None:
+            from mrcnn.inference.postprocess import to_original
+
             self._predict_fn = tf.function(
-                lambda images, sizes: self({"images": images, "image_sizes": sizes}),
+                lambda images, sizes, scales, original: to_original(
+                    self({"images": images, "image_sizes": sizes}), scales, original
+                ),
                 input_signature=[
                     tf.TensorSpec([None, None, None, 3], tf.float32),
+                    tf.TensorSpec([None, 2], tf.int32),
+                    tf.TensorSpec([None, 2], tf.float32),
                     tf.TensorSpec([None, 2], tf.int32),
                 ],
             )
@@ -306,7 +310,9 @@ class MaskRCNN(keras.Model):
           pixel-index convention (integer x = centre of column x; see
           docs/keypoints.md); sorted by descending score.
         """
-        from mrcnn.data.pipeline import prepare_image_batch
+        # Pre- and post-processing shared with the SavedModel and every runtime export.
+        from mrcnn.inference.postprocess import MASK_FORMATS, unmold
+        from mrcnn.inference.preprocess import prepare_image_batch
 
         if mask_format not in MASK_FORMATS:
             raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
@@ -323,48 +329,14 @@ class MaskRCNN(keras.Model):
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             batch, sizes, scales = prepare_image_batch(chunk, self.config)
+            original = np.array([image.shape[:2] for image in chunk], np.int32)
             out = {k: np.asarray(v) for k, v in fn(tf.convert_to_tensor(batch, tf.float32),
-                                                   tf.convert_to_tensor(sizes, tf.int32)).items()}
+                                                   tf.convert_to_tensor(sizes, tf.int32),
+                                                   tf.convert_to_tensor(scales, tf.float32),
+                                                   tf.convert_to_tensor(original, tf.int32)).items()}
             for i, image in enumerate(chunk):
-                results.append(self._unmold(out, i, image.shape[:2], np.asarray(scales)[i], mask_format))
+                results.append(unmold(out, i, image.shape[:2], self.config, mask_format))
         return results
-
-    def _unmold(self, out: dict, i: int, image_shape: tuple[int, int], scale: np.ndarray,
-                mask_format: str = "full") -> dict:
-        n = int(out["num_detections"][i])
-        boxes = out["boxes"][i, :n] / np.array([scale[0], scale[1], scale[0], scale[1]], np.float32)
-        height, width = image_shape
-        boxes = np.clip(boxes, 0, [height, width, height, width]).astype(np.float32)
-        result = {
-            "rois": boxes,
-            "class_ids": out["class_ids"][i, :n].astype(np.int32),
-            "scores": out["scores"][i, :n].astype(np.float32),
-        }
-        if "masks" in out:
-            threshold = self.config.DETECTION_MASK_THRESHOLD
-            # Below DETECTION_MASK_MIN_SCORE (sorted last) a detection has no mask: no paste.
-            m = int(np.count_nonzero(result["scores"] >= self.config.DETECTION_MASK_MIN_SCORE))
-            masks = out["masks"][i, :m]
-            if mask_format == "full":
-                full = paste_masks(masks, boxes[:m], image_shape, threshold)
-                if m < n:
-                    full = np.concatenate([full, np.zeros((*image_shape, n - m), bool)], axis=-1)
-                result["masks"] = full
-            else:
-                crops, offsets = paste_masks_in_boxes(masks, boxes[:m], image_shape, threshold)
-                crops += [np.zeros((0, 0), bool)] * (n - m)
-                offsets = np.concatenate([offsets, np.zeros((n - m, 2), np.int32)])
-                if mask_format == "box":
-                    result["masks"], result["mask_offsets"] = crops, offsets
-                else:
-                    result["masks"] = box_masks_to_rle(crops, offsets, image_shape)
-        if "keypoints" in out:
-            kps = out["keypoints"][i, :n].astype(np.float32).copy()
-            # Network-input continuous pixels -> original image, pixel-index convention.
-            kps[..., 0] = kps[..., 0] / scale[1] - 0.5
-            kps[..., 1] = kps[..., 1] / scale[0] - 0.5
-            result["keypoints"] = kps
-        return result
 
 
 def _warn_if_portable_gradients(implementation: str) -> None:

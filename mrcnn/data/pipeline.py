@@ -67,7 +67,7 @@ import tensorflow as tf
 from mrcnn.config import Config
 from mrcnn.data import augment as augment_lib
 from mrcnn.data import transforms
-from mrcnn.data.loader import load_instance, sanitize_image
+from mrcnn.data.loader import load_instance
 from mrcnn.ops.keypoints import flip_keypoints, scale_keypoints
 
 
@@ -313,31 +313,10 @@ def build_dataset(
 def prepare_image_batch(
     images: Sequence[np.ndarray], config: Config
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Resize and pad arbitrary-size images for inference (what ``detect()`` feeds the model).
+    """:func:`mrcnn.inference.preprocess.prepare_image_batch`, the inference resize/pad rule
+    (its home since the package layout of issue #21; kept here for existing callers)."""
+    from mrcnn.inference.preprocess import (
+        prepare_image_batch as prepare,  # inference sits above data
+    )
 
-    Each image goes through :func:`~mrcnn.data.loader.sanitize_image` (so the same
-    gray/RGBA/uint16/float conversions as training apply) and
-    :func:`~mrcnn.data.transforms.resize_and_pad`; then all are zero-padded to a
-    common shape (the fixed square in "square" mode, the largest in "pad32").
-
-    Returns:
-        images: float32 ``[B, Hp, Wp, 3]`` raw RGB 0-255.
-        image_sizes: int32 ``[B, 2]`` (new_h, new_w) valid regions.
-        scales: float32 ``[B, 2]`` (new_h / H, new_w / W); divide detected
-            (y, x) coordinates by it to return to each original image.
-    """
-    if len(images) == 0:
-        raise ValueError("prepare_image_batch needs at least one image")
-    resized, sizes, scales = [], [], []
-    for i, image in enumerate(images):
-        image = sanitize_image(image, f"images[{i}]")
-        out, size, scale = transforms.resize_and_pad(tf.convert_to_tensor(image), config)
-        resized.append(out.numpy())
-        sizes.append(size.numpy())
-        scales.append(scale.numpy())
-    pad_h = max(r.shape[0] for r in resized)
-    pad_w = max(r.shape[1] for r in resized)
-    batch = np.zeros((len(resized), pad_h, pad_w, 3), np.float32)
-    for i, r in enumerate(resized):
-        batch[i, : r.shape[0], : r.shape[1]] = r
-    return batch, np.stack(sizes).astype(np.int32), np.stack(scales).astype(np.float32)
+    return prepare(images, config)

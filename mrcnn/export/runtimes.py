@@ -1,6 +1,8 @@
 """``export_model(model, output_dir, format)``: ONNX, OpenVINO IR and LiteRT files.
 
-What each format traces (docs/serving.md has the ops and the reasons):
+What each format traces (docs/serving.md has the ops and the reasons); the model is
+built from :func:`mrcnn.export.graph.export_config` (the RoIAlign and mask pick forms
+are Config values), the resize forms are arguments of the serving function:
 
 * onnx: gather RoIAlign, float64 resize rule, ``tf2onnx.convert.from_function``;
 * openvino: gather RoIAlign, gather resize, int32 resize rule, flat mask pick,
@@ -14,20 +16,23 @@ model file behind.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
-import types
 from collections.abc import Sequence
 from pathlib import Path
 
 import tensorflow as tf
 
 from mrcnn.config import Config, load_config
-from mrcnn.export.formats import FORMATS, require
-from mrcnn.export.graph import serving_function
-from mrcnn.export.saved_model import INPUT_NAME, LABELS_FILE, class_names_for, portable_config
+from mrcnn.export.formats import FORMATS, LABELS_FILE, class_names_for, require
+from mrcnn.export.graph import (
+    INPUT_NAME,
+    export_config,
+    model_for,
+    model_variables,
+    serving_function,
+)
 
 MODEL_FILES = {
     "onnx": ("model.onnx",),
@@ -35,59 +40,6 @@ MODEL_FILES = {
     "litert": ("model.tflite",),
 }
 ONNX_OPSET = 18
-
-
-def export_config(config: Config) -> Config:
-    """The Config every export builds its model with: the stock-ops RoIAlign
-    (``ROI_ALIGN_IMPLEMENTATION="portable"``), as for the SavedModel."""
-    return portable_config(config)
-
-
-def model_for(model, fmt: str):
-    """The model the ``fmt`` export traces: ``model`` or a rebuilt copy (same weights).
-
-    Every format gets a copy whose RoI poolers run the gather-based RoIAlign
-    (:mod:`mrcnn.ops.roi_align_gather`, same numbers within 2e-5): LiteRT has no
-    CropAndResize builtin, OpenVINO's CropAndResize conversion fails on an FPN level
-    that receives no box, and tf2onnx turns CropAndResize into a per-box Loop that ran
-    2.4x slower than detect() on ONNX Runtime. The caller's model is never changed.
-    """
-    from mrcnn.model import MaskRCNN
-
-    config = export_config(model.config)
-    gather = fmt in ("onnx", "openvino", "litert")
-    if config.ROI_ALIGN_IMPLEMENTATION == model.config.ROI_ALIGN_IMPLEMENTATION and not gather:
-        return model
-    clone = MaskRCNN(config, name=model.name)
-    clone.set_weights(model.get_weights())
-    if gather:
-        use_gather_roi_align(clone)
-    return clone
-
-
-def use_gather_roi_align(model) -> int:
-    """Make every :class:`~mrcnn.layers.pooler.RoIPooler` of ``model`` pool with
-    :func:`~mrcnn.ops.roi_align_gather.multilevel_roi_align_gather` (same settings).
-
-    An export-time switch on the export's own copy of the model, so that neither the
-    Config nor the training graph knows about it. Returns the number of poolers.
-    """
-    from mrcnn.layers.pooler import RoIPooler
-    from mrcnn.ops.roi_align_gather import multilevel_roi_align_gather
-
-    def gather_call(pooler, features, boxes):
-        return multilevel_roi_align_gather(
-            list(features)[: len(pooler.strides)], boxes, pooler.output_size,
-            strides=pooler.strides, sampling_ratio=pooler.sampling_ratio, aligned=pooler.aligned,
-            canonical_level=pooler.canonical_level, canonical_size=pooler.canonical_size,
-        )
-
-    poolers = [layer for layer in model._flatten_layers() if isinstance(layer, RoIPooler)]
-    if not poolers:
-        raise RuntimeError("no RoIPooler found in the model; cannot switch its RoIAlign for export")
-    for pooler in poolers:
-        pooler.call = types.MethodType(gather_call, pooler)
-    return len(poolers)
 
 
 def _convert_onnx(serve, staging: Path, model) -> None:
@@ -112,44 +64,11 @@ def _check_onnx(path: Path) -> None:
         raise RuntimeError(f"unexpected ONNX signature: inputs {inputs}, outputs {outputs}")
 
 
-@contextlib.contextmanager
-def _flat_mask_pick():
-    """While tracing for OpenVINO: pick each detection's mask channel with a plain
-    Gather on a flattened table instead of ``tf.gather(..., batch_dims=2)``, which
-    OpenVINO's converter either rejects (transpose-sinking pass) or turns into wrong
-    masks. Same values. Patched on the module for the duration of the trace only.
-    """
-    from mrcnn.layers import roi_heads
-
-    if not hasattr(roi_heads, "_pick_class_channel"):
-        raise RuntimeError("mrcnn.layers.roi_heads._pick_class_channel is gone; update the OpenVINO export")
-    original = roi_heads._pick_class_channel
-
-    def flat_pick(mask_logits, class_ids):
-        # [B, R, mh, mw, K] -> rows (b, r, k) of a [B*R*K, mh, mw] table, one plain
-        # Gather of row (b * R + r) * K + class: exact, and OpenVINO converts it right
-        # (its conversions of the batched gather, of tf.one_hot and of a one-hot
-        # product over the last axis all gave wrong masks, tested on 2026.4).
-        k = mask_logits.shape[-1]
-        per_class = tf.transpose(mask_logits, [0, 1, 4, 2, 3])
-        shape = tf.shape(per_class)
-        table = tf.reshape(per_class, tf.concat([[-1], shape[3:]], 0))
-        rows = tf.reshape(tf.range(shape[0] * shape[1]) * k, tf.shape(class_ids))
-        return tf.gather(table, rows + tf.cast(class_ids, tf.int32))
-
-    roi_heads._pick_class_channel = flat_pick
-    try:
-        yield
-    finally:
-        roi_heads._pick_class_channel = original
-
-
 def _convert_openvino(serve, staging: Path, model) -> None:
     del model  # traced through ``serve``
     ov = require("openvino", "openvino")
-    with _flat_mask_pick():
-        concrete = serve.get_concrete_function()
-        ov_model = ov.convert_model(concrete)
+    concrete = serve.get_concrete_function()
+    ov_model = ov.convert_model(concrete)
     # OpenVINO takes the output names from the traced function's dict keys.
     names = {n for port in ov_model.outputs for n in port.get_names()}
     expected = set(concrete.structured_outputs)
@@ -161,12 +80,10 @@ def _convert_openvino(serve, staging: Path, model) -> None:
 
 
 def _convert_litert(serve, staging: Path, model) -> None:
-    from mrcnn.export.saved_model import _tf_variable
-
     # Through a SavedModel with a serving_default signature, so that the .tflite file
     # has a signature (named inputs/outputs) for the interpreter's signature runner.
     module = tf.Module()
-    module.model_variables = [_tf_variable(v) for v in model.variables]
+    module.model_variables = model_variables(model)
     module.serve = serve
     saved = staging / "saved_model"
     tf.saved_model.save(module, str(saved), signatures={"serving_default": serve.get_concrete_function()})
@@ -191,8 +108,8 @@ def export_model(
     """Write ``model`` for runtime ``fmt`` ("onnx", "openvino", "litert") into ``output_dir``.
 
     Args:
-      model: a :class:`mrcnn.model.MaskRCNN` (any RoIAlign implementation; the export
-        rebuilds it with the one the format needs, same weights).
+      model: a :class:`mrcnn.model.MaskRCNN` (any Config; the export builds the model the
+        format needs from :func:`~mrcnn.export.graph.export_config`, same weights).
       output_dir: folder for the model file(s) and ``labels.txt``; created if needed.
       fmt: the format; see :data:`MODEL_FILES` for the files each writes.
       class_names: NUM_CLASSES names, index 0 = background (default from the Config).
@@ -241,7 +158,7 @@ def export_model_from_files(
     """Build the model from ``config``, load ``weights_path`` and :func:`export_model` it."""
     from mrcnn.model import MaskRCNN
 
-    config = export_config(load_config(config))
+    config = export_config(load_config(config), fmt)
     model = MaskRCNN(config)
     model.load_weights(str(weights_path))
     return export_model(model, output_dir, fmt, class_names=class_names, overwrite=overwrite)

@@ -45,11 +45,8 @@ graph and is the same as :meth:`MaskRCNN.detect`'s, so outputs match ``detect()`
 
 from __future__ import annotations
 
-import argparse
-import copy
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,11 +54,17 @@ from pathlib import Path
 import tensorflow as tf
 
 from mrcnn.config import Config, load_config
-from mrcnn.data import transforms
+from mrcnn.export.formats import LABELS_FILE, class_names_for
+from mrcnn.export.graph import INPUT_NAME, export_config, model_for, model_variables
+from mrcnn.inference.postprocess import serving_outputs, to_original
+from mrcnn.inference.preprocess import (
+    crop_canvas_batch,
+    preprocess_image,
+    preprocess_image_signature,
+)
 
 SIGNATURE_IMAGE = "serving_default"
 SIGNATURE_ENCODED = "encoded_image"
-INPUT_NAME = "input_tensor"
 OUTPUT_NAMES = (
     "detection_boxes",
     "detection_scores",
@@ -71,7 +74,6 @@ OUTPUT_NAMES = (
     "class_names",
 )
 KEYPOINT_OUTPUT_NAMES = ("detection_keypoints", "detection_keypoint_scores")
-LABELS_FILE = "labels.txt"
 # Largest image (H * W pixels) a SavedModel accepts by default: a 4096 x 6144 photo.
 # An encoded image is checked against its header before any pixel is decoded, so a
 # small file that declares a huge canvas (a "decompression bomb") costs nothing.
@@ -84,142 +86,16 @@ class NonStockOpError(RuntimeError):
 
 # ------------------------------------------------------------------------------ model
 def portable_model(model):
-    """``model`` itself when it already uses the stock-ops RoIAlign, else a rebuilt copy.
-
-    The copy has the same Config with ``ROI_ALIGN_IMPLEMENTATION="portable"`` and the
-    same weights (``set_weights(get_weights())``: the architecture, hence the variable
-    order, does not depend on the RoIAlign implementation).
-    """
-    from mrcnn.model import MaskRCNN
-
-    if model.config.ROI_ALIGN_IMPLEMENTATION == "portable" and model.config.MIXED_PRECISION is None:
-        return model
-    clone = MaskRCNN(portable_config(model.config), name=model.name)
-    clone.set_weights(model.get_weights())
-    return clone
+    """``model`` itself when it already runs the stock-ops RoIAlign ("portable") in
+    float32, else a copy built from :func:`portable_config` with the same weights."""
+    return model_for(model, "saved_model")
 
 
 def portable_config(config: Config) -> Config:
-    """A copy of ``config`` (same class) with ``ROI_ALIGN_IMPLEMENTATION="portable"`` and
-    ``MIXED_PRECISION=None``.
-
-    Exports compute in float32 whatever the training policy: the variables are
-    float32 under every policy (so nothing of the weights is lost), and float32 is
-    what every runtime's CPU kernels take (ONNX Runtime, OpenVINO and LiteRT have
-    no bfloat16 convolutions to convert to; TF Serving's CPU build is slower in
-    half precision).
-
-    Adaptive sampling (``ROI_ALIGN_SAMPLING_RATIO = 0``, Detectron2) has no
-    stock-ops form: such a model cannot be exported as is.
-    """
-    if config.ROI_ALIGN_SAMPLING_RATIO <= 0:
-        raise ValueError(
-            "Config.ROI_ALIGN_SAMPLING_RATIO=0 (adaptive sampling) has no stock-ops RoIAlign, and a "
-            "SavedModel for stock TF Serving may contain stock ops only. Export with a fixed ratio "
-            "instead (e.g. ROI_ALIGN_SAMPLING_RATIO=2 in the config JSON): an approximation whose "
-            "outputs differ slightly from detect() with adaptive sampling."
-        )
-    config = copy.copy(config)
-    config.ROI_ALIGN_IMPLEMENTATION = "portable"
-    config.MIXED_PRECISION = None
-    config.validate()
-    return config
-
-
-def class_names_for(config: Config, class_names: Sequence[str] | None = None) -> list[str]:
-    """The exported class names: ``class_names``, else ``config.CLASS_NAMES``, else
-    ``["BG", "class_1", ..., "class_{K}"]``. Must have NUM_CLASSES entries, no newlines."""
-    names = class_names if class_names is not None else config.CLASS_NAMES
-    if names is None:
-        names = ["BG"] + [f"class_{i}" for i in range(1, config.NUM_CLASSES)]
-    names = [str(n) for n in names]
-    if len(names) != config.NUM_CLASSES:
-        raise ValueError(
-            f"class_names has {len(names)} entries but NUM_CLASSES={config.NUM_CLASSES} "
-            "(index 0 is the background)"
-        )
-    for n in names:
-        if "\n" in n or "\r" in n:
-            raise ValueError(f"class name {n!r} contains a line break (labels.txt is one per line)")
-    return names
-
-
-# ------------------------------------------------------------------------------ graph
-def _preprocess_one(image: tf.Tensor, config: Config):
-    """uint8 [H, W, 3] -> (canvas float32 [S, S, 3], size int32 [2], scale float32 [2],
-    original (H, W) int32 [2]); S = the largest canvas any input can need, so that
-    images of different sizes stack in a map_fn; the batch is cropped afterwards."""
-    side = config.IMAGE_SHAPE[0]
-    shape = tf.shape(image)
-    not_empty = tf.debugging.assert_positive(
-        shape[:2], message="input image has zero height or width; expected [H>=1, W>=1, 3]"
-    )
-    with tf.control_dependencies([not_empty]):
-        image = tf.identity(image)
-    padded, size, scale = transforms.resize_and_pad(image, config)
-    pshape = tf.shape(padded)
-    canvas = tf.pad(padded, [[0, side - pshape[0]], [0, side - pshape[1]], [0, 0]])
-    canvas = tf.ensure_shape(canvas, [side, side, 3])
-    return canvas, tf.cast(size, tf.int32), tf.cast(scale, tf.float32), shape[:2]
-
-
-def _output_signature(config: Config):
-    side = config.IMAGE_SHAPE[0]
-    return (
-        tf.TensorSpec([side, side, 3], tf.float32),
-        tf.TensorSpec([2], tf.int32),
-        tf.TensorSpec([2], tf.float32),
-        tf.TensorSpec([2], tf.int32),
-    )
-
-
-def _batch_canvas(canvases: tf.Tensor, sizes: tf.Tensor, config: Config) -> tf.Tensor:
-    """Crop the [B, S, S, 3] canvases to what ``prepare_image_batch`` gives: the fixed
-    square in "square" mode, the largest padded image of the batch in "pad32"."""
-    pad_h, pad_w = transforms.padded_size(sizes[:, 0], sizes[:, 1], config)
-    height = tf.reduce_max(pad_h * tf.ones_like(sizes[:, 0]))
-    width = tf.reduce_max(pad_w * tf.ones_like(sizes[:, 1]))
-    return canvases[:, :height, :width, :]
-
-
-def _postprocess(out: dict, scales: tf.Tensor, original_hw: tf.Tensor, class_names) -> dict:
-    num = tf.cast(out["num_detections"], tf.int32)
-    max_det = tf.shape(out["scores"])[1]
-    ex = tf.expand_dims  # not [..., None]: LiteRT has no strided slice with a new axis
-    valid = ex(tf.range(max_det), 0) < ex(num, 1)
-    scale4 = ex(tf.tile(scales, [1, 2]), 1)
-    hw4 = ex(tf.cast(tf.tile(original_hw, [1, 2]), tf.float32), 1)
-    boxes = tf.clip_by_value(tf.cast(out["boxes"], tf.float32) / scale4 / hw4, 0.0, 1.0)
-    validf = tf.cast(valid, tf.float32)
-    result = {}
-    if "masks" in out:
-        result["detection_masks"] = tf.cast(out["masks"], tf.float32) * ex(ex(validf, -1), -1)
-    if "keypoints" in out:
-        # Model keypoints are (x, y, score) in network-input pixels, pixel-edge frame.
-        kp = tf.cast(out["keypoints"], tf.float32)
-        hw = tf.cast(original_hw, tf.float32)
-        y = kp[..., 1] / scales[:, 0, None, None] / hw[:, 0, None, None]
-        x = kp[..., 0] / scales[:, 1, None, None] / hw[:, 1, None, None]
-        result["detection_keypoints"] = tf.clip_by_value(tf.stack([y, x], -1), 0.0, 1.0) * validf[..., None, None]
-        result["detection_keypoint_scores"] = kp[..., 2] * validf[..., None]
-    return {
-        **result,
-        "detection_boxes": boxes * ex(validf, -1),
-        "detection_scores": tf.cast(out["scores"], tf.float32) * validf,
-        "detection_classes": tf.cast(out["class_ids"], tf.float32) * validf,
-        "num_detections": tf.cast(num, tf.float32),
-        # Batched (one copy per image) so that TF Serving's REST row format, which
-        # needs a batch dimension on every output, works too.
-        "class_names": tf.tile(tf.constant(class_names, tf.string)[None, :], [tf.shape(num)[0], 1]),
-    }
-
-
-def _tf_variable(variable) -> tf.Variable:
-    """The tf.Variable behind a keras.Variable (TF backend), or the variable itself."""
-    value = getattr(variable, "value", variable)
-    if not isinstance(value, tf.Variable):
-        raise TypeError(f"cannot export variable {variable!r}: not backed by a tf.Variable")
-    return value
+    """A copy of ``config`` with ``ROI_ALIGN_IMPLEMENTATION="portable"`` and
+    ``MIXED_PRECISION=None``: :func:`mrcnn.export.graph.export_config` for the SavedModel
+    (raises on adaptive sampling, which has no stock-ops form)."""
+    return export_config(config, "saved_model")
 
 
 class DetectionModule(tf.Module):
@@ -236,23 +112,22 @@ class DetectionModule(tf.Module):
             f"input_tensor: image larger than max_pixels={max_pixels} (H * W) set at export "
             "(mrcnn export --max-pixels); refused"
         )
-        names = list(class_names)
-        # Track the underlying tf.Variables, not the Keras model (whose attributes,
-        # tf.functions included, would be serialised too) nor the keras.Variable
-        # wrappers: with those, the TF1-style loader that TF Serving and
-        # `saved_model_cli run` use fails with "Could not find variable ..."
-        # (keras-team/keras#19274) and the weights are stored twice.
-        self.model_variables = [_tf_variable(v) for v in model.variables]
+        names = tf.constant(list(class_names), tf.string)
+        self.model_variables = model_variables(model)
         self.labels = tf.saved_model.Asset(labels_path)
-        spec = _output_signature(config)
+        spec = preprocess_image_signature(config)
 
         def run(images_list_fn, elems):
             canvases, sizes, scales, original_hw = tf.map_fn(
                 images_list_fn, elems, fn_output_signature=spec
             )
-            images = _batch_canvas(canvases, sizes, config)
+            images = crop_canvas_batch(canvases, sizes, config)
             out = model({"images": images, "image_sizes": sizes}, training=False)
-            return _postprocess(out, scales, original_hw, names)
+            result = serving_outputs(to_original(out, scales, original_hw), original_hw)
+            # Batched (one copy per image) so that TF Serving's REST row format, which
+            # needs a batch dimension on every output, works too.
+            result["class_names"] = tf.tile(names[None, :], [tf.shape(sizes)[0], 1])
+            return result
 
         def checked(x, rank, what, channels=None):
             """``x`` after runtime checks of its rank, batch size and channels.
@@ -287,7 +162,7 @@ class DetectionModule(tf.Module):
             small = tf.debugging.assert_less_equal(shape[1] * shape[2], limit, message=too_big)
             with tf.control_dependencies([small]):
                 images = tf.identity(images)
-            return run(lambda image: _preprocess_one(image, config), images)
+            return run(lambda image: preprocess_image(image, config), images)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_NAME)])
         def detect_encoded(input_tensor):
@@ -308,7 +183,7 @@ class DetectionModule(tf.Module):
                     image = tf.io.decode_image(data, channels=3, dtype=tf.uint8,
                                                expand_animations=False)
                 image = tf.ensure_shape(image, [None, None, 3])
-                return _preprocess_one(image, config)
+                return preprocess_image(image, config)
 
             data = checked(input_tensor, 1, "input_tensor must be a string vector [batch] of JPEG/PNG bytes")
             return run(decode, data)
@@ -486,68 +361,3 @@ def export_from_files(
         model, output_dir, version, class_names=class_names, overwrite=overwrite,
         max_pixels=max_pixels,
     )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``mrcnn export`` options."""
-    parser.add_argument("--weights", required=True, help="trained weights (.weights.h5)")
-    parser.add_argument(
-        "--config", required=True,
-        help="MODULE:CLASS, FILE.py:CLASS or a config JSON (Config.to_dict())",
-    )
-    parser.add_argument("--output", required=True, help="base directory; writes OUTPUT/VERSION/")
-    parser.add_argument("--version", type=int, default=1, help="version folder (default 1)")
-    parser.add_argument(
-        "--no-version-dir", dest="version", action="store_const", const=None,
-        help="write the SavedModel directly into OUTPUT (no version folder)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
-    parser.add_argument(
-        "--format", default="saved_model", choices=("saved_model", "onnx", "openvino", "litert"),
-        help="saved_model (TF Serving, default): OUTPUT/VERSION/; onnx: OUTPUT/model.onnx; "
-        "openvino: OUTPUT/model.xml + model.bin; litert: OUTPUT/model.tflite (docs/serving.md)",
-    )
-    parser.add_argument(
-        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-        help=f"SavedModel: refuse requests with more than this many pixels (H * W), encoded "
-        f"images before decoding (default {DEFAULT_MAX_PIXELS}; 0 = no limit)",
-    )
-
-
-def run(args: argparse.Namespace) -> str | list[str]:
-    fmt = getattr(args, "format", "saved_model")
-    if fmt != "saved_model":
-        from mrcnn.export.formats import MissingRuntimeError
-        from mrcnn.export.runtimes import export_model_from_files
-
-        try:
-            paths = export_model_from_files(
-                args.weights, args.config, args.output, fmt, overwrite=args.overwrite
-            )
-        except MissingRuntimeError as err:
-            raise SystemExit(f"mrcnn export: {err}") from err
-        print(f"{fmt} model written to {', '.join(paths)} (class names in labels.txt)")
-        return paths
-    max_pixels = getattr(args, "max_pixels", DEFAULT_MAX_PIXELS)
-    if max_pixels is not None and max_pixels < 0:
-        raise ValueError(f"--max-pixels must be >= 0 (0 = no limit), got {max_pixels}")
-    path = export_from_files(
-        args.weights, args.config, args.output, args.version, overwrite=args.overwrite,
-        max_pixels=max_pixels or None,
-    )
-    print(f"SavedModel written to {path}")
-    print(f"signatures: {SIGNATURE_IMAGE} (uint8 images), {SIGNATURE_ENCODED} (JPEG/PNG bytes)")
-    return path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mrcnn export", description="Export a SavedModel that stock TF Serving runs."
-    )
-    add_arguments(parser)
-    run(parser.parse_args(argv))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

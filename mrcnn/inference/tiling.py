@@ -11,11 +11,18 @@ duplicates across seams are merged:
   region above ``merge_threshold``. (Whole-mask IoU would not do: the part of an
   instance cut by a seam can be a small piece of the whole one the neighbouring
   tile saw, but inside the region both tiles cover the two views coincide.)
-- Of the two, the one whose box lies furthest inside its tile is kept (distance
-  to the nearest tile border that is not an image border): it is the one the
-  model saw whole. When both touch a seam (an instance larger than the overlap,
-  seen whole by no tile), they are merged: union of the masks, union of the
-  boxes, the higher score.
+- The detections linked this way (transitively: an instance cut by two seams is
+  seen by up to four tiles) are one instance, reported once. Each tile's view is
+  its best-scoring detection of the instance; the instance's extent is the union
+  of the views' boxes. A tile that holds the whole extent at least a pixel away
+  from its seams saw the instance whole, and its view is kept (the best-scoring
+  one when several tiles did). Otherwise no tile saw it whole (an instance larger
+  than the overlap, or one cut by two seams) and the views are merged: union of
+  the masks, union of the boxes, the best score. (The extent, not each view's own
+  box, decides: a view of a cut piece can have a box a few pixels short of the
+  seam and look whole on its own.) A tile's other detections of a linked instance
+  are dropped with it: the model's own duplicates of an instance at a seam are
+  reported once; elsewhere they are left as the model gave them.
 
 Masks are kept in the compact box format throughout (see
 :mod:`mrcnn.ops.mask_formats`), so memory is bounded by the tile batch and the
@@ -186,7 +193,7 @@ def detect_tiled(
         batch_size = int(getattr(getattr(model, "config", None), "BATCH_SIZE", 1) or 1)
     run = _detector(model)
 
-    boxes, scores, class_ids, inner, tile_index = [], [], [], [], []
+    boxes, scores, class_ids, tile_index = [], [], [], []
     crops: list[np.ndarray] = []
     offsets: list[np.ndarray] = []
     keypoints = []
@@ -208,7 +215,6 @@ def detect_tiled(
                 boxes.append(box)
                 scores.append(float(result["scores"][i]))
                 class_ids.append(int(result["class_ids"][i]))
-                inner.append(_inner_distance(box, tile, image_shape))
                 tile_index.append(start + t)
                 if masks is not None:
                     crops.append(masks[0][i])
@@ -219,44 +225,68 @@ def detect_tiled(
                     kp[:, 1] += tile[0]
                     keypoints.append(kp)
 
-    # Most inside first, so the instance seen whole wins; then by score.
-    order = sorted(range(len(boxes)), key=lambda i: (-inner[i], -scores[i]))
-    kept: list[int] = []
-    parts: dict[int, list[int]] = {}  # kept detection -> the tile detections merged into it
-    for i in order:
-        duplicate = None
-        for k in kept:
-            if class_ids[k] != class_ids[i] or not _boxes_intersect(boxes[k], boxes[i]):
+    # Same instance: same class, from two tiles, agreeing where the tiles overlap.
+    # Only tiles that overlap can see one instance, so only their detections are paired.
+    by_tile: dict[int, list[int]] = {}
+    for i, t in enumerate(tile_index):
+        by_tile.setdefault(t, []).append(i)
+    parent = list(range(len(boxes)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    used = sorted(by_tile)
+    for u, ta in enumerate(used):
+        for tb in used[u + 1:]:
+            if not _boxes_intersect(np.asarray(tiles[ta], np.float32), np.asarray(tiles[tb], np.float32)):
                 continue
-            for j in parts[k]:
-                if tile_index[j] == tile_index[i]:
-                    continue
-                if has_masks:
-                    agreement = _shared_region_iou(tiles[tile_index[i]], tiles[tile_index[j]],
-                                                   crops[i], offsets[i], crops[j], offsets[j])
-                else:
-                    agreement = _box_overlap_over_smaller(boxes[j], boxes[i])
-                if agreement > merge_threshold:
-                    duplicate = k
-                    break
-            if duplicate is not None:
-                break
-        if duplicate is None:
-            kept.append(i)
-            parts[i] = [i]
+            for i in by_tile[ta]:
+                for j in by_tile[tb]:
+                    if class_ids[i] != class_ids[j] or not _boxes_intersect(boxes[i], boxes[j]):
+                        continue
+                    if has_masks:
+                        agreement = _shared_region_iou(tiles[ta], tiles[tb], crops[i], offsets[i],
+                                                       crops[j], offsets[j])
+                    else:
+                        agreement = _box_overlap_over_smaller(boxes[i], boxes[j])
+                    if agreement > merge_threshold:
+                        parent[root(i)] = root(j)
+    clusters: dict[int, list[int]] = {}
+    for i in range(len(boxes)):
+        clusters.setdefault(root(i), []).append(i)
+
+    # One detection per instance. A tile's view is its best-scoring detection of the
+    # instance; the instance's extent is the union of the views' boxes. A tile that
+    # holds the extent away from its seams saw the instance whole: its view is kept
+    # (the best-scoring one when several tiles did). Otherwise (an instance larger
+    # than the overlap, or cut by two seams) every tile saw a piece: the views are
+    # merged (union of masks and boxes, the best score).
+    kept: list[int] = []
+    for members in clusters.values():
+        best: dict[int, int] = {}
+        for i in members:
+            t = tile_index[i]
+            if t not in best or scores[i] > scores[best[t]]:
+                best[t] = i
+        views = sorted(best.values(), key=lambda i: -scores[i])
+        if len(views) == 1:
+            kept.append(views[0])
             continue
-        if inner[duplicate] < 1.0 and inner[i] < 1.0:  # both cut by a seam: merge the pieces
-            parts[duplicate].append(i)
-    # Merged instances: union of the parts' masks and boxes, the best score. The
-    # parts keep their own tile masks above, for the comparisons.
-    for k in kept:
-        for j in parts[k][1:]:
+        extent = np.array([min(boxes[i][0] for i in views), min(boxes[i][1] for i in views),
+                           max(boxes[i][2] for i in views), max(boxes[i][3] for i in views)], np.float32)
+        whole = [i for i in views if _inner_distance(extent, tiles[tile_index[i]], image_shape) >= 1.0]
+        if whole:
+            kept.append(whole[0])
+            continue
+        k = views[0]
+        for j in views[1:]:
             if has_masks:
                 crops[k], offsets[k] = _union(crops[k], offsets[k], crops[j], offsets[j])
-            a, b = boxes[k], boxes[j]
-            boxes[k] = np.array([min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])],
-                                np.float32)
-            scores[k] = max(scores[k], scores[j])
+        boxes[k] = extent
+        kept.append(k)
 
     kept.sort(key=lambda i: -scores[i])
     out = {

@@ -7,10 +7,18 @@ from typing import TYPE_CHECKING
 
 import keras
 
-from mrcnn.ops.roi_pooling import IMPLEMENTATIONS, multilevel_roi_align
+from mrcnn.ops.roi_align_gather import multilevel_roi_align_gather
+from mrcnn.ops.roi_pooling import IMPLEMENTATIONS as _OP_IMPLEMENTATIONS
+from mrcnn.ops.roi_pooling import multilevel_roi_align
 
 if TYPE_CHECKING:
     from mrcnn.config import Config
+
+# "auto", "portable", "custom" (mrcnn.ops.roi_pooling) and "gather"
+# (mrcnn.ops.roi_align_gather: Gather and arithmetic only, what the ONNX, OpenVINO and
+# LiteRT exports build; no CropAndResize, which LiteRT lacks and the other two convert
+# badly). All give the same numbers within 2e-5.
+IMPLEMENTATIONS = (*_OP_IMPLEMENTATIONS, "gather")
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
@@ -39,6 +47,8 @@ class RoIPooler(keras.layers.Layer):
         super().__init__(**kwargs)
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+        if implementation == "gather" and int(sampling_ratio) <= 0:
+            raise ValueError(f"implementation='gather' needs sampling_ratio > 0, got {sampling_ratio}")
         self.output_size = (
             (int(output_size), int(output_size)) if isinstance(output_size, int)
             else tuple(int(s) for s in output_size)
@@ -57,6 +67,12 @@ class RoIPooler(keras.layers.Layer):
         return cls(output_size, **pooler_settings(config), **kwargs)
 
     def call(self, features, boxes):
+        if self.implementation == "gather":
+            return multilevel_roi_align_gather(
+                list(features)[: len(self.strides)], boxes, self.output_size, strides=self.strides,
+                sampling_ratio=self.sampling_ratio, aligned=self.aligned,
+                canonical_level=self.canonical_level, canonical_size=self.canonical_size,
+            )
         return multilevel_roi_align(
             list(features)[: len(self.strides)], boxes, self.output_size, strides=self.strides,
             sampling_ratio=self.sampling_ratio, aligned=self.aligned,

@@ -372,6 +372,7 @@ class RoIHeads(keras.layers.Layer):
         keypoint_num_convs: int = 8,
         keypoint_heatmap_size: int = 56,
         head_dtype: str = "float32",
+        mask_class_pick: str = "batched",
         box_head: str = "2fc",
         head_norm: str | None = None,
         box_conv_channels: int = 256,
@@ -403,8 +404,10 @@ class RoIHeads(keras.layers.Layer):
             "num_keypoints": int(num_keypoints),
             "keypoint_pool_size": int(keypoint_pool_size), "keypoint_conv_channels": int(keypoint_conv_channels),
             "keypoint_num_convs": int(keypoint_num_convs), "keypoint_heatmap_size": int(keypoint_heatmap_size),
-            "head_dtype": str(head_dtype),
+            "head_dtype": str(head_dtype), "mask_class_pick": str(mask_class_pick),
         }
+        if mask_class_pick not in CLASS_PICKS:
+            raise ValueError(f"mask_class_pick must be one of {tuple(CLASS_PICKS)}, got {mask_class_pick!r}")
         pooling = {
             "strides": strides, "sampling_ratio": sampling_ratio, "aligned": aligned,
             "canonical_level": canonical_level, "canonical_size": canonical_size,
@@ -473,6 +476,7 @@ class RoIHeads(keras.layers.Layer):
             keypoint_num_convs=config.KEYPOINT_HEAD_NUM_CONVS,
             keypoint_heatmap_size=config.KEYPOINT_HEATMAP_SIZE,
             head_dtype=policy_name(config.MIXED_PRECISION),
+            mask_class_pick=config.MASK_CLASS_PICK,
             box_head=config.BOX_HEAD,
             head_norm=config.HEAD_NORM,
             box_conv_channels=config.FPN_CHANNELS,  # the references' 256 = FPN width (docs/design.md)
@@ -504,10 +508,11 @@ class RoIHeads(keras.layers.Layer):
     def mask_logits(self, features, rois: tf.Tensor, class_ids: tf.Tensor, training=None,
                     valid=None) -> tf.Tensor:
         """rois [B, R, 4], class_ids [B, R] -> [B, R, 28, 28] mask logits of that class."""
+        pick = CLASS_PICKS[self.settings["mask_class_pick"]]
         pooled = self.mask_pooler(features, rois)
         if self.mask_head.norm is None:
-            return _pick_class_channel(self.mask_head(pooled), class_ids)
-        return _pick_class_channel(self.mask_head(pooled, training=training, valid=valid), class_ids)
+            return pick(self.mask_head(pooled), class_ids)
+        return pick(self.mask_head(pooled, training=training, valid=valid), class_ids)
 
     def keypoint_heatmaps(self, features, rois: tf.Tensor) -> tf.Tensor:
         """rois [B, R, 4] -> [B, R, 56, 56, K] heatmap logits."""
@@ -524,7 +529,12 @@ class RoIHeads(keras.layers.Layer):
             num_samples=s["batch_size_per_image"], positive_fraction=s["positive_fraction"],
             positive_iou=s["positive_iou"], box_coder=self.box_coder, mask_shape=tuple(s["mask_shape"]),
             mini_mask=s["mini_mask"], mask_threshold=s["mask_target_threshold"],
-            roi_align_implementation=s["roi_align_implementation"], num_mask_rois=self.num_mask_rois,
+            # Mask targets crop GT masks with one roi_align call; "gather" is a pooler
+            # form for exports, whose stock-ops twin for that crop is "portable".
+            roi_align_implementation=(
+                "portable" if s["roi_align_implementation"] == "gather" else s["roi_align_implementation"]
+            ),
+            num_mask_rois=self.num_mask_rois,
             gt_keypoints=targets["gt_keypoints"] if self.keypoint_head is not None else None,
             heatmap_size=s["keypoint_heatmap_size"],
         )
@@ -576,11 +586,13 @@ class RoIHeads(keras.layers.Layer):
         }
         if self.mask_head is not None:
             # Detections come sorted by score, so those that get a mask fill the first
-            # slots: the head runs on as many slots as the busiest image needs (only
-            # _per_roi's zero RoI on an empty picture), not on all DETECTION_MAX_INSTANCES.
+            # slots: the head runs on as many slots as the busiest image needs, not on
+            # all DETECTION_MAX_INSTANCES. At least one slot (a zero box, its mask then
+            # zeroed): a picture without detections would otherwise send empty tensors
+            # through the pooler, which LiteRT's kernels (UNPACK) refuse.
             with_mask = det.valid & (det.scores >= self.settings["mask_min_score"])
             count = tf.reduce_max(tf.reduce_sum(tf.cast(with_mask, tf.int32), axis=1))
-            count = tf.maximum(count, 0)  # reduce_max of an empty batch is int32 min
+            count = tf.maximum(count, 1)  # also: reduce_max of an empty batch is int32 min
             masks = tf.sigmoid(self.mask_logits(features, det.boxes[:, :count], det.class_ids[:, :count]))
             masks = masks * tf.expand_dims(tf.expand_dims(tf.cast(with_mask[:, :count], tf.float32), -1), -1)
             pad = tf.shape(det.boxes)[1] - count
@@ -601,7 +613,27 @@ class RoIHeads(keras.layers.Layer):
         return {**super().get_config(), **plain}
 
 
-def _pick_class_channel(mask_logits: tf.Tensor, class_ids: tf.Tensor) -> tf.Tensor:
+def _pick_class_channel_batched(mask_logits: tf.Tensor, class_ids: tf.Tensor) -> tf.Tensor:
     """[B, R, mh, mw, K+1] logits, [B, R] class ids -> [B, R, mh, mw] of that class."""
     per_class = tf.transpose(mask_logits, [0, 1, 4, 2, 3])
     return tf.gather(per_class, class_ids, batch_dims=2)
+
+
+def _pick_class_channel_flat(mask_logits: tf.Tensor, class_ids: tf.Tensor) -> tf.Tensor:
+    """As :func:`_pick_class_channel_batched`, with one plain Gather on a flattened table.
+
+    [B, R, mh, mw, K] -> rows (b, r, k) of a [B*R*K, mh, mw] table, row (b * R + r) * K
+    + class. OpenVINO's converter rejects ``tf.gather(..., batch_dims=2)`` (its
+    transpose-sinking pass) or turns it, ``tf.one_hot`` and a one-hot product over the
+    last axis into wrong masks (tested on 2026.4); this form converts right. Exact.
+    """
+    k = mask_logits.shape[-1]
+    per_class = tf.transpose(mask_logits, [0, 1, 4, 2, 3])
+    shape = tf.shape(per_class)
+    table = tf.reshape(per_class, tf.concat([[-1], shape[3:]], 0))
+    rows = tf.reshape(tf.range(shape[0] * shape[1]) * k, tf.shape(class_ids))
+    return tf.gather(table, rows + tf.cast(class_ids, tf.int32))
+
+
+# RoIHeads(mask_class_pick=...) / Config.MASK_CLASS_PICK.
+CLASS_PICKS = {"batched": _pick_class_channel_batched, "flat": _pick_class_channel_flat}

@@ -12,6 +12,9 @@ cover:
 - **rle**: COCO's compressed RLE dicts ``{"size": [H, W], "counts": str}``
   (column-major, as pycocotools), computed from the crop without building the
   full-size mask.
+
+and, for one full-size mask, :func:`mask_to_rle` and :func:`mask_to_polygons` (COCO
+polygons), the forms ``mrcnn detect`` writes (also importable from ``mrcnn.cli``).
 """
 
 from __future__ import annotations
@@ -129,3 +132,29 @@ def box_mask_to_rle(crop: np.ndarray, offset, image_shape: tuple[int, int]) -> d
 def box_masks_to_rle(crops: list[np.ndarray], offsets: np.ndarray, image_shape: tuple[int, int]) -> list[dict]:
     """Box-format masks -> a list of COCO compressed RLE dicts."""
     return [box_mask_to_rle(c, o, image_shape) for c, o in zip(crops, np.asarray(offsets).reshape(-1, 2))]
+
+
+def mask_to_rle(mask: np.ndarray) -> dict:
+    """bool [H, W] -> COCO RLE ``{"size": [H, W], "counts": str}`` (pycocotools' compressed
+    format, what ``pycocotools.mask.decode`` and COCO results files take)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": rle["counts"].decode("ascii")}
+
+
+def mask_to_polygons(mask: np.ndarray, tolerance: float = 1.0) -> list[list[float]]:
+    """bool [H, W] -> outlines as COCO polygons ``[x1, y1, x2, y2, ...]`` (pixel corners:
+    the contour of the mask's pixel squares, simplified to within ``tolerance`` pixels)."""
+    from skimage import measure
+
+    padded = np.pad(mask.astype(np.uint8), 1)  # closes contours that touch the border
+    polygons = []
+    for contour in measure.find_contours(padded, 0.5):
+        contour = measure.approximate_polygon(contour, tolerance) - 1.0  # undo the pad
+        if len(contour) < 3:
+            continue
+        # find_contours gives (row, col) of pixel centres; +0.5 puts them on pixel edges.
+        xy = np.stack([contour[:, 1] + 0.5, contour[:, 0] + 0.5], axis=1)
+        polygons.append([round(float(v), 2) for v in xy.ravel()])
+    return polygons

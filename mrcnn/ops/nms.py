@@ -60,12 +60,17 @@ def batched_nms(
         b, s = args
         # The score threshold drops the masked (invalid) entries inside the kernel,
         # before its sort and greedy scan, so their number costs nothing.
-        idx = tf.image.non_max_suppression(
-            b, s, max_output_size=max_output, iou_threshold=iou_threshold,
-            score_threshold=_THRESHOLD,
+        # NonMaxSuppressionV4 with padding returns the count of real indices as its
+        # own output: the count is never read from the indices' shape. LiteRT's
+        # converter lowers tf.image.non_max_suppression (V3) to its V4 kernel,
+        # whose indices are always max_output long (zero padded), so a count taken
+        # from their shape there was always max_output, and the padding slots
+        # (index 0) came back as detections (issue #27).
+        idx, count = tf.raw_ops.NonMaxSuppressionV4(
+            boxes=b, scores=s, max_output_size=max_output, iou_threshold=iou_threshold,
+            score_threshold=_THRESHOLD, pad_to_max_output_size=True,
         )
-        count = tf.shape(idx)[0]
-        return tf.pad(idx, [[0, max_output - count]]), count
+        return idx, count
 
     indices, counts = tf.map_fn(
         one_image,
