@@ -47,9 +47,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# ../shared/datasets (the project's rule); MRCNN_TINY_COCO overrides (e.g. from a git worktree).
-TINY_COCO = os.path.join(os.environ.get("MRCNN_TINY_COCO") or os.path.join(ROOT, "..", "shared", "datasets", "tiny_coco"),
-                         "train2017")
+TINY_COCO = os.path.join(ROOT, "..", "shared", "datasets", "tiny_coco", "train2017")
 
 
 def _kernels(tv) -> str:
@@ -103,7 +101,7 @@ def main() -> None:
 
     from mrcnn.checkpoint.convert import convert_torchvision
     from mrcnn.configs import TorchvisionCOCO, TorchvisionCOCOv2
-    from mrcnn.data.pipeline import prepare_image_batch
+    from mrcnn.inference.preprocess import prepare_image_batch
     from mrcnn.model import MaskRCNN
     from mrcnn.ops.masks import paste_masks
 
