@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TESTS = os.path.join(ROOT, "tests")
 # Seconds after which a worker is taken for hung (and killed): a bound that only catches hangs,
 # far above the minutes these runs take on a loaded 2-core machine, never a speed requirement.
-HANG = 1800
+HANG = 3600
 
 
 # ----- process helpers ---------------------------------------------------------------------

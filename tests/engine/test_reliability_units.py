@@ -27,7 +27,7 @@ from mrcnn.engine.runner import run_training
 from mrcnn.fileio import atomic_save_weights, write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HANG = 900  # seconds: only catches a hung subprocess; nothing here asserts speed
+HANG = 3600  # seconds: only catches a hung subprocess; nothing here asserts speed
 
 
 def _env():
