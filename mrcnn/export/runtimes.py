@@ -19,14 +19,16 @@ import os
 import shutil
 import tempfile
 import types
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from mrcnn.config import Config, load_config
 from mrcnn.export.formats import FORMATS, require
 from mrcnn.export.graph import serving_function
+from mrcnn.export.quantize import check_quantize_args, quantize_files
 from mrcnn.export.saved_model import INPUT_NAME, LABELS_FILE, class_names_for, portable_config
 
 MODEL_FILES = {
@@ -187,6 +189,8 @@ def export_model(
     *,
     class_names: Sequence[str] | None = None,
     overwrite: bool = False,
+    quantize: str | None = None,
+    calibration: Iterable[np.ndarray] | None = None,
 ) -> list[str]:
     """Write ``model`` for runtime ``fmt`` ("onnx", "openvino", "litert") into ``output_dir``.
 
@@ -197,6 +201,10 @@ def export_model(
       fmt: the format; see :data:`MODEL_FILES` for the files each writes.
       class_names: NUM_CLASSES names, index 0 = background (default from the Config).
       overwrite: replace existing model files of that format.
+      quantize: None/"none" (float32) or "int8" (onnx and openvino): post-training
+        quantization, see :mod:`mrcnn.export.quantize`.
+      calibration: with ``quantize="int8"``: the calibration images, uint8 [H, W, 3]
+        or [1, H, W, 3] each (e.g. a :class:`~mrcnn.export.quantize.CalibrationImages`).
     Returns:
       The paths of the written model files.
     Raises:
@@ -211,6 +219,7 @@ def export_model(
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(existing)} exists; pass overwrite=True (--overwrite)")
     names = class_names_for(model.config, class_names)
+    check_quantize_args(fmt, quantize, calibration)
     if fmt == "onnx":
         require("tf2onnx", fmt)
     elif fmt == "openvino":
@@ -221,6 +230,8 @@ def export_model(
     staging = Path(tempfile.mkdtemp(prefix=f".export-{fmt}-", dir=output_dir))
     try:
         CONVERTERS[fmt](serve, staging, traced)
+        if quantize == "int8":
+            quantize_files(fmt, staging, calibration)
         (staging / LABELS_FILE).write_text("".join(n + "\n" for n in names), encoding="utf-8")
         for name in (*MODEL_FILES[fmt], LABELS_FILE):
             os.replace(staging / name, output_dir / name)
@@ -237,6 +248,8 @@ def export_model_from_files(
     *,
     class_names: Sequence[str] | None = None,
     overwrite: bool = False,
+    quantize: str | None = None,
+    calibration: Iterable[np.ndarray] | None = None,
 ) -> list[str]:
     """Build the model from ``config``, load ``weights_path`` and :func:`export_model` it."""
     from mrcnn.model import MaskRCNN
@@ -244,4 +257,5 @@ def export_model_from_files(
     config = export_config(load_config(config))
     model = MaskRCNN(config)
     model.load_weights(str(weights_path))
-    return export_model(model, output_dir, fmt, class_names=class_names, overwrite=overwrite)
+    return export_model(model, output_dir, fmt, class_names=class_names, overwrite=overwrite,
+                        quantize=quantize, calibration=calibration)
