@@ -17,7 +17,7 @@ light (no TensorFlow import):
 2. **Keras deserialization of mrcnn objects.** ``keras.models.load_model("m.keras")`` finds
    custom classes only through ``@keras.saving.register_keras_serializable``, which runs
    when the defining module is imported. After ``import mrcnn``, the first import of Keras
-   also imports :mod:`mrcnn.model` and :mod:`mrcnn.engine.training` (the model class and its
+   also imports :mod:`mrcnn.model` and :mod:`mrcnn.solver.optimizer` (the model class and its
    learning-rate schedule), so a saved ``MaskRCNN`` loads with nothing else imported.
 """
 
@@ -33,7 +33,7 @@ import tempfile
 from collections.abc import Callable
 
 # Modules whose import registers mrcnn's Keras-serializable classes.
-_KERAS_MODULES = ("mrcnn.model", "mrcnn.engine.training")
+_KERAS_MODULES = ("mrcnn.model", "mrcnn.solver.optimizer")
 # Documented module paths of the flat layout before the packages (docs/api.md keeps them
 # importable): old name -> the module that holds those names now. The alias is the same
 # module object, so `mrcnn.training.make_optimizer is mrcnn.engine.training.make_optimizer`.

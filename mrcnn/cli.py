@@ -25,30 +25,11 @@ from typing import Any
 
 from mrcnn import config as config_module
 from mrcnn.config import Config
+from mrcnn.fileio import json_ready  # noqa: F401 - documented here (docs/api.md)
 
 
 class CLIError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
-
-
-def json_ready(obj: Any) -> Any:
-    """``obj`` with NumPy scalars/arrays made plain and NaN/Inf replaced by None, so that
-    ``json.dump(..., allow_nan=False)`` writes strict JSON (``null`` for undefined metrics)."""
-    import math
-
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_ready(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_ready(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def load_config(spec: str) -> Config:
@@ -112,14 +93,12 @@ def load_dataset(args: argparse.Namespace, subset: str):
 
 
 def _build_model(config: Config, weights: str | None):
-    from mrcnn.model import MaskRCNN
+    from mrcnn.engine.runs import build_model
 
-    model = MaskRCNN(config)
-    if weights:
-        if not os.path.exists(weights):
-            raise CLIError(f"weights file not found: {weights}")
-        model.load_weights(weights)
-    return model
+    try:
+        return build_model(config, weights or None)
+    except (FileNotFoundError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _start_config(config: Config, args: argparse.Namespace) -> Config:
@@ -182,6 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             args.steps_per_epoch or config.STEPS_PER_EPOCH, val_dataset=val, val_steps=args.val_steps,
             eval_every=args.eval_every, max_minutes=args.max_minutes, seed=args.seed, resume=resume,
             check=None if args.check == "none" else args.check, write_config=True, strategy=strategy,
+            verbose=args.verbose, force=args.force,
         )
     except (RunLockedError, ResumeError, BadSampleError, DatasetCheckError) as exc:
         raise CLIError(str(exc)) from None
@@ -404,6 +384,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_weights(args: argparse.Namespace) -> int:
+    """``mrcnn convert-weights``: :func:`mrcnn.checkpoint.convert.convert`; errors are one line."""
+    import pickle
+
+    from mrcnn.checkpoint.convert import ConversionError, convert
+
+    config = load_config(args.config) if args.config else None
+    try:
+        report = convert(args.checkpoint, args.out, args.source, config)
+    except (ConversionError, FileNotFoundError, ValueError, pickle.UnpicklingError) as exc:
+        raise CLIError(str(exc)) from None
+    print(f"converted {len(report['keys'])} tensors ({report['assigned']} Keras weights, "
+          f"{len(report['ignored'])} ignored) for {report['config']} -> {report['out']}")
+    return 0
+
+
 def cmd_build_ops(args: argparse.Namespace) -> int:
     from mrcnn.ops import custom_roi_align
 
@@ -432,8 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--val-annotations", help="COCO: validation annotations (default --annotations)")
         p.add_argument("--val-image-dir", help="COCO: validation image folder (default --images)")
 
-    p = sub.add_parser("train", help="train with model.fit")
-    p.add_argument("--config", required=True)
+    p = sub.add_parser("train", help="train with model.fit",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", required=True, help="module:Class, file.py:Class or a run's config.json")
     dataset_args(p)
     p.add_argument("--train-annotations", help="COCO: training annotations (default --annotations)")
     p.add_argument("--train-image-dir", help="COCO: training image folder (default --images)")
@@ -442,8 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, metavar="imagenet:FILE|coco:FILE|none",
                    help="pretrained start (torchvision .pth, Detectron2 .pkl or .weights.h5): the backbone "
                         "(imagenet) or everything but the class-specific predictors (coco); docs/weights.md")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--steps-per-epoch", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=10, help="the planned epochs (more continue a finished run)")
+    p.add_argument("--steps-per-epoch", type=int, default=0, help="steps per epoch (0: Config.STEPS_PER_EPOCH)")
     p.add_argument("--val-steps", type=int, default=0, help="validation-loss steps per epoch")
     p.add_argument("--eval-every", type=int, default=0, help="COCO-evaluate every N epochs")
     p.add_argument("--max-minutes", type=float, default=0, help="stop cleanly after this long")
@@ -456,7 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tf.distribute strategy: auto = all GPUs when several; multi-worker reads TF_CONFIG "
                         "(docs/distributed.md)")
     p.add_argument("--check", choices=("none", "sample", "all"), default="sample",
-                   help="pre-flight data check: a random sample of 200 images (default), all, or none")
+                   help="pre-flight data check: a random sample of 200 images, all, or none")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                   help="0 quiet, 1 a progress bar per step with ETA, 2 one line per epoch (logs)")
+    p.add_argument("--force", action="store_true",
+                   help="resume even though the config differs from the run's config.json (the changes are "
+                        "listed); without it such a resume is refused")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("detect", help="detect instances in image files")
@@ -502,10 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("convert-weights", help="torchvision/Detectron2 checkpoint -> Keras weights")
-    from mrcnn.checkpoint import convert
-
-    convert.add_arguments(p)
-    p.set_defaults(func=convert.run_convert)
+    p.add_argument("--from", dest="source", required=True, choices=("torchvision", "detectron2"),
+                   help="checkpoint format")
+    p.add_argument("checkpoint", help="torchvision .pth or Detectron2 .pkl/.pth file")
+    p.add_argument("--out", required=True, help="output Keras weights, FILE.weights.h5")
+    p.add_argument("--config", default=None,
+                   help="module:Class or config.json (default: mrcnn.configs.TorchvisionCOCO / Detectron2COCO)")
+    p.set_defaults(func=cmd_convert_weights)
 
     p = sub.add_parser("build-ops", help="(re)build the custom RoIAlign op")
     p.add_argument("--force", action="store_true")

@@ -256,7 +256,7 @@ class Config:
 
     # ----- training ---------------------------------------------------------------
     # "sgd": torch's SGD (L2 weight decay added to the gradient, through momentum;
-    # mrcnn.engine.training.TorchSGD); "adamw": Keras AdamW (decoupled decay).
+    # mrcnn.solver.optimizer.TorchSGD); "adamw": Keras AdamW (decoupled decay).
     OPTIMIZER: str = "sgd"
     # Learning rate for LR_REFERENCE_BATCH images per step (the paper: 0.02 for 16).
     # The rate used is LEARNING_RATE * BATCH_SIZE / LR_REFERENCE_BATCH (linear

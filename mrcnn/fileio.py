@@ -105,6 +105,26 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         raise
 
 
+def json_ready(obj: Any) -> Any:
+    """``obj`` with NumPy scalars/arrays made plain and NaN/Inf replaced by None, so that
+    ``json.dump(..., allow_nan=False)`` writes strict JSON (``null`` for undefined metrics)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_ready(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
     """``json.dump`` ``obj`` to ``path`` atomically."""
     with atomic_write(path, "w") as f:
@@ -117,26 +137,82 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
-def atomic_save_weights(model: Any, path: str | os.PathLike) -> None:
+def atomic_save_weights(model: Any, path: str | os.PathLike, include_optimizer: bool = True) -> None:
     """``model.save_weights(path)`` through a temporary ``.weights.h5`` in the same folder.
 
     Keras insists on the ``.weights.h5`` suffix, so the temporary name keeps it.
-    The saved file holds the model's variables and, when the model is compiled,
-    the optimizer's (slots and ``iterations``, hence the schedule position).
+    The saved file holds the model's variables and, when the model is compiled and
+    ``include_optimizer`` is True, the optimizer's (slots and ``iterations``, hence the
+    schedule position): what a backup needs. With ``include_optimizer=False`` the
+    file holds the model's variables only (half the size with SGD momentum): what a
+    weights file for a new start needs (Keras' h5 layout with its ``optimizer``
+    group left out; it loads with ``model.load_weights``).
     """
     path = os.fspath(path)
     if not path.endswith(".weights.h5"):
         raise ValueError(f"weights path must end in .weights.h5, got {path!r}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = _temp_path(path, suffix=".weights.h5")
+    full = _temp_path(path, suffix=".weights.h5") if not include_optimizer else tmp
     try:
-        model.save_weights(tmp, overwrite=True)
+        model.save_weights(full, overwrite=True)
+        if full != tmp:
+            _copy_without_optimizer(full, tmp)
+            os.remove(full)
         _fsync_file(tmp)
         _commit(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+        for name in {tmp, full}:
+            with contextlib.suppress(OSError):
+                os.remove(name)
         raise
+
+
+def _copy_without_optimizer(src_path: str, dst_path: str) -> None:
+    import h5py
+
+    with h5py.File(src_path, "r") as src, h5py.File(dst_path, "w") as dst:
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+        for key in src.keys():
+            if key != "optimizer":
+                src.copy(src[key], dst, name=key)
+
+
+def read_commits(folder: str | os.PathLike, prefix: str = "step_") -> list[dict[str, Any]]:
+    """The intact multi-file commits in ``folder``: ``{prefix}*.json`` markers, each written
+    after the file it names (``"weights"``) with that file's byte size (``"weights_bytes"``).
+
+    Returns the markers' dicts (plus ``weights_path`` and ``state_path``) in reverse name
+    order; a marker that does not parse, or whose file is missing or of another size, is a
+    torn write and is skipped with a warning. (The step backups of
+    :mod:`mrcnn.checkpoint.backups` are such commits; the input pipeline reads their
+    position through this function.)
+    """
+    import warnings
+
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        return []
+    commits = []
+    for name in sorted(os.listdir(folder), reverse=True):
+        if not (name.startswith(prefix) and name.endswith(".json")):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            with open(path) as f:
+                state = json.load(f)
+            data = os.path.join(folder, state["weights"])
+            size = os.path.getsize(data)
+            if size != int(state["weights_bytes"]):
+                raise ValueError(f"{data} has {size} bytes, the marker recorded {state['weights_bytes']}")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            warnings.warn(f"ignoring torn backup {path}: {exc}", UserWarning, stacklevel=2)
+            continue
+        state["weights_path"] = data
+        state["state_path"] = path
+        commits.append(state)
+    return commits
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:

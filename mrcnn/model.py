@@ -123,12 +123,12 @@ class MaskRCNN(keras.Model):
         """Compile with SGD + warm-up/step schedule from the Config unless given an optimizer.
 
         With ``MIXED_PRECISION="float16"`` the optimizer (given or made) gets dynamic
-        loss scaling (:func:`mrcnn.engine.training.with_loss_scaling`).
+        loss scaling (:func:`mrcnn.solver.optimizer.with_loss_scaling`).
 
         Losses come from the model itself; ``jit_compile`` is off because the
         custom RoIAlign op and NMS have no XLA kernels.
         """
-        from mrcnn.engine.training import make_optimizer, with_loss_scaling
+        from mrcnn.solver.optimizer import make_optimizer, with_loss_scaling
 
         kwargs.setdefault("jit_compile", False)
         _warn_if_portable_gradients(self.config.ROI_ALIGN_IMPLEMENTATION)

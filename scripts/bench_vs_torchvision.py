@@ -267,8 +267,8 @@ def train(args: argparse.Namespace) -> None:
     from mrcnn.checkpoint.convert import convert_state_dict
     from mrcnn.configs import TorchvisionCOCO
     from mrcnn.data.loader import minimize_masks
-    from mrcnn.engine.training import TorchSGD
     from mrcnn.model import MaskRCNN
+    from mrcnn.solver.optimizer import TorchSGD
 
     lr, momentum, decay = 0.0025, 0.9, 1e-4
     torch.manual_seed(0)

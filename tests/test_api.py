@@ -15,7 +15,8 @@ import pytest
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 _ENTRY = re.compile(r"^- `(mrcnn(?:\.\w+)*)` — \S")
-PACKAGES = ("mrcnn", "mrcnn.data", "mrcnn.ops", "mrcnn.layers", "mrcnn.engine", "mrcnn.checkpoint", "mrcnn.export")
+PACKAGES = ("mrcnn", "mrcnn.data", "mrcnn.ops", "mrcnn.layers", "mrcnn.engine", "mrcnn.checkpoint", "mrcnn.export",
+            "mrcnn.solver")
 
 
 def documented() -> list[str]:

@@ -232,7 +232,7 @@ def test_download_checks_hash(tmp_path, monkeypatch):
 
 # ----- COCO sample ----------------------------------------------------------------------------------
 def test_coco_config_is_the_1x_schedule():
-    from mrcnn.engine.training import make_schedule
+    from mrcnn.solver.optimizer import make_schedule
 
     c = CocoConfig()
     assert c.BATCH_SIZE == 16 and c.LEARNING_RATE == 0.02 and c.effective_lr() == pytest.approx(0.02)

@@ -7,7 +7,7 @@
     convert_detectron2("model_final_f10217.pkl", "d2.weights.h5")
 
 or ``mrcnn convert-weights --from torchvision|detectron2 CHECKPOINT --out FILE.weights.h5``
-(:func:`main_convert`). The result loads into ``MaskRCNN(config)`` for the matching
+(its arguments are parsed in :mod:`mrcnn.cli`). The result loads into ``MaskRCNN(config)`` for the matching
 preset (:class:`mrcnn.configs.TorchvisionCOCO`, :class:`mrcnn.configs.Detectron2COCO`).
 
 Reading needs no PyTorch and is done by :mod:`mrcnn.checkpoint.foreign` (shared with the
@@ -45,12 +45,9 @@ preset sets ``INPUT_CHANNEL_ORDER="BGR"`` and ``STRIDE_IN_1X1=True``.
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import os
-import pickle
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -73,7 +70,7 @@ from mrcnn.config import Config
 __all__ = [
     "IGNORED", "SOURCES", "ConversionError", "background_last_to_first", "conv_kernel", "conv_transpose_kernel",
     "convert", "convert_detectron2", "convert_state_dict", "convert_torchvision", "dense_kernel",
-    "flatten_chw_to_hwc", "main_convert", "read_checkpoint", "xy_to_yx_deltas",
+    "flatten_chw_to_hwc", "read_checkpoint", "xy_to_yx_deltas",
 ]
 
 # Source tensors that have no Keras counterpart and are skipped on purpose.
@@ -464,51 +461,3 @@ def convert_detectron2(path, out_weights_path, config: Config | None = None) -> 
     """Detectron2 R50-FPN Mask R-CNN (``model_final_*.pkl`` or a training ``.pth``) ->
     Keras ``.weights.h5``; ``config`` defaults to :class:`mrcnn.configs.Detectron2COCO`."""
     return convert(path, out_weights_path, "detectron2", config)
-
-
-# ----- command line ----------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``convert-weights`` arguments (shared by :func:`main_convert` and ``mrcnn.cli``)."""
-    parser.add_argument("--from", dest="source", required=True, choices=SOURCES,
-                        help="checkpoint format")
-    parser.add_argument("checkpoint", help="torchvision .pth or Detectron2 .pkl/.pth file")
-    parser.add_argument("--out", required=True, help="output Keras weights, FILE.weights.h5")
-    parser.add_argument("--config", default=None,
-                        help="module:Class or config.json (default: mrcnn.configs.TorchvisionCOCO / "
-                             "Detectron2COCO)")
-    return parser
-
-
-def run_convert(args: argparse.Namespace) -> int:
-    """Run a parsed ``convert-weights`` command; returns the exit status."""
-    config = None
-    if args.config:
-        from mrcnn.config import load_config
-
-        try:
-            config = load_config(args.config)
-        except (ValueError, FileNotFoundError) as exc:
-            print(f"mrcnn convert-weights: error: {exc}", file=sys.stderr)
-            return 2
-    try:
-        report = convert(args.checkpoint, args.out, args.source, config)
-    except (ConversionError, FileNotFoundError, ValueError, pickle.UnpicklingError) as exc:
-        print(f"mrcnn convert-weights: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"converted {len(report['keys'])} tensors ({report['assigned']} Keras weights, "
-          f"{len(report['ignored'])} ignored) for {report['config']} -> {report['out']}")
-    return 0
-
-
-def main_convert(argv: list[str] | None = None) -> int:
-    """``mrcnn convert-weights --from torchvision|detectron2 CHECKPOINT --out FILE.weights.h5
-    [--config module:Class]``."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    parser = add_arguments(argparse.ArgumentParser(
-        prog="mrcnn convert-weights",
-        description="Convert a torchvision or Detectron2 Mask R-CNN checkpoint to Keras weights"))
-    return run_convert(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main_convert())

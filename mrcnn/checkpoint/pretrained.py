@@ -146,18 +146,11 @@ def config_for_start(config: Config, spec: str | None, weights_loaded: bool = Fa
 
 
 def freeze_backbone(model, stages: int) -> None:
-    """Make the stem (stage 1) and residual stages 2..``stages`` non-trainable, as
-    ``ResNet(freeze_stages=stages)`` does at construction. Call before ``compile()``."""
+    """``ResNet.freeze(stages)`` on ``model``'s backbone (the freezing lives in the ResNet).
+    Call before ``compile()``."""
     from mrcnn.checkpoint.convert import component
 
-    backbone = component(model, "backbone")
-    if stages >= 1:
-        backbone.stem.trainable = False
-    for i, blocks in enumerate(backbone.stages):
-        if stages >= i + 2:
-            for block in blocks:
-                block.trainable = False
-    backbone.freeze_stages = stages
+    component(model, "backbone").freeze(stages)
 
 
 # ----- this project's .weights.h5 ----------------------------------------------------------------

@@ -56,6 +56,7 @@ otherwise (throughput).
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -76,6 +77,27 @@ def _mini_shape(config: Config) -> tuple[int, int] | None:
     return int(config.MINI_MASK_SHAPE[0]), int(config.MINI_MASK_SHAPE[1])
 
 
+def _run_position(run_dir: str | os.PathLike, training: bool, seed: int | None, batch_size: int,
+                  start_element: int) -> int:
+    """``start_element`` of a training stream resuming the run in ``run_dir`` (see build_dataset)."""
+    # The run folder is the hand-over between the input and the callbacks of a plain fit: its
+    # newest intact step backup (OUT/backup/step_*.json, mrcnn.checkpoint.backups) is the one
+    # StepBackup restores, and its step is where this stream starts.
+    from mrcnn.fileio import read_commits
+
+    if not training or seed is None or start_element:
+        raise ValueError("build_dataset(run_dir=...) is for a training stream with a fixed seed and no "
+                         "start_element: pass training=True, seed=<int> (the same on every start)")
+    states = read_commits(os.path.join(os.fspath(run_dir), "backup"), "step_")
+    if not states:
+        return 0
+    state = max(states, key=lambda s: int(s["step"]))
+    if int(state.get("batch_size", batch_size)) != batch_size:
+        raise ValueError(f"{run_dir}: the run was trained with batch size {state['batch_size']}, this "
+                         f"pipeline has {batch_size}; use the same to resume it, or another run folder")
+    return int(state["step"]) * batch_size
+
+
 def build_dataset(
     dataset: Any,
     config: Config,
@@ -88,6 +110,7 @@ def build_dataset(
     start_element: int = 0,
     augment: augment_lib.AugmentFn | str | None = None,
     check: bool | str = False,
+    run_dir: str | os.PathLike | None = None,
 ) -> tf.data.Dataset:
     """Build the batched input pipeline over ``dataset``.
 
@@ -116,6 +139,13 @@ def build_dataset(
             True / "sample" checks a random 200 of them, "all" every one;
             bad samples raise :class:`mrcnn.data.check.DatasetCheckError` listing
             them by image id.
+        run_dir: the folder of a training run whose callbacks come from
+            :func:`mrcnn.engine.default_callbacks` (training only, with ``seed``):
+            the stream starts where the run's newest backup left it
+            (``start_element`` = its global step x batch size), the same backup
+            the callbacks restore, so a plain ``fit`` run again after any
+            interruption sees the batches the uninterrupted run would have seen.
+            A fresh folder starts at element 0.
 
     Returns:
         A ``tf.data.Dataset`` of dicts as described in the module docstring.
@@ -139,6 +169,8 @@ def build_dataset(
         raise ValueError(
             f"{ids.size} images < batch_size={batch_size} with drop_remainder: the dataset would be empty"
         )
+    if run_dir is not None:
+        start_element = _run_position(run_dir, training, seed, batch_size, start_element)
     deterministic = seed is not None or not training
     rng_seed = int(seed) if seed is not None else random.SystemRandom().randrange(2**31 - 1)
 

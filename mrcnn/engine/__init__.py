@@ -5,7 +5,8 @@ Imports run one way: ``engine`` uses ``model``, ``data``, ``checkpoint`` and bel
 below imports ``engine`` (docs/architecture.md).
 """
 
+from mrcnn.engine.hooks import build_callbacks, default_callbacks
 from mrcnn.engine.runner import TrainResult, run_training
-from mrcnn.engine.training import default_callbacks, make_optimizer
+from mrcnn.engine.training import make_optimizer
 
-__all__ = ["TrainResult", "default_callbacks", "make_optimizer", "run_training"]
+__all__ = ["TrainResult", "build_callbacks", "default_callbacks", "make_optimizer", "run_training"]

@@ -1,136 +1,23 @@
-"""Keras callbacks for training Mask R-CNN."""
+"""Keras callbacks for training Mask R-CNN: the run lock, step backups and the step-exact
+resume, start checks, the non-finite guard, epoch checkpoints, stops (time budget,
+signals), data health and history. Evaluation during ``fit`` and the TensorBoard writer
+are :mod:`mrcnn.engine.evaluation` (importable from here too)."""
 
 from __future__ import annotations
 
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import keras
 
-from mrcnn.evaluate import evaluate_dataset, format_metrics
-
-
-class CocoEvaluationCallback(keras.callbacks.Callback):
-    """COCO box/mask AP on a validation dataset at the end of every N-th epoch.
-
-    Calls ``evaluate_dataset(self.model.detect, dataset, ...)`` and adds the 12
-    COCO metrics per IoU type to the epoch's logs as ``val_bbox_AP``,
-    ``val_segm_AP50``, ... (``{prefix}{iou_type}_{metric}``), so that ``History``
-    and callbacks listed AFTER this one (``ModelCheckpoint(monitor="val_segm_AP",
-    mode="max")``, ``EarlyStopping``) see them. On epochs that are skipped the
-    keys are absent.
-
-    Args:
-        dataset: a prepared Dataset with ground-truth masks.
-        every_n_epochs: evaluate when ``(epoch + 1) % every_n_epochs == 0``.
-        image_ids: internal image ids to evaluate (default: all; a subset keeps
-            the epoch-end pause short).
-        log_dir: if given, the metrics are also written as TensorBoard scalars
-            (same names, step = epoch index) to this folder.
-        batch_size: images per ``detect`` call; default ``model.config.BATCH_SIZE``
-            when the model has a config, else 1.
-        iou_types: any of "bbox", "segm", "keypoints"; None (default) picks what the
-            model produces (see :func:`mrcnn.evaluate.evaluate_dataset`).
-        prefix: prefix of the log keys.
-        progress: show a progress bar while detecting.
-        print_table: print :func:`format_metrics` after each evaluation.
-
-    ``last_metrics`` holds the full result (per-class table included) of the
-    latest evaluation. A dataset with its own COCO annotation file (e.g.
-    :class:`mrcnn.data.coco.CocoDataset`) is scored against that file
-    (``evaluate_dataset(..., ground_truth="auto")``).
-    """
-
-    def __init__(
-        self,
-        dataset: Any,
-        every_n_epochs: int = 1,
-        image_ids: Sequence[int] | None = None,
-        log_dir: str | os.PathLike | None = None,
-        batch_size: int | None = None,
-        iou_types: Sequence[str] | None = None,
-        prefix: str = "val_",
-        progress: bool = False,
-        print_table: bool = False,
-    ) -> None:
-        super().__init__()
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs={every_n_epochs} must be >= 1")
-        self.dataset = dataset
-        self.every_n_epochs = int(every_n_epochs)
-        self.image_ids = None if image_ids is None else [int(i) for i in image_ids]
-        self.log_dir = None if log_dir is None else os.fspath(log_dir)
-        self.batch_size = batch_size
-        self.iou_types = None if iou_types is None else tuple(iou_types)
-        self.prefix = prefix
-        self.progress = progress
-        self.print_table = print_table
-        self.last_metrics: dict[str, Any] | None = None
-        self._writer = None
-
-    def _batch_size(self) -> int:
-        if self.batch_size is not None:
-            return int(self.batch_size)
-        config = getattr(self.model, "config", None)
-        return int(getattr(config, "BATCH_SIZE", 1) or 1)
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if (epoch + 1) % self.every_n_epochs:
-            return
-        detect = getattr(self.model, "detect", None)
-        if not callable(detect):
-            raise TypeError(
-                f"CocoEvaluationCallback needs a model with a detect() method; got {type(self.model).__name__}"
-            )
-        metrics = evaluate_dataset(
-            detect,
-            self.dataset,
-            image_ids=self.image_ids,
-            batch_size=self._batch_size(),
-            progress=self.progress,
-            iou_types=self.iou_types,
-        )
-        self.last_metrics = metrics
-        scalars = {
-            f"{self.prefix}{iou_type}_{name}": value
-            for iou_type, values in metrics.items()
-            if iou_type != "per_class"
-            for name, value in values.items()
-        }
-        if logs is not None:
-            # Keras hands the same dict to every later callback and to History.
-            logs.update(scalars)
-        if self.print_table:
-            print(f"\nEpoch {epoch + 1}: COCO evaluation\n{format_metrics(metrics)}")
-        if self.log_dir is not None:
-            self._write_scalars(scalars, epoch)
-
-    def _write_scalars(self, scalars: dict[str, float], step: int) -> None:
-        import tensorflow as tf
-        from tensorflow.core.framework import summary_pb2
-
-        if self._writer is None:
-            self._writer = tf.summary.create_file_writer(self.log_dir)
-        # tf.summary.scalar lives in the tensorboard package, which TensorFlow no
-        # longer installs; the record it writes is this one (a float tensor tagged
-        # for the "scalars" plugin), which TensorBoard reads the same way.
-        metadata = summary_pb2.SummaryMetadata()
-        metadata.plugin_data.plugin_name = "scalars"
-        with self._writer.as_default():
-            for name, value in scalars.items():
-                if not math.isnan(value):  # undefined metrics (no GT of that size) are not plotted
-                    tf.summary.write(
-                        tag=name, tensor=tf.constant(value, tf.float32), step=step, metadata=metadata
-                    )
-        self._writer.flush()
-
-    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+# Saved and listed by mrcnn.checkpoint.backups; importable from here as before.
+from mrcnn.checkpoint.backups import BACKUP_KEEP, list_backups, restore_backup
+from mrcnn.engine.evaluation import CocoEvaluationCallback, SummaryWriter  # noqa: F401 (documented here)
+from mrcnn.solver.optimizer import FIXED_SCALE_GROWTH_STEPS, is_nonfinite_guard  # noqa: F401 (documented here)
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -161,6 +48,10 @@ class TimeBudget(keras.callbacks.Callback):
         if self._start is not None:
             self._start += float(seconds)
 
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.stopped_early:  # StepBackup's end of a resumed epoch clears stop_training
+            self.model.stop_training = True
+
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self._start is not None and time.monotonic() - self._start >= self.seconds:
             if not self.stopped_early and self.verbose:
@@ -169,147 +60,150 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-# ----- reliability: step backups, non-finite guard, checkpoints, data health ----------
+# ----- reliability: run lock, step backups, non-finite guard, checkpoints, data health ----------
+# The saving itself (file names, atomic writes, pruning, restoring) is mrcnn.checkpoint.backups;
+# these callbacks decide when.
 
-BACKUP_KEEP = 2  # the newest backup plus the previous good one
-# dynamic_growth_steps of the fixed-scale (x1) LossScaleOptimizer that only detects
-# non-finite gradients (mrcnn.engine.runner.guard_optimizer): a growth that never comes.
-FIXED_SCALE_GROWTH_STEPS = 2**31 - 1
+class HoldRunLock(keras.callbacks.Callback):
+    """Hold ``folder/run.lock`` (:class:`mrcnn.engine.runlock.RunLock`) while ``fit`` runs.
 
-
-def is_nonfinite_guard(optimizer: Any) -> bool:
-    """True for ``runner.guard_optimizer``'s fixed x1 ``LossScaleOptimizer`` (a non-finite
-    step detector), False for a real dynamic loss scaler or a bare optimizer."""
-    return (isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-            and optimizer.dynamic_growth_steps >= FIXED_SCALE_GROWTH_STEPS)
-
-
-def _write_tb_scalars(writer_holder: dict, log_dir: str, scalars: dict[str, float], step: int) -> None:
-    """Write float scalars for TensorBoard's "scalars" plugin (see CocoEvaluationCallback)."""
-    import tensorflow as tf
-    from tensorflow.core.framework import summary_pb2
-
-    if writer_holder.get("writer") is None:
-        writer_holder["writer"] = tf.summary.create_file_writer(log_dir)
-    metadata = summary_pb2.SummaryMetadata()
-    metadata.plugin_data.plugin_name = "scalars"
-    with writer_holder["writer"].as_default():
-        for name, value in scalars.items():
-            tf.summary.write(tag=name, tensor=tf.constant(float(value), tf.float32), step=step,
-                             metadata=metadata)
-    writer_holder["writer"].flush()
-
-
-def list_backups(backup_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The backups in ``backup_dir``, newest first: their state dicts (see :class:`StepBackup`).
-
-    A backup is ``step_NNNNNNNN.json`` (written last, the commit marker) plus the
-    ``.weights.h5`` it names with the byte size it records; an entry whose JSON
-    does not parse or whose weights file is missing or of another size is a torn
-    write and is skipped with a warning.
+    One run per output folder for a plain ``fit`` too: a second process fitting into
+    the same folder gets :class:`~mrcnn.engine.runlock.RunLockedError` when its ``fit``
+    starts, before any file of the run is read or written. A lock left by this very
+    process (a ``fit`` that ended by an exception, so ``on_train_end`` never ran) or by
+    a dead one is taken over.
     """
-    import json
-    import warnings
 
-    backup_dir = os.fspath(backup_dir)
-    if not os.path.isdir(backup_dir):
-        return []
-    states = []
-    for name in sorted(os.listdir(backup_dir), reverse=True):
-        if not (name.startswith("step_") and name.endswith(".json")):
-            continue
-        path = os.path.join(backup_dir, name)
-        try:
-            with open(path) as f:
-                state = json.load(f)
-            weights = os.path.join(backup_dir, state["weights"])
-            size = os.path.getsize(weights)
-            if size != int(state["weights_bytes"]):
-                raise ValueError(f"{weights} has {size} bytes, the backup recorded {state['weights_bytes']}")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            warnings.warn(f"ignoring torn backup {path}: {exc}", UserWarning, stacklevel=2)
-            continue
-        state["weights_path"] = weights
-        state["state_path"] = path
-        states.append(state)
-    states.sort(key=lambda s: int(s["step"]), reverse=True)
-    return states
+    def __init__(self, folder: str | os.PathLike) -> None:
+        super().__init__()
+        self.folder = os.fspath(folder)
+        self._lock: Any = None
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        from mrcnn.engine.runlock import RunLock
+
+        if self._lock is None:
+            self._lock = RunLock(self.folder, take_over_own=True).acquire()
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
-def restore_backup(model: keras.Model, backup_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """Load the newest loadable backup into a compiled ``model``; returns its state or None.
+class FitStartCheck(keras.callbacks.Callback):
+    """Warn when ``fit`` starts (after a backup was restored) on a plan that cannot learn:
 
-    The optimizer is built first so that its slots and ``iterations`` (the
-    schedule position) are restored too. A backup that fails to load (a torn or
-    corrupt h5) is skipped with a warning and the previous one is tried.
+    * the warm-up (``config.WARMUP_STEPS``) is longer than the steps this ``fit`` will
+      run: the learning rate never reaches ``LEARNING_RATE``;
+    * ``BACKBONE_NORM="frozen_bn"`` while every frozen batch norm still holds its
+      initial statistics (mean 0, variance 1, scale 1, shift 0): no weights were
+      loaded, and a frozen identity normalisation does not train a backbone from
+      scratch (``mrcnn train`` refuses this start; a plain ``fit`` is warned, since
+      weights may come from anywhere).
+
+    ``warnings`` lists what was said. ``initial_step``: a resumed run's global step
+    (its warm-up is counted from step 0).
     """
-    import warnings
 
-    for state in list_backups(backup_dir):
-        optimizer = getattr(model, "optimizer", None)
-        if optimizer is not None and not optimizer.built:
-            optimizer.build(model.trainable_variables)
-        try:
-            model.load_weights(state["weights_path"])
-        except Exception as exc:  # h5py raises OSError/KeyError/ValueError for torn files
-            warnings.warn(
-                f"backup {state['weights_path']} does not load ({type(exc).__name__}: {exc}); "
-                "falling back to the previous backup",
-                UserWarning,
-                stacklevel=2,
-            )
-            continue
-        return state
-    return None
+    def __init__(self, config: Any, steps_per_epoch: int = 0, epochs: int = 0, initial_step: int = 0,
+                 step_source: StepBackup | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.epochs = int(epochs)
+        self.initial_step = int(initial_step)
+        self.step_source = step_source
+        self.warnings: list[str] = []
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        params = self.params or {}
+        spe = self.steps_per_epoch or int(params.get("steps") or 0)
+        planned = (self.epochs or int(params.get("epochs") or 0)) * spe
+        warmup = int(getattr(self.config, "WARMUP_STEPS", 0) or 0)
+        step = self.step_source.step if self.step_source is not None else self.initial_step
+        if planned and warmup >= planned and step < planned:
+            self._warn(f"the learning-rate warm-up (WARMUP_STEPS={warmup}) is longer than the planned run "
+                       f"({planned} steps): the rate never reaches LEARNING_RATE="
+                       f"{getattr(self.config, 'LEARNING_RATE', '?')}; set WARMUP_STEPS below {planned} "
+                       f"(e.g. {max(1, planned // 10)}) or plan more steps")
+        if getattr(self.config, "BACKBONE_NORM", None) == "frozen_bn" and _frozen_norms_untouched(self.model):
+            self._warn("BACKBONE_NORM='frozen_bn' but no weights were loaded: every frozen batch norm is the "
+                       "identity, and a backbone does not train from scratch that way. Load a pretrained "
+                       "start (--init imagenet:FILE, mrcnn.checkpoint.pretrained.initialize) or train from "
+                       "scratch with BACKBONE_NORM='gn' (docs/weights.md)")
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        warnings.warn(message, UserWarning, stacklevel=2)
+
+
+def _frozen_norms_untouched(model: keras.Model) -> bool:
+    """True when the model has frozen batch norms and all of them hold their initial values."""
+    import numpy as np
+
+    from mrcnn.layers.norm import FrozenBatchNorm
+
+    norms = [layer for layer in model._flatten_layers() if isinstance(layer, FrozenBatchNorm) and layer.built]
+    if not norms:
+        return False
+    for layer in norms:
+        for var, value in ((layer.gamma, 1.0), (layer.beta, 0.0), (layer.moving_mean, 0.0),
+                           (layer.moving_variance, 1.0)):
+            if not np.all(var.numpy() == value):
+                return False
+    return True
 
 
 class StepBackup(keras.callbacks.Callback):
-    """Back up weights + optimizer state every ``every_steps`` steps, at each epoch end and at the end.
+    """Back up weights + optimizer state every ``every_steps`` steps, at each epoch end and at the end;
+    with ``restore=True``, resume a plain ``fit`` at the exact step of the newest backup.
 
-    Unlike ``keras.callbacks.BackupAndRestore`` it records the *global step* (so a
-    resumed run continues mid-epoch and its input pipeline can skip the batches
-    already consumed), writes atomically (:mod:`mrcnn.fileio`), keeps the
-    previous good backup, never deletes the backup when ``fit`` ends (a stopped
-    run is resumable; a completed one is marked ``"complete": True``), and does
-    not save after :class:`NonFiniteGuard` halted training.
+    Unlike ``keras.callbacks.BackupAndRestore`` it records the *global step*, writes
+    atomically, keeps the previous good backup, never deletes the backup when ``fit``
+    ends (a stopped run is resumable; a completed one is marked ``"complete": True``),
+    and does not save after :class:`NonFiniteGuard` halted training. Files and
+    state: :func:`mrcnn.checkpoint.backups.write_backup`.
 
-    Files: ``backup_dir/step_{step:08d}.weights.h5`` (model and optimizer
-    variables) and ``step_{step:08d}.json`` with ``step``, ``epoch``,
-    ``step_in_epoch``, ``steps_per_epoch``, ``planned_epochs``, ``complete``,
-    plus ``extra_state`` (e.g. the data seed). Put it FIRST in the callback list,
-    before evaluation callbacks, so the epoch's backup exists before they run.
+    **Step-exact resume.** ``fit`` starts at epoch ``step // steps_per_epoch``
+    (``initial_step``, or the restored backup's step); when that is mid-epoch, the
+    first epoch is ended at its planned boundary (``model.stop_training`` set at the
+    boundary step and cleared again at that epoch's end, after the epoch's backup),
+    so every later epoch covers the same global steps as in the uninterrupted run.
+    Its running loss means go on from the backup's ``metric_sums``. The input must
+    start at the same step: ``build_dataset(..., run_dir=out)`` reads the same
+    backup (:func:`mrcnn.checkpoint.backups.newest_backup`). A stop that a callback
+    *after* this one requests at exactly that boundary step is re-asserted by
+    :class:`SignalStop` and :class:`TimeBudget` at the epoch end; other callbacks'
+    stops at that one step are lost.
 
     Args:
         backup_dir: folder of the backups.
         every_steps: save every N global steps (0 = only at epoch ends / the end).
-        steps_per_epoch: the planned steps per epoch (to name epoch/step_in_epoch);
-            0 = fit's ``steps_per_epoch``.
-        planned_epochs: the run's planned number of epochs.
+        steps_per_epoch: the planned steps per epoch; 0 = fit's ``steps_per_epoch``.
+        planned_epochs: the run's planned number of epochs; 0 = fit's ``epochs``.
         initial_step: global step this ``fit`` starts at (a resumed run's step).
-        extra_state: JSON-serialisable dict stored in every backup.
+        extra_state: JSON-serialisable dict stored in every backup (e.g. the data seed).
         guard: a :class:`NonFiniteGuard`; no backup is written once it halted.
         restore: at ``on_train_begin``, restore the newest backup (plain ``fit``).
-        rng: a ``tf.random.Generator`` (the RoI/anchor sampling generator, see
-            :func:`mrcnn.ops.sampling.set_sampling_generator`) whose state is
-            saved as ``rng_state``.
-        metric_sums: a mid-epoch backup's ``metric_sums`` (the running loss means'
-            totals and counts since the epoch began), put back at the start of the
-            first epoch this ``fit`` runs, so that the resumed epoch logs the mean
-            over all its steps, as the uninterrupted run does.
+        rng: a ``tf.random.Generator`` whose state is saved as ``rng_state`` (and put
+            back by ``restore``).
+        metric_sums: a mid-epoch backup's ``metric_sums`` (when the caller restored it).
     """
 
     def __init__(
         self,
         backup_dir: str | os.PathLike,
         every_steps: int,
-        steps_per_epoch: int,
-        planned_epochs: int,
+        steps_per_epoch: int = 0,
+        planned_epochs: int = 0,
         initial_step: int = 0,
         extra_state: dict[str, Any] | None = None,
         guard: NonFiniteGuard | None = None,
         restore: bool = False,
         rng: Any = None,
         metric_sums: dict[str, list[float]] | None = None,
+        verbose: bool = True,
     ) -> None:
         super().__init__()
         self.restore = restore
@@ -322,123 +216,121 @@ class StepBackup(keras.callbacks.Callback):
         self.step = int(initial_step)
         self.extra_state = dict(extra_state or {})
         self.guard = guard
+        self.verbose = verbose
         self.last_saved_step: int | None = None
+        self.finished = False  # the restored run had already done the plan
+        self._cut_at: int | None = None
+        self._cut = False
+        self._set_initial_epoch = False
+
+    def epoch_complete(self) -> bool:
+        """True when the global step is on an epoch boundary (read at an epoch's end)."""
+        return self.steps_per_epoch > 0 and self.step > 0 and self.step % self.steps_per_epoch == 0
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        params = self.params or {}
         if self.steps_per_epoch <= 0:  # "the fit's": known once fit has started
-            self.steps_per_epoch = int((self.params or {}).get("steps") or 0)
+            self.steps_per_epoch = int(params.get("steps") or 0)
             if self.steps_per_epoch <= 0:
                 raise ValueError("StepBackup needs steps_per_epoch (fit was called without it)")
-        if not self.restore:
-            return
-        self.restore = False  # once: a second fit of the same run continues in memory
+        if self.planned_epochs <= 0:
+            self.planned_epochs = int(params.get("epochs") or 1)
+        if self.restore:
+            self.restore = False  # once: a second fit of the same run continues in memory
+            self._restore()
+        spe = self.steps_per_epoch
+        self._cut_at = (self.step // spe + 1) * spe if self.step % spe else None
+        if self.step:
+            # Keras' own resume hook (BackupAndRestore sets it too): fit starts at this epoch.
+            self.model._initial_epoch = self.step // spe
+            self._set_initial_epoch = True
+
+    def _restore(self) -> None:
+        from mrcnn.checkpoint.backups import list_backups, restore_backup
+
+        listed = list_backups(self.backup_dir)
         state = restore_backup(self.model, self.backup_dir)
-        if state is not None:
-            # Plain fit can only start at an epoch boundary: a mid-epoch backup redoes that epoch.
-            epoch = int(state["step"]) // self.steps_per_epoch
-            self.model._initial_epoch = epoch
-            self.step = epoch * self.steps_per_epoch
-            if self.guard is not None:
-                self.guard.step = self.step
-            print(f"[mrcnn] restored {state['weights_path']}; fit continues at epoch {epoch + 1}", flush=True)
+        if state is None:
+            return
+        self.step = int(state["step"])
+        if listed and int(listed[0]["step"]) != self.step:
+            warnings.warn(
+                f"the newest backup (step {listed[0]['step']}) does not load; resumed from step {self.step}, "
+                "but an input pipeline built with build_dataset(run_dir=...) starts at the newest one's "
+                "position: delete the broken backup and start again for step-exact data", UserWarning,
+                stacklevel=2)
+        if self.step % self.steps_per_epoch:
+            self.metric_sums = state.get("metric_sums")
+        if self.rng is not None and "rng_state" in state:
+            import tensorflow as tf
+
+            self.rng.reset(tf.constant(state["rng_state"], tf.int64))
+        if self.guard is not None:
+            self.guard.step = self.step
+        spe, total = self.steps_per_epoch, self.planned_epochs * self.steps_per_epoch
+        if self.step >= total:
+            self.finished = True
+            print(f"[mrcnn] the run in {os.path.dirname(self.backup_dir)} is finished: {self.step // spe} "
+                  f"epochs x {spe} steps done (global step {self.step}); fit has nothing to train. To "
+                  f"continue it, call fit with more epochs (e.g. epochs={self.step // spe + 1}); to start "
+                  f"again, move or delete {self.backup_dir} (mrcnn train: --restart) or use another "
+                  "folder.", flush=True)
+        elif self.verbose:
+            print(f"[mrcnn] restored {state['weights_path']}; fit continues at global step {self.step} "
+                  f"(epoch {self.step // spe + 1}, step {self.step % spe} of {spe})", flush=True)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.metric_sums:  # fit has just reset the metrics: continue the interrupted epoch's sums
-            _set_metric_sums(self.model, self.metric_sums)
+            from mrcnn.checkpoint.backups import set_metric_sums
+
+            set_metric_sums(self.model, self.metric_sums)
         self.metric_sums = None
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self.step += 1
         if self.every_steps and self.step % self.every_steps == 0:
             self.save()
+        if self.step == self._cut_at:
+            # End the resumed epoch at its planned boundary (unless a stop is already asked for).
+            self._cut = not self.model.stop_training
+            self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.save()
+        if self._cut:
+            self._cut = False
+            if not (self.guard is not None and self.guard.halted):
+                self.model.stop_training = False
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self.save()
+        if self._set_initial_epoch:
+            self.model._initial_epoch = None  # a later fit of this model starts where it is asked to
+            self._set_initial_epoch = False
 
     def save(self) -> str | None:
-        """Write the backup for the current step (no-op if already saved or halted)."""
-        from mrcnn.fileio import atomic_save_weights, write_json
+        """Write the backup for the current step (no-op if already saved, halted or finished)."""
+        from mrcnn.checkpoint.backups import write_backup
 
-        if self.last_saved_step == self.step or (self.guard is not None and self.guard.halted):
+        if (self.finished or self.last_saved_step == self.step
+                or (self.guard is not None and self.guard.halted)):
             return None
-        os.makedirs(self.backup_dir, exist_ok=True)
-        stem = f"step_{self.step:08d}"
-        weights = os.path.join(self.backup_dir, f"{stem}.weights.h5")
-        atomic_save_weights(self.model, weights)
-        complete = self.step >= self.planned_epochs * self.steps_per_epoch
-        state = {
-            "step": self.step,
-            "epoch": self.step // self.steps_per_epoch,
-            "step_in_epoch": self.step % self.steps_per_epoch,
-            "steps_per_epoch": self.steps_per_epoch,
-            "planned_epochs": self.planned_epochs,
-            "complete": bool(complete),
-            "weights": os.path.basename(weights),
-            "weights_bytes": os.path.getsize(weights),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            **self.extra_state,
-        }
+        extra = dict(self.extra_state)
         if self.rng is not None:
-            state["rng_state"] = [int(v) for v in self.rng.state.numpy().reshape(-1)]
-        sums = _metric_sums(self.model)
-        if sums:
-            state["metric_sums"] = sums
-        # The JSON is the commit marker: written after its weights file is in place.
-        state_path = os.path.join(self.backup_dir, f"{stem}.json")
-        write_json(state_path, state)
+            extra["rng_state"] = [int(v) for v in self.rng.state.numpy().reshape(-1)]
+        path = write_backup(self.model, self.backup_dir, self.step, self.steps_per_epoch,
+                            self.planned_epochs, extra)
         self.last_saved_step = self.step
-        self._prune()
-        return state_path
-
-    def _prune(self) -> None:
-        states = [n for n in sorted(os.listdir(self.backup_dir)) if n.startswith("step_") and n.endswith(".json")]
-        keep = set(states[-BACKUP_KEEP:])
-        for name in states:
-            if name in keep:
-                continue
-            stem = name[: -len(".json")]
-            # The marker goes first: a kill in between leaves an orphan weights file, not a torn backup.
-            for path in (os.path.join(self.backup_dir, name),
-                         os.path.join(self.backup_dir, f"{stem}.weights.h5")):
-                try:
-                    os.remove(path)
-                except OSError:
-                    pass
-        for name in os.listdir(self.backup_dir):
-            if name.endswith(".weights.h5") and name.startswith("step_"):
-                if f"{name[: -len('.weights.h5')]}.json" not in keep:
-                    try:
-                        os.remove(os.path.join(self.backup_dir, name))
-                    except OSError:
-                        pass
+        return path
 
 
-def _mean_metrics(model: keras.Model) -> list[keras.metrics.Metric]:
-    """The model's running means (``total``/``count`` variables), unless under a multi-worker
-    strategy: reading or writing them there would be a cross-worker collective that only
-    this worker's callback runs."""
-    import tensorflow as tf
-
-    strategy = getattr(model, "distribute_strategy", None)
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return []
-    return [m for m in model.metrics if hasattr(m, "total") and hasattr(m, "count")]
-
-
-def _metric_sums(model: keras.Model) -> dict[str, list[float]]:
-    """{metric name: [total, count]} of the running means (the loss trackers)."""
-    return {m.name: [float(m.total.numpy()), float(m.count.numpy())] for m in _mean_metrics(model)}
-
-
-def _set_metric_sums(model: keras.Model, sums: dict[str, list[float]]) -> None:
-    for m in _mean_metrics(model):
-        if m.name in sums:
-            total, count = sums[m.name]
-            m.total.assign(total)
-            m.count.assign(count)
+def _epoch_complete(callback: keras.callbacks.Callback, step_source: Any, batches: int) -> bool:
+    """Did the epoch that ends now run to its planned end? By the global step when a
+    :class:`StepBackup` is there (a resumed epoch runs fewer batches), else by batches."""
+    if step_source is not None and getattr(step_source, "steps_per_epoch", 0):
+        return batches > 0 and step_source.epoch_complete()
+    planned = (callback.params or {}).get("steps")
+    return not (planned and batches < planned)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -464,8 +356,10 @@ class NonFiniteGuard(keras.callbacks.Callback):
     steps.
     """
 
-    def __init__(self, max_consecutive: int = 0, initial_step: int = 0, verbose: bool = True) -> None:
+    def __init__(self, max_consecutive: int = 0, initial_step: int = 0, verbose: bool = True,
+                 restore_dir: str | os.PathLike | None = None) -> None:
         super().__init__()
+        self.restore_dir = None if restore_dir is None else os.fspath(restore_dir)
         self.max_consecutive = int(max_consecutive)
         self.step = int(initial_step)
         self.verbose = verbose
@@ -526,7 +420,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
                 print(f"\n[mrcnn] step {self.step}: non-finite loss ({terms}); update skipped "
                       f"({self.consecutive} in a row, {self.skipped} in all)", flush=True)
             return
-        applied = "the update was not applied" if skipped_update else "the update WAS applied in memory"
+        applied = "the update was not applied" if skipped_update else self._put_back_finite_weights()
         self.message = (
             f"non-finite loss at global step {self.step} (step {batch + 1} of the epoch): {terms}; "
             f"{applied}; training stopped, the backups and checkpoints hold the last finite weights"
@@ -538,13 +432,31 @@ class NonFiniteGuard(keras.callbacks.Callback):
         if self.verbose:
             print(f"\n[mrcnn] {self.message}", flush=True)
 
+    def _put_back_finite_weights(self) -> str:
+        """The update was applied (no guard_optimizer): put the model in memory back to the
+        newest backup, so that what the caller evaluates or saves next is not NaN."""
+        import numpy as np
+
+        from mrcnn.checkpoint.backups import restore_backup
+
+        state = restore_backup(self.model, self.restore_dir) if self.restore_dir else None
+        if state is not None:
+            return (f"the model in memory is back at the last finite weights (the backup of global step "
+                    f"{state['step']}, {state['weights_path']})")
+        finite = all(np.isfinite(v.numpy()).all() for v in self.model.trainable_variables)
+        return ("the update WAS applied in memory" + ("" if finite else
+                " and the model in memory holds non-finite weights (no backup to go back to)"))
+
 
 class EpochCheckpoint(keras.callbacks.Callback):
     """Atomic ``epoch_{NNN}.weights.h5`` at the end of each *completed* epoch; keeps the last K.
 
     An epoch cut short (a time budget, a signal or a non-finite halt) writes no
     epoch file: the resumed run writes it when the epoch really ends, so epoch
-    files always mean "the weights after that many full epochs".
+    files always mean "the weights after that many full epochs". The files hold the
+    model's variables only (no optimizer state: the resume state is in the
+    backups), so any of them is a start for another run (``--init coco:FILE``).
+    Saving: :func:`mrcnn.checkpoint.backups.save_epoch_checkpoint`.
 
     Args:
         folder: where the files go.
@@ -553,6 +465,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
             the best epoch's file is kept too (and recorded in ``best.json``).
         mode: "max" or "min" for ``monitor``.
         guard: a :class:`NonFiniteGuard`; nothing is written once it halted.
+        step_source: the run's :class:`StepBackup` (whose global step says whether an
+            epoch is complete; without it, fit's own batch count does).
     """
 
     def __init__(
@@ -562,6 +476,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         monitor: str | None = None,
         mode: str = "max",
         guard: NonFiniteGuard | None = None,
+        step_source: StepBackup | None = None,
     ) -> None:
         super().__init__()
         if mode not in ("max", "min"):
@@ -571,20 +486,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.monitor = monitor
         self.mode = mode
         self.guard = guard
+        self.step_source = step_source
         self._batches = 0
 
     @staticmethod
     def filename(epoch_number: int) -> str:
-        return f"epoch_{epoch_number:03d}.weights.h5"
+        from mrcnn.checkpoint.backups import checkpoint_filename
 
-    def _best(self) -> dict[str, Any] | None:
-        import json
-
-        try:
-            with open(os.path.join(self.folder, "best.json")) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return None
+        return checkpoint_filename(epoch_number)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._batches = 0
@@ -593,36 +502,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self._batches += 1
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        from mrcnn.fileio import atomic_save_weights, write_json
+        from mrcnn.checkpoint.backups import save_epoch_checkpoint
 
-        planned = (self.params or {}).get("steps")
-        if (self.guard is not None and self.guard.halted) or (planned and self._batches < planned):
+        if (self.guard is not None and self.guard.halted) or not _epoch_complete(self, self.step_source,
+                                                                                   self._batches):
             return
-        path = os.path.join(self.folder, self.filename(epoch + 1))
-        atomic_save_weights(self.model, path)
         value = (logs or {}).get(self.monitor) if self.monitor else None
-        if value is not None and math.isfinite(float(value)):
-            best = self._best()
-            better = best is None or (float(value) > best["value"] if self.mode == "max"
-                                      else float(value) < best["value"])
-            if better:
-                write_json(os.path.join(self.folder, "best.json"),
-                           {"epoch": epoch + 1, "file": os.path.basename(path), "monitor": self.monitor,
-                            "value": float(value), "mode": self.mode})
-        self._prune()
-
-    def _prune(self) -> None:
-        if self.keep <= 0:
-            return
-        names = sorted(n for n in os.listdir(self.folder) if n.startswith("epoch_") and n.endswith(".weights.h5"))
-        best = self._best()
-        protected = set(names[-self.keep:]) | ({best["file"]} if best else set())
-        for name in names:
-            if name not in protected:
-                try:
-                    os.remove(os.path.join(self.folder, name))
-                except OSError:
-                    pass
+        save_epoch_checkpoint(self.model, self.folder, epoch + 1, keep=self.keep, monitor=self.monitor,
+                              value=None if value is None else float(value), mode=self.mode)
 
 
 class SignalStop(keras.callbacks.Callback):
@@ -668,6 +555,10 @@ class SignalStop(keras.callbacks.Callback):
         if self.signum is not None:
             self.model.stop_training = True
 
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.signum is not None:  # StepBackup's end of a resumed epoch clears stop_training
+            self.model.stop_training = True
+
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         import signal
 
@@ -689,7 +580,7 @@ class DataHealthLogger(keras.callbacks.Callback):
         super().__init__()
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
         self.verbose = verbose
-        self._writer: dict = {}
+        self._writer = None if log_dir is None else SummaryWriter(log_dir)
         self.lines: list[str] = []
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -706,13 +597,12 @@ class DataHealthLogger(keras.callbacks.Callback):
             print(f"\n[mrcnn] {line}", flush=True)
         if logs is not None:
             logs.update({f"data_{k}": float(v) for k, v in counts.items()})
-        if self.log_dir is not None:
-            _write_tb_scalars(self._writer, self.log_dir, {f"data/{k}": v for k, v in counts.items()}, epoch)
+        if self._writer is not None:
+            self._writer.write({f"data/{k}": v for k, v in counts.items()}, epoch)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if self._writer.get("writer") is not None:
-            self._writer["writer"].close()
-            self._writer.clear()
+        if self._writer is not None:
+            self._writer.close()
 
 
 class HistoryLog(keras.callbacks.Callback):
@@ -745,8 +635,7 @@ class HistoryLog(keras.callbacks.Callback):
         record: dict[str, Any] = {"epoch": epoch + 1}
         if self.step_source is not None:
             record["step"] = self.step_source.step
-        planned = (self.params or {}).get("steps")
-        if planned and self._batches < planned:
+        if not _epoch_complete(self, self.step_source, self._batches):
             record["partial"] = True
         for k, v in (logs or {}).items():
             try:
@@ -755,3 +644,7 @@ class HistoryLog(keras.callbacks.Callback):
                 continue
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         append_line(self.path, json.dumps(record))
+
+__all__ = ["BACKUP_KEEP", "CocoEvaluationCallback", "DataHealthLogger", "EpochCheckpoint", "HistoryLog",
+           "FitStartCheck", "HoldRunLock", "NonFiniteGuard", "NonFiniteLossError", "SummaryWriter", "SignalStop", "StepBackup",
+           "TimeBudget", "is_nonfinite_guard", "list_backups", "restore_backup"]

@@ -59,8 +59,12 @@ def _read_owner(path: str) -> tuple[int, str, str]:
 class RunLock:
     """Context manager holding ``out_dir/run.lock`` for this process."""
 
-    def __init__(self, out_dir: str | os.PathLike) -> None:
+    def __init__(self, out_dir: str | os.PathLike, take_over_own: bool = False) -> None:
+        """``take_over_own``: a lock that this very process left (a ``fit`` that ended by
+        an exception before its callbacks could release it) is taken over instead of
+        refused (:class:`mrcnn.engine.callbacks.HoldRunLock`)."""
         self.out_dir = os.fspath(out_dir)
+        self.take_over_own = take_over_own
         self.path = os.path.join(self.out_dir, LOCK_NAME)
         self.held = False
 
@@ -72,20 +76,22 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 pid, owner_host, started = _read_owner(self.path)
-                if pid == os.getpid() and owner_host == host:
+                if pid == os.getpid() and owner_host == host and not self.take_over_own:
                     raise RunLockedError(f"{self.out_dir} is already locked by this process") from None
                 if owner_host and owner_host != host:
                     raise RunLockedError(
                         f"output folder {self.out_dir} is in use by pid {pid} on host {owner_host} "
                         f"(since {started}); if that run is dead, delete {self.path}"
                     ) from None
-                if pid > 0 and _pid_alive(pid):
+                if pid > 0 and pid != os.getpid() and _pid_alive(pid):
                     raise RunLockedError(
                         f"output folder {self.out_dir} is in use by another training run (pid {pid}, "
                         f"since {started}); wait for it, stop it, or choose another --out"
                     ) from None
+                owner = ("left by an earlier fit of this process" if pid == os.getpid()
+                         else f"of pid {pid} (no longer running)")
                 warnings.warn(
-                    f"taking over stale lock {self.path} of pid {pid} (no longer running)",
+                    f"taking over stale lock {self.path} {owner}",
                     UserWarning,
                     stacklevel=2,
                 )

@@ -42,24 +42,14 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from mrcnn.checkpoint.backups import list_backups, restore_backup, save_weights_file
 from mrcnn.config import Config
-from mrcnn.engine.callbacks import (
-    FIXED_SCALE_GROWTH_STEPS,
-    CocoEvaluationCallback,
-    DataHealthLogger,
-    EpochCheckpoint,
-    HistoryLog,
-    NonFiniteGuard,
-    NonFiniteLossError,
-    SignalStop,
-    StepBackup,
-    TimeBudget,
-    list_backups,
-    restore_backup,
-)
+from mrcnn.engine.callbacks import NonFiniteLossError
+from mrcnn.engine.hooks import RunCallbacks, build_callbacks
 from mrcnn.engine.runlock import RunLock
-from mrcnn.fileio import atomic_save_weights, remove_stale_temporaries, write_text
+from mrcnn.fileio import remove_stale_temporaries, write_text
 from mrcnn.ops import sampling
+from mrcnn.solver.optimizer import FIXED_SCALE_GROWTH_STEPS
 
 
 class ResumeError(RuntimeError):
@@ -120,6 +110,204 @@ def _archive_previous(out_dir: str) -> str | None:
 
 
 
+@dataclasses.dataclass
+class RunPlan:
+    """Where and how long a run trains: the folders of this process and the plan's length.
+
+    ``out_dir`` is where this process writes (a scratch folder on a non-chief worker);
+    ``backup_dir`` the chief's backup, which every worker resumes from; ``final`` where
+    this worker's final weights go; ``lock_dir`` the folder this process locks.
+    """
+
+    out_dir: str
+    backup_dir: str
+    final: str
+    lock_dir: str
+    epochs: int
+    steps_per_epoch: int
+    batch: int
+    worker: Any
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @classmethod
+    def make(cls, out_dir: str | os.PathLike, config: Config, epochs: int, steps_per_epoch: int | None,
+             strategy: tf.distribute.Strategy, max_minutes: float) -> RunPlan:
+        from mrcnn.engine import distribute
+
+        out_dir = os.fspath(out_dir)
+        worker = distribute.worker_info(strategy)
+        if worker.num_workers > 1 and max_minutes:
+            raise ValueError("max_minutes with several workers: each would stop at its own step while the others "
+                             "wait for it in the next all-reduce; plan the run with epochs instead")
+        own = out_dir if worker.is_chief else tempfile.mkdtemp(prefix=f"mrcnn-worker{worker.task_index}-")
+        return cls(own, os.path.join(out_dir, "backup"), distribute.final_weights_path(out_dir, worker),
+                   distribute.worker_dir(out_dir, worker), int(epochs),
+                   int(steps_per_epoch or config.STEPS_PER_EPOCH), int(config.BATCH_SIZE), worker)
+
+
+def _prepare_folder(plan: RunPlan, resume: str, verbose: int) -> None:
+    for folder in (plan.out_dir, os.path.join(plan.out_dir, "backup"), os.path.join(plan.out_dir, "checkpoints")):
+        remove_stale_temporaries(folder)
+    if resume == "restart":
+        moved = _archive_previous(plan.out_dir)
+        if moved and verbose:
+            print(f"[mrcnn] --restart: the previous run's files are in {moved}", flush=True)
+
+
+def config_changes(path: str | os.PathLike, config: Config) -> list[str]:
+    """``["FIELD: old -> new", ...]`` between a run's saved ``config.json`` and ``config``
+    (empty when the file is absent or unreadable)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return []
+    new = json.loads(config.to_json())
+    return [f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
+            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def _write_config(plan: RunPlan, config: Config, resuming: bool, force: bool, verbose: int) -> None:
+    """Write ``config.json``; a resumed run whose config differs from the saved one is refused
+    (ResumeError listing the changes) unless ``force``."""
+    path = os.path.join(plan.out_dir, "config.json")
+    changes = config_changes(path, config) if resuming else []
+    if changes and not force:
+        raise ResumeError(
+            f"{plan.out_dir} holds a run trained with another configuration ({path}): " + "; ".join(changes)
+            + ". Resume it with its own config, pass --force (force=True) to go on with the new one, "
+            "or --restart / another --out")
+    if changes and verbose:
+        print("[mrcnn] --force: resuming with a changed configuration: " + "; ".join(changes), flush=True)
+    write_text(path, config.to_json())
+
+
+def _resume_point(plan: RunPlan, resume: str) -> tuple[list[dict[str, Any]], TrainResult | None]:
+    """The backups to resume from, or the result of a run that has nothing left to do."""
+    # After --restart there is nothing to resume (a non-chief must not read what the chief moves).
+    backups = [] if resume == "restart" else list_backups(plan.backup_dir)
+    if resume == "require" and not backups:
+        raise ResumeError(f"nothing to resume in {plan.out_dir}: no backup in {plan.backup_dir}")
+    if not backups:
+        return backups, None
+    newest, spe = backups[0], plan.steps_per_epoch
+    if int(newest["steps_per_epoch"]) != spe or int(newest.get("batch_size", plan.batch)) != plan.batch:
+        raise ResumeError(
+            f"{plan.out_dir} holds a run with steps_per_epoch={newest['steps_per_epoch']}, "
+            f"batch size {newest.get('batch_size')}; this call has {spe} and {plan.batch}. "
+            "Use the same values to resume it, or restart (--restart) / another --out"
+        )
+    if int(newest["step"]) >= plan.total_steps:
+        step = int(newest["step"])
+        print(f"[mrcnn] the run in {plan.out_dir} already completed {step // spe} epochs "
+              f"({step} steps; weights: {plan.final}); nothing to do. Pass --restart to "
+              "train again from scratch, or more --epochs to continue it.", flush=True)
+        final = plan.final if os.path.exists(plan.final) else None
+        return backups, TrainResult("already_complete", step, step, plan.epochs, spe, final)
+    return backups, None
+
+
+def _preflight(train_dataset: Any, config: Config, check: str | None) -> None:
+    if not check:
+        return
+    from mrcnn.data.check import DatasetCheckError, check_dataset
+
+    report = check_dataset(train_dataset, config, sample=None if check == "all" else 200, seed=0)
+    print(report.table(), flush=True)
+    if report.problems and config.ON_BAD_SAMPLE == "raise":
+        raise DatasetCheckError(report)
+
+
+def _run_seed(newest: dict[str, Any] | None, seed: int | None, strategy: tf.distribute.Strategy) -> int:
+    """A resumed run's stored seed, else ``seed``, else one drawn (the chief's, on every worker)."""
+    from mrcnn.engine import distribute
+
+    if newest is not None:
+        return int(newest["seed"])
+    if seed is None:
+        seed = distribute.broadcast_seed(strategy, random.SystemRandom().randrange(2**31 - 1))
+    return int(seed)
+
+
+def _compiled_model(model: keras.Model | Callable[[], keras.Model], config: Config, plan: RunPlan,
+                    strategy: tf.distribute.Strategy) -> keras.Model:
+    from mrcnn.engine import distribute
+    from mrcnn.solver.optimizer import make_optimizer
+
+    with strategy.scope():
+        if callable(model) and not isinstance(model, keras.Model):
+            model = model()
+        model.compile(optimizer=guard_optimizer(make_optimizer(config, total_steps=plan.total_steps)))
+    distribute.enable_multi_worker_fit(model, strategy)
+    return model
+
+
+def _restore(model: keras.Model, plan: RunPlan, strategy: tf.distribute.Strategy, rng: tf.random.Generator,
+             verbose: int) -> tuple[int, dict[str, list[float]] | None]:
+    """Load the newest loadable backup: (its step, the running means' sums if mid-epoch)."""
+    with strategy.scope():  # the optimizer's slots are created while restoring
+        state = restore_backup(model, plan.backup_dir)
+    if state is None:
+        raise ResumeError(f"no backup in {plan.backup_dir} loads (all torn or corrupt); restart with --restart")
+    step, spe = int(state["step"]), plan.steps_per_epoch
+    if "rng_state" in state:
+        rng.reset(tf.constant(state["rng_state"], tf.int64))
+    if verbose:
+        print(f"[mrcnn] resuming {plan.out_dir} at global step {step} (epoch {step // spe + 1}, "
+              f"step {step % spe} of {spe}) from {state['weights_path']}", flush=True)
+    # Mid-epoch: the epoch's running loss means go on from the backup's.
+    return step, (state.get("metric_sums") if step % spe else None)
+
+
+def _fit(model: keras.Model, plan: RunPlan, inputs: Any, validation: Any, val_steps: int, start_step: int,
+         run: RunCallbacks, verbose: int) -> dict[str, list[float]]:
+    """One ``fit`` from ``start_step`` to the end of the plan (StepBackup ends a resumed
+    epoch at its boundary); a bad sample is raised as itself, after a backup."""
+    from mrcnn.data import loader
+
+    loader.last_bad_sample = None
+    try:
+        history = model.fit(inputs, validation_data=validation, validation_steps=val_steps or None,
+                            initial_epoch=start_step // plan.steps_per_epoch, epochs=plan.epochs,
+                            steps_per_epoch=plan.steps_per_epoch, callbacks=run.callbacks, verbose=verbose,
+                            shuffle=False)  # the input pipeline shuffles; Keras warns on True with tf.data
+    except tf.errors.OpError:
+        bad = loader.last_bad_sample
+        if bad is None or run.backup is None:
+            raise
+        run.backup.save()  # everything before the bad sample is kept
+        raise bad from None
+    return history.history
+
+
+def _finish(model: keras.Model, plan: RunPlan, result: TrainResult, run: RunCallbacks, verbose: int) -> TrainResult:
+    result.step = run.backup.step
+    result.skipped_nonfinite = run.guard.skipped
+    if run.guard.halted:
+        raise NonFiniteLossError(run.guard.message)
+    if result.step < plan.total_steps:
+        result.status = "stopped"
+        result.signum = run.stopper.signum if run.stopper is not None else None
+        if verbose:
+            why = "signal" if result.signum is not None else "time budget"
+            print(f"[mrcnn] stopped by the {why} at global step {result.step} of {plan.total_steps}; "
+                  f"the backup is in {plan.backup_dir}: run the same command again to resume", flush=True)
+        return result
+    save_weights_file(model, plan.final)
+    if not plan.worker.is_chief:
+        shutil.rmtree(plan.out_dir, ignore_errors=True)
+    result.final_weights = plan.final
+    if verbose:
+        print(f"[mrcnn] run complete: {plan.epochs} epochs x {plan.steps_per_epoch} steps; weights: {plan.final}",
+              flush=True)
+    return result
+
+
 def _run_training(
     model: keras.Model | Callable[[], keras.Model],
     train_dataset: Any,
@@ -141,6 +329,7 @@ def _run_training(
     write_config: bool = True,
     verbose: int = 2,
     strategy: tf.distribute.Strategy | None = None,
+    force: bool = False,
 ) -> TrainResult:
     """Train ``epochs`` x ``steps_per_epoch`` steps into ``out_dir``, resuming what is there.
 
@@ -168,7 +357,10 @@ def _run_training(
         callbacks: more Keras callbacks (after the built-in ones).
         input_fn: ``(seed, start_element) -> tf.data.Dataset`` instead of
             ``build_dataset(train_dataset, config, training=True, ...)``.
-        write_config: write ``out_dir/config.json`` (atomically, under the lock).
+        write_config: write ``out_dir/config.json`` (atomically, under the lock); a
+            resumed run whose config differs from the saved one raises ResumeError
+            naming each change (``FIELD: old -> new``) unless ``force``.
+        verbose: 0 silent, 1 Keras' per-step progress bar (with ETA), 2 one line per epoch.
         strategy: a ``tf.distribute`` strategy (default: the current one); the
             model is built and compiled in its scope, ``config`` must be scaled
             to it (:func:`mrcnn.engine.distribute.scale_config`). Multi-worker: every
@@ -184,178 +376,45 @@ def _run_training(
         RunLockedError, ResumeError, NonFiniteLossError, BadSampleError,
         mrcnn.data.check.DatasetCheckError.
     """
-    from mrcnn.data import loader
     from mrcnn.engine import distribute
-    from mrcnn.engine.training import make_optimizer
 
-    out_dir = os.fspath(out_dir)
-    strategy = strategy or tf.distribute.get_strategy()
-    worker = distribute.worker_info(strategy)
-    if worker.num_workers > 1 and max_minutes:
-        raise ValueError("max_minutes with several workers: each would stop at its own step while the others "
-                         "wait for it in the next all-reduce; plan the run with epochs instead")
-    # Every worker resumes from the chief's backup; the others write theirs to a scratch folder.
-    shared_backup_dir = os.path.join(out_dir, "backup")
-    final = distribute.final_weights_path(out_dir, worker)
-    lock_dir = distribute.worker_dir(out_dir, worker)
-    if not worker.is_chief:
-        out_dir = tempfile.mkdtemp(prefix=f"mrcnn-worker{worker.task_index}-")
     if resume not in ("auto", "require", "restart"):
         raise ValueError(f"resume must be 'auto', 'require' or 'restart', got {resume!r}")
-    spe = int(steps_per_epoch or config.STEPS_PER_EPOCH)
-    epochs = int(epochs)
-    batch = int(config.BATCH_SIZE)
-    backup_dir = os.path.join(out_dir, "backup")
-    ckpt_dir = os.path.join(out_dir, "checkpoints")
-    with RunLock(lock_dir):
-        for folder in (out_dir, backup_dir, ckpt_dir):
-            remove_stale_temporaries(folder)
-        if resume == "restart":
-            moved = _archive_previous(out_dir)
-            if moved and verbose:
-                print(f"[mrcnn] --restart: the previous run's files are in {moved}", flush=True)
+    strategy = strategy or tf.distribute.get_strategy()
+    plan = RunPlan.make(out_dir, config, epochs, steps_per_epoch, strategy, max_minutes)
+    with RunLock(plan.lock_dir):
+        _prepare_folder(plan, resume, verbose)
+        backups, done = _resume_point(plan, resume)
+        if done is not None:
+            return done
         if write_config:
-            write_text(os.path.join(out_dir, "config.json"), config.to_json())
-        # After --restart there is nothing to resume (a non-chief must not read what the chief moves).
-        backups = [] if resume == "restart" else list_backups(shared_backup_dir)
-        if resume == "require" and not backups:
-            raise ResumeError(f"nothing to resume in {out_dir}: no backup in {backup_dir}")
-        newest = backups[0] if backups else None
-        if newest is not None:
-            if int(newest["steps_per_epoch"]) != spe or int(newest.get("batch_size", batch)) != batch:
-                raise ResumeError(
-                    f"{out_dir} holds a run with steps_per_epoch={newest['steps_per_epoch']}, "
-                    f"batch size {newest.get('batch_size')}; this call has {spe} and {batch}. "
-                    "Use the same values to resume it, or restart (--restart) / another --out"
-                )
-            if int(newest["step"]) >= epochs * spe:
-                print(f"[mrcnn] the run in {out_dir} already completed {int(newest['step']) // spe} epochs "
-                      f"({newest['step']} steps; weights: {final}); nothing to do. Pass --restart to "
-                      "train again from scratch, or more --epochs to continue it.", flush=True)
-                return TrainResult("already_complete", int(newest["step"]), int(newest["step"]), epochs, spe,
-                                   final if os.path.exists(final) else None)
-
-        if check:
-            from mrcnn.data.check import DatasetCheckError, check_dataset
-
-            report = check_dataset(train_dataset, config, sample=None if check == "all" else 200,
-                                   seed=0)
-            print(report.table(), flush=True)
-            if report.problems and config.ON_BAD_SAMPLE == "raise":
-                raise DatasetCheckError(report)
-
-        if newest is not None:
-            seed = int(newest["seed"])
-        elif seed is None:
-            seed = distribute.broadcast_seed(strategy, random.SystemRandom().randrange(2**31 - 1))
-        keras.utils.set_random_seed(int(seed))
+            _write_config(plan, config, bool(backups), force, verbose)
+        _preflight(train_dataset, config, check)
+        seed = _run_seed(backups[0] if backups else None, seed, strategy)
+        keras.utils.set_random_seed(seed)
         # RoI/anchor sampling draws from a generator whose state travels in the backup (exact resume).
-        rng = tf.random.Generator.from_seed(int(seed))
+        rng = tf.random.Generator.from_seed(seed)
         sampling.set_sampling_generator(rng)
-        with strategy.scope():
-            if callable(model) and not isinstance(model, keras.Model):
-                model = model()
-            model.compile(optimizer=guard_optimizer(make_optimizer(config, total_steps=epochs * spe)))
-        distribute.enable_multi_worker_fit(model, strategy)
-
-        start_step, metric_sums = 0, None
-        if backups:
-            with strategy.scope():  # the optimizer's slots are created while restoring
-                state = restore_backup(model, shared_backup_dir)
-            if state is None:
-                raise ResumeError(
-                    f"no backup in {backup_dir} loads (all torn or corrupt); restart with --restart")
-            start_step = int(state["step"])
-            if start_step % spe:  # mid-epoch: the epoch's running loss means go on from the backup's
-                metric_sums = state.get("metric_sums")
-            if "rng_state" in state:
-                rng.reset(tf.constant(state["rng_state"], tf.int64))
-            if verbose:
-                print(f"[mrcnn] resuming {out_dir} at global step {start_step} (epoch {start_step // spe + 1}, "
-                      f"step {start_step % spe} of {spe}) from {state['weights_path']}", flush=True)
-
-        distribute.check_same_start(strategy, start_step, shared_backup_dir)
-        guard = NonFiniteGuard(config.SKIP_NONFINITE_STEPS, initial_step=start_step)
-        backup = StepBackup(backup_dir, config.BACKUP_EVERY_STEPS, spe, epochs, initial_step=start_step,
-                            extra_state={"seed": int(seed), "batch_size": batch}, guard=guard, rng=rng,
-                            metric_sums=metric_sums)
-        stopper = SignalStop()
-        budget = TimeBudget(max_minutes) if max_minutes else None
-        cbs: list[keras.callbacks.Callback] = [guard, backup, stopper]
-        if eval_every and val_dataset is not None and worker.is_chief:
-            cbs.append(CocoEvaluationCallback(val_dataset, every_n_epochs=eval_every,
-                                              log_dir=os.path.join(out_dir, "logs")))
-        cbs.append(EpochCheckpoint(ckpt_dir, keep=config.CHECKPOINTS_TO_KEEP, monitor=config.CHECKPOINT_MONITOR,
-                                   mode=config.CHECKPOINT_MODE, guard=guard))
-        cbs.append(DataHealthLogger(os.path.join(out_dir, "logs")))
-        cbs.append(HistoryLog(os.path.join(out_dir, "logs", "history.jsonl"), backup))
-        if tensorboard:
-            cbs.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), write_graph=False))
-        if budget is not None:
-            cbs.append(budget)
-        cbs.extend(callbacks)
-
-        def make_input(start: int) -> tf.data.Dataset:
-            if input_fn is not None:
-                return input_fn(int(seed), start * batch)
-            return distribute.distribute_dataset(strategy, train_dataset, config, training=True, seed=int(seed),
-                                                 start_step=start)
-
-        # A resume mid-epoch runs the rest of that epoch as its own fit call.
-        first_epoch, in_epoch = divmod(start_step, spe)
-        phases = []
-        if in_epoch:
-            phases.append((first_epoch, first_epoch + 1, spe - in_epoch, start_step))
-            first_epoch += 1
-        if first_epoch < epochs:
-            phases.append((first_epoch, epochs, spe, first_epoch * spe))
-        result = TrainResult("complete", start_step, start_step, epochs, spe)
-        loader.last_bad_sample = None
-        for initial_epoch, end_epoch, steps, global_start in phases:
-            validation = None
-            if val_steps and val_dataset is not None:
-                validation = distribute.distribute_dataset(strategy, val_dataset, config, training=False,
-                                                           repeat=True)
-            try:
-                history = model.fit(
-                    make_input(global_start),
-                    validation_data=validation,
-                    validation_steps=val_steps or None,
-                    initial_epoch=initial_epoch,
-                    epochs=end_epoch,
-                    steps_per_epoch=steps,
-                    callbacks=cbs,
-                    verbose=verbose,
-                    shuffle=False,  # the input pipeline shuffles; Keras warns on True with tf.data
-                )
-            except tf.errors.OpError as exc:
-                bad = loader.last_bad_sample
-                if bad is not None:
-                    backup.save()  # everything before the bad sample is kept
-                    raise bad from None
-                raise exc
-            result.history.append(history.history)
-            if guard.halted or stopper.signum is not None or (budget is not None and budget.stopped_early):
-                break
-        result.step = backup.step
-        result.skipped_nonfinite = guard.skipped
-        if guard.halted:
-            raise NonFiniteLossError(guard.message)
-        if result.step < epochs * spe:
-            result.status = "stopped"
-            result.signum = stopper.signum
-            if verbose:
-                why = "signal" if stopper.signum is not None else "time budget"
-                print(f"[mrcnn] stopped by the {why} at global step {result.step} of {epochs * spe}; "
-                      f"the backup is in {backup_dir}: run the same command again to resume", flush=True)
-            return result
-        atomic_save_weights(model, final)
-        if not worker.is_chief:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        result.final_weights = final
-        if verbose:
-            print(f"[mrcnn] run complete: {epochs} epochs x {spe} steps; weights: {final}", flush=True)
-        return result
+        model = _compiled_model(model, config, plan, strategy)
+        start_step, metric_sums = _restore(model, plan, strategy, rng, verbose) if backups else (0, None)
+        distribute.check_same_start(strategy, start_step, plan.backup_dir)
+        run = build_callbacks(
+            plan.out_dir, config, steps_per_epoch=plan.steps_per_epoch, epochs=plan.epochs,
+            initial_step=start_step, restore=False, lock=False, tensorboard=tensorboard, signals=True,
+            val_dataset=val_dataset if plan.worker.is_chief else None, eval_every=eval_every,
+            max_minutes=max_minutes, extra_state={"seed": seed}, rng=rng, metric_sums=metric_sums,
+            callbacks=callbacks)
+        if input_fn is not None:
+            inputs = input_fn(seed, start_step * plan.batch)
+        else:
+            inputs = distribute.distribute_dataset(strategy, train_dataset, config, training=True, seed=seed,
+                                                   start_step=start_step)
+        validation = None
+        if val_steps and val_dataset is not None:
+            validation = distribute.distribute_dataset(strategy, val_dataset, config, training=False, repeat=True)
+        result = TrainResult("complete", start_step, start_step, plan.epochs, plan.steps_per_epoch)
+        result.history.append(_fit(model, plan, inputs, validation, val_steps, start_step, run, verbose))
+        return _finish(model, plan, result, run, verbose)
 
 
 def remove_backups(out_dir: str | os.PathLike) -> None:

@@ -11,14 +11,14 @@
   that also records each evaluation against training minutes (taken from a
   :class:`~mrcnn.engine.callbacks.TimeBudget`, which does not count the evaluation)
   into a JSON file: an AP-vs-time curve.
-* :func:`json_ready` replaces NaN (undefined COCO metrics) by None for strict JSON.
+* :func:`json_ready` (from :mod:`mrcnn.fileio`) replaces NaN (undefined COCO metrics) by None
+  for strict JSON; files are written with :func:`mrcnn.fileio.write_json` (atomic, fsynced).
 """
 
 from __future__ import annotations
 
 import ast
 import json
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -27,6 +27,7 @@ from typing import Any
 
 from mrcnn.config import Config
 from mrcnn.engine.callbacks import CocoEvaluationCallback, TimeBudget
+from mrcnn.fileio import json_ready, write_json
 
 
 def parse_set(items: Sequence[str] | None) -> dict[str, Any]:
@@ -92,7 +93,7 @@ def build_model(config: Config, weights: str | os.PathLike | None = None):
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
-            raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+            raise FileNotFoundError(f"weights file not found: {str(path)!r} does not exist")
         try:
             model.load_weights(str(path))
         except Exception as exc:  # noqa: BLE001 - re-raised with context
@@ -101,26 +102,6 @@ def build_model(config: Config, weights: str | os.PathLike | None = None):
                 "configuration? Pass the run's config.json (train writes it next to the weights)."
             ) from exc
     return model
-
-
-def json_ready(value: Any) -> Any:
-    """NaN -> None, recursively through dicts and lists (strict JSON)."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    return value
-
-
-def write_json(path: str | os.PathLike, payload: Any) -> None:
-    """Write strict JSON atomically (a temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(json_ready(payload), indent=2), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class MetricCurve(CocoEvaluationCallback):
@@ -169,13 +150,12 @@ class MetricCurve(CocoEvaluationCallback):
             logs.update({f"{self.prefix}{t}_{k}": v for t, vals in metrics.items() if t != "per_class"
                          for k, v in vals.items()})
         self.points.append(json_ready(point))
-        write_json(self.path, {"metric": "COCO AP on the listed images against training minutes",
+        write_json(self.path, json_ready({"metric": "COCO AP on the listed images against training minutes",
                                "images": [self.dataset.image_info[i]["id"] for i in
                                           (self.image_ids if self.image_ids is not None else self.dataset.image_ids)],
-                               "points": self.points})
+                               "points": self.points}))
         shown = " ".join(f"{k}={v:.4f}" for k, v in point.items() if k.endswith("AP50") and v is not None)
         print(f"[curve] {minutes:.2f} min, step {self._step}: {shown} ({point['eval_seconds']} s)", flush=True)
 
 
-__all__ = ["parse_set", "make_config", "find_run_config", "build_model", "json_ready", "write_json",
-           "MetricCurve"]
+__all__ = ["parse_set", "make_config", "find_run_config", "build_model", "json_ready", "MetricCurve"]

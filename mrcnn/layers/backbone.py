@@ -132,12 +132,21 @@ class ResNet(keras.layers.Layer):
                 in_channels = planes * block_cls.expansion
             self.stages.append(blocks)
             self.stage_channels.append(in_channels)
+        # None: decided by the start (mrcnn.checkpoint.pretrained, which calls freeze()), 0 until then.
+        self._set_trainable(freeze_stages or 0)
+
+    def freeze(self, stages: int) -> None:
+        """Make the stem (stage 1) and residual stages 2..``stages`` non-trainable (as the
+        ``freeze_stages`` argument does at construction); call before ``compile()``."""
+        self.freeze_stages = int(stages)
+        self._set_trainable(self.freeze_stages)
+
+    def _set_trainable(self, stages: int) -> None:
         # Stage 1 is the stem, 2..5 the residual stages (C2..C5), as Detectron2 counts.
-        freeze_stages = freeze_stages or 0  # None: decided by the start (mrcnn.checkpoint.pretrained), 0 until then
-        if freeze_stages >= 1:
+        if stages >= 1:
             self.stem.trainable = False
         for i, blocks in enumerate(self.stages):
-            if freeze_stages >= i + 2:
+            if stages >= i + 2:
                 for block in blocks:
                     block.trainable = False
 

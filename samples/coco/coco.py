@@ -11,7 +11,7 @@
 IMAGES_PER_GPU`` = 8 x 2), torch-semantics SGD at lr 0.02 per 16 images with
 momentum 0.9 and L2 weight decay 1e-4 (not on norm parameters), linear warm-up
 over 1000 steps from lr x 0.001, 90k steps (``TOTAL_STEPS``) with lr x 0.1 at 2/3
-and 8/9 of them (60k and 80k, :func:`mrcnn.engine.training.auto_lr_steps`), short side
+and 8/9 of them (60k and 80k, :func:`mrcnn.solver.optimizer.auto_lr_steps`), short side
 drawn from 640..800 (Detectron2's ``MIN_SIZE_TRAIN``; 800 at inference), long
 side <= 1333, padded to a multiple of 32, frozen batch norm and the stem + C2
 frozen (``FREEZE_BACKBONE_STAGES=2``, torchvision's ``trainable_backbone_layers=3``),
@@ -40,7 +40,8 @@ if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mrcnn.config import Config  # noqa: E402
-from mrcnn.engine.runs import find_run_config, make_config, parse_set, write_json  # noqa: E402
+from mrcnn.engine.runs import find_run_config, make_config, parse_set  # noqa: E402
+from mrcnn.fileio import json_ready, write_json  # noqa: E402
 
 PAPER_BATCH_SIZE = 16
 
@@ -109,6 +110,7 @@ def _strategy(gpu_count: int):
 
 def cmd_train(args: argparse.Namespace) -> str:
 
+    from mrcnn.checkpoint.backups import save_weights_file
     from mrcnn.checkpoint.imagenet import (
         ImageNetWeightsUnavailable,
         download_imagenet_weights,
@@ -116,8 +118,8 @@ def cmd_train(args: argparse.Namespace) -> str:
     )
     from mrcnn.data.coco import CocoDataset
     from mrcnn.data.pipeline import build_dataset
-    from mrcnn.engine.callbacks import TimeBudget
-    from mrcnn.engine.training import default_callbacks, make_optimizer
+    from mrcnn.engine import default_callbacks, make_optimizer
+    from mrcnn.fileio import write_text
     from mrcnn.model import MaskRCNN
 
     config = make_config(CocoConfig, args.set, args.config)
@@ -133,7 +135,7 @@ def cmd_train(args: argparse.Namespace) -> str:
             raise SystemExit(f"coco.py train: {exc}") from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(config.to_json(), encoding="utf-8")
+    write_text(out / "config.json", config.to_json())
 
     dataset = CocoDataset(args.annotations, args.images)
     epochs = args.epochs or math.ceil(config.TOTAL_STEPS / config.STEPS_PER_EPOCH)
@@ -147,21 +149,17 @@ def cmd_train(args: argparse.Namespace) -> str:
             report = load_imagenet_backbone(model, weights_file)
             print(f"ImageNet backbone: {report['loaded']} arrays from {weights_file}")
         model.compile(optimizer=make_optimizer(config, epochs=epochs))
-    data = build_dataset(dataset, config, training=True, seed=args.seed)
-    callbacks = default_callbacks(str(out))
-    if args.max_minutes is not None:
-        callbacks.append(TimeBudget(args.max_minutes))
+    # The run folder hands the resume position to the input: the same command resumes at the step.
+    data = build_dataset(dataset, config, training=True, seed=args.seed, run_dir=out)
+    callbacks = default_callbacks(out, config=config, epochs=epochs, max_minutes=args.max_minutes or 0.0)
     model.fit(data, epochs=epochs, steps_per_epoch=config.STEPS_PER_EPOCH, callbacks=callbacks, verbose=2)
     final = out / "final.weights.h5"
-    from mrcnn.fileio import atomic_save_weights
-
-    atomic_save_weights(model, str(final))  # never a torn file
+    save_weights_file(model, final)  # atomic; model variables only (the resume state is in backup/)
     return str(final)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from mrcnn.data.coco import CocoDataset
-    from mrcnn.engine.runs import json_ready
     from mrcnn.evaluate import evaluate_dataset, format_metrics
     from mrcnn.model import MaskRCNN
 
@@ -175,7 +173,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     print(format_metrics(metrics))
     result = {t: metrics[t] for t in ("bbox", "segm")}
     if args.json_out:
-        write_json(args.json_out, result)
+        write_json(args.json_out, json_ready(result))
     return json_ready(result)
 
 

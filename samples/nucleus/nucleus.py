@@ -49,7 +49,8 @@ if __package__ in (None, ""):  # run as a script: make `mrcnn` importable
 
 from mrcnn.config import Config  # noqa: E402
 from mrcnn.data.dataset import Dataset, read_rgb_file  # noqa: E402
-from mrcnn.engine.runs import build_model, find_run_config, make_config, parse_set, write_json  # noqa: E402
+from mrcnn.engine.runs import build_model, find_run_config, make_config, parse_set  # noqa: E402
+from mrcnn.fileio import json_ready, write_json  # noqa: E402
 
 SOURCE = "nucleus"
 CLASS_NAMES: tuple[str, ...] = ("BG", "nucleus")
@@ -274,16 +275,17 @@ def config_for_weights(args: argparse.Namespace) -> NucleusConfig:
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     import keras
 
+    from mrcnn.checkpoint.backups import save_weights_file
     from mrcnn.data.pipeline import build_dataset
+    from mrcnn.engine import default_callbacks, make_optimizer
     from mrcnn.engine.callbacks import TimeBudget
     from mrcnn.engine.runs import MetricCurve
-    from mrcnn.engine.training import default_callbacks, make_optimizer
-    from mrcnn.fileio import atomic_save_weights
+    from mrcnn.fileio import write_text
 
     config = make_config(NucleusConfig, args.set, args.config)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(config.to_json(), encoding="utf-8")
+    write_text(out / "config.json", config.to_json())
     train_ds = NucleusDataset().load_nucleus(args.dataset, "train")
     val_ds = NucleusDataset().load_nucleus(args.dataset, "val")
     if len(train_ds) == 0:
@@ -296,7 +298,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     # With a time budget the run's length in steps is unknown: no automatic decay steps.
     model.compile(optimizer=make_optimizer(config, epochs=args.epochs))
     budget = TimeBudget(args.max_minutes if args.max_minutes is not None else float("inf"))
-    callbacks = [*default_callbacks(str(out)), budget]
+    callbacks = [budget]  # after default_callbacks' own (see mrcnn.engine.hooks)
     n_val = min(args.val_images, len(val_ds))
     curve = None
     if n_val > 0:
@@ -307,15 +309,16 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
                             max_detections=config.DETECTION_MAX_INSTANCES)
         callbacks.append(curve)
     epochs = args.epochs if args.epochs is not None else (10**6 if args.max_minutes else 20)
-    model.fit(build_dataset(train_ds, config, training=True, seed=args.seed), epochs=epochs,
-              steps_per_epoch=config.STEPS_PER_EPOCH, callbacks=callbacks, verbose=2)
-    atomic_save_weights(model, str(out / "final.weights.h5"))  # never a torn file
+    # The run folder hands the resume position to the input: the same command resumes at the step.
+    model.fit(build_dataset(train_ds, config, training=True, seed=args.seed, run_dir=out), epochs=epochs,
+              steps_per_epoch=config.STEPS_PER_EPOCH, verbose=2,
+              callbacks=default_callbacks(out, config=config, epochs=epochs, callbacks=callbacks))
+    save_weights_file(model, out / "final.weights.h5")  # atomic; model variables only
     print(f"Saved {out / 'final.weights.h5'} after {budget.elapsed_minutes():.2f} training minutes")
     return {"final_weights": str(out / "final.weights.h5"), "curve": curve.points if curve else []}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    from mrcnn.engine.runs import json_ready
     from mrcnn.evaluate import evaluate_dataset, format_metrics
 
     config = config_for_weights(args)
@@ -329,7 +332,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     print(format_metrics(metrics, per_class=False))
     result = json_ready({"bbox": metrics["bbox"], "segm": metrics["segm"]})
     if args.json_out:
-        write_json(args.json_out, result)
+        write_json(args.json_out, json_ready(result))
         print(f"Wrote {args.json_out}")
     return result
 

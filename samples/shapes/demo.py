@@ -11,7 +11,6 @@ TensorBoard logs. Everything is generated locally: no downloads.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -32,19 +31,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import keras
 
-    from mrcnn.cli import json_ready
     from mrcnn.data.pipeline import build_dataset
     from mrcnn.data.synthetic import ShapesDataset, ShapesDemoConfig
-    from mrcnn.engine.callbacks import TimeBudget
+    from mrcnn.engine import default_callbacks
     from mrcnn.evaluate import evaluate_dataset, format_metrics
+    from mrcnn.fileio import json_ready, write_json, write_text
     from mrcnn.model import MaskRCNN
     from mrcnn.visualize import draw_grid, draw_instances, save_image
 
     os.makedirs(args.out, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
     config = ShapesDemoConfig()
-    with open(os.path.join(args.out, "config.json"), "w") as f:
-        f.write(config.to_json())
+    write_text(os.path.join(args.out, "config.json"), config.to_json())
 
     train = ShapesDataset()
     train.load_shapes(args.train_images, seed=args.seed + 1)
@@ -53,17 +51,18 @@ def main(argv: list[str] | None = None) -> int:
 
     model = MaskRCNN(config)
     model.compile()
-    train_ds = build_dataset(train, config, training=True, seed=args.seed)
+    # The run folder hands the resume position to the input (a second start resumes at the step).
+    train_ds = build_dataset(train, config, training=True, seed=args.seed, run_dir=args.out)
     print(f"[demo] training {config.BACKBONE} Mask R-CNN on {len(train)} synthetic images "
           f"for {args.minutes:g} min (batch {config.BATCH_SIZE}, {config.IMAGE_SHAPE[0]} px)", flush=True)
-    budget = TimeBudget(args.minutes)
     epochs = 10_000  # the time budget ends training
     start = time.time()
     model.fit(
         train_ds,
         epochs=epochs,
         steps_per_epoch=config.STEPS_PER_EPOCH,
-        callbacks=[budget, keras.callbacks.TensorBoard(os.path.join(args.out, "logs"), write_graph=False)],
+        callbacks=default_callbacks(args.out, config=config, checkpoint_every_epoch=False,
+                                    max_minutes=args.minutes),
         verbose=2,
         shuffle=False,  # build_dataset shuffles; Keras warns about shuffle=True with tf.data
     )
@@ -79,9 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"bbox": metrics["bbox"], "segm": metrics["segm"],
                "train_minutes": round(train_minutes, 2),
                "train_steps": int(model.optimizer.iterations.numpy())}
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        # Strict JSON: undefined metrics (NaN) are written as null.
-        json.dump(json_ready(summary), f, indent=2, allow_nan=False)
+    # Strict JSON: undefined metrics (NaN) are written as null.
+    write_json(os.path.join(args.out, "metrics.json"), json_ready(summary))
 
     images = [val.load_image(i) for i in range(6)]
     panels = []

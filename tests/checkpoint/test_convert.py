@@ -28,10 +28,10 @@ from mrcnn.checkpoint.convert import (
     convert_state_dict,
     dense_kernel,
     flatten_chw_to_hwc,
-    main_convert,
     read_checkpoint,
     xy_to_yx_deltas,
 )
+from mrcnn.cli import main
 from mrcnn.config import Config
 from mrcnn.configs import (
     DETECTRON2_CATEGORY_IDS,
@@ -402,7 +402,7 @@ def test_detectron2_pkl_file_cli_and_safe_unpickling(tmp_path, small_models):
     values["ROI_ALIGN_SAMPLING_RATIO"] = 2
     cfg_path.write_text(json.dumps(values))
     out = tmp_path / "d2.weights.h5"
-    assert main_convert(["--from", "detectron2", str(path), "--out", str(out), "--config", str(cfg_path)]) == 0
+    assert main(["convert-weights", "--from", "detectron2", str(path), "--out", str(out), "--config", str(cfg_path)]) == 0
     from mrcnn.model import MaskRCNN
 
     loaded = MaskRCNN(small_config("detectron2"))
@@ -419,8 +419,8 @@ def test_detectron2_pkl_file_cli_and_safe_unpickling(tmp_path, small_models):
     assert report["out"] == str(out2) and os.path.exists(out2)
 
     # Errors are reported, not raised, by the command line.
-    assert main_convert(["--from", "torchvision", str(path), "--out", str(out), "--config", str(cfg_path)]) == 2
-    assert main_convert(["--from", "detectron2", str(path), "--out", str(tmp_path / "x.h5")]) == 2
+    assert main(["convert-weights", "--from", "torchvision", str(path), "--out", str(out), "--config", str(cfg_path)]) == 2
+    assert main(["convert-weights", "--from", "detectron2", str(path), "--out", str(tmp_path / "x.h5")]) == 2
 
     class Evil:
         def __reduce__(self):

@@ -21,7 +21,7 @@ import pytest
 from mrcnn.checkpoint import foreign as C
 from tests.pth_writer import write_pth
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Run in a fresh interpreter: read the file, print {"ok": ...} or {"error": type, "message": ...}.
 _PROBE = """

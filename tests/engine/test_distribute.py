@@ -14,7 +14,7 @@ import pytest
 
 from mrcnn.ops import custom_roi_align
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SCRIPT = textwrap.dedent(
     """

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mrcnn import Config
-from mrcnn.engine.training import (
+from mrcnn.solver.optimizer import (
     TorchSGD,
     WarmupCosineDecay,
     WarmupStepDecay,

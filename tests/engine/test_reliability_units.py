@@ -25,7 +25,7 @@ from mrcnn.engine.runlock import RunLock, RunLockedError
 from mrcnn.engine.runner import run_training
 from mrcnn.fileio import atomic_save_weights, write_json
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _env():

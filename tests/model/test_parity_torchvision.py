@@ -14,7 +14,7 @@ proposals + GT), so both sides see the same anchors and RoIs.
 
 Here the initial state dict is converted with mrcnn's converter
 (``convert_state_dict``), ``MaskRCNN.train_step`` runs twice with
-:class:`mrcnn.engine.training.TorchSGD` on the same batch, and the losses and the weights
+:class:`mrcnn.solver.optimizer.TorchSGD` on the same batch, and the losses and the weights
 after each step are compared with torchvision's (the weights through the same
 converter, so the comparison is per Keras variable).
 
@@ -123,8 +123,8 @@ def parity(reference, request):
     import tensorflow as tf
 
     from mrcnn.checkpoint.convert import convert_state_dict
-    from mrcnn.engine.training import TorchSGD
     from mrcnn.model import MaskRCNN
+    from mrcnn.solver.optimizer import TorchSGD
 
     rec, ref, recorded, live = reference
     state = {k[len("state/"):]: v for k, v in ref.items() if k.startswith("state/")}

@@ -289,7 +289,7 @@ def test_portable_gradient_is_exact_with_op_determinism():
     import sys
     import textwrap
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     script = textwrap.dedent(
         """
         import sys
