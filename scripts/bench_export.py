@@ -82,12 +82,15 @@ def timed(fns: dict, runs: int) -> dict:
     return result
 
 
-def export_runtime(model, fmt: str, folder: Path, batch: np.ndarray):
-    """Export ``model`` for ``fmt`` and load it on its runtime: (call -> outputs dict, files, export s)."""
-    from mrcnn.export.runtimes import export_model
+def export_runtime(model, fmt: str, folder: Path, batch: np.ndarray, reuse: bool = False):
+    """Export ``model`` for ``fmt`` and load it on its runtime: (call -> outputs dict, files, export s).
+    ``reuse``: load the files already in ``folder`` (an earlier run's export of the same model)."""
+    from mrcnn.export.runtimes import MODEL_FILES, export_model
 
     start = time.perf_counter()
-    files = export_model(model, folder, fmt, overwrite=True)
+    files = [str(folder / name) for name in MODEL_FILES[fmt]]
+    if not (reuse and all(Path(f).is_file() for f in files)):
+        files = export_model(model, folder, fmt, overwrite=True)
     seconds = round(time.perf_counter() - start, 1)
     if fmt == "onnx":
         import onnxruntime as ort
@@ -306,6 +309,8 @@ def main() -> None:
     parser.add_argument("--max-dim", type=int, default=1333, help="IMAGE_MAX_DIM")
     parser.add_argument("--weights", choices=("torchvision", "random"), default="torchvision",
                         help="converted random torchvision weights (default) or Keras' initialisation")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --output: load the runtime files an earlier run exported there (same model)")
     parser.add_argument("--quantize", action="store_true",
                         help="add int8 ONNX/OpenVINO exports and the accuracy run (see the docstring)")
     parser.add_argument("--accuracy-weights", help="--quantize: trained .weights.h5 (nuclei)")
@@ -393,7 +398,7 @@ def main() -> None:
         for fmt in [f for f in args.formats.split(",") if f]:
             entry = result["runtimes"][fmt] = {}
             try:
-                fn, files, seconds = export_runtime(model, fmt, base / fmt, image[None])
+                fn, files, seconds = export_runtime(model, fmt, base / fmt, image[None], reuse=args.reuse)
             except ImportError as err:
                 entry["skipped"] = str(err)
                 continue
