@@ -603,9 +603,34 @@ def _run_export(args: argparse.Namespace) -> str | list[str]:
     return path
 
 
+def _export_int8(args: argparse.Namespace) -> None:
+    """``mrcnn export --quantize int8``: calibrate on ``--calibration`` (the train subset of a
+    ``--dataset`` form) and write the quantized ONNX / OpenVINO files (mrcnn.export.quantize)."""
+    from mrcnn.export.formats import MissingRuntimeError
+    from mrcnn.export.quantize import CalibrationImages, check_quantize_args
+    from mrcnn.export.runtimes import export_model_from_files
+
+    check_quantize_args(args.format, args.quantize, args.calibration)
+    spec = argparse.Namespace(
+        dataset=args.calibration, annotations=args.annotations, images=args.images,
+        shapes_train_count=args.calibration_images, shapes_val_count=0,
+    )
+    images = CalibrationImages(load_dataset(spec, "train"), args.calibration_images)
+    print(f"calibrating on {len(images)} images of {args.calibration}")
+    try:
+        paths = export_model_from_files(args.weights, args.config, args.output, args.format,
+                                        overwrite=args.overwrite, quantize="int8", calibration=images)
+    except MissingRuntimeError as err:
+        raise CLIError(str(err)) from err
+    print(f"{args.format} int8 model written to {', '.join(paths)} (class names in labels.txt)")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     try:
-        _run_export(args)
+        if args.quantize != "none" or args.calibration is not None:
+            _export_int8(args)
+        else:
+            _run_export(args)
     except CLIError:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear line
@@ -799,6 +824,17 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"SavedModel: refuse requests with more than this many pixels (H * W), encoded "
         f"images before decoding (default {DEFAULT_MAX_PIXELS}; 0 = no limit)",
     )
+    p.add_argument("--quantize", choices=("none", "int8"), default="none",
+                   help="onnx/openvino: post-training int8 (convolutions and fully connected layers; "
+                        "RoIAlign, box decoding and NMS stay float32), calibrated on --calibration "
+                        "(default none)")
+    p.add_argument("--calibration", default=None, metavar="DATASET",
+                   help="--quantize int8: calibration images from this dataset's train subset "
+                        "(shapes | coco | module:function, as --dataset)")
+    p.add_argument("--calibration-images", type=int, default=300,
+                   help="--quantize int8: number of calibration images (a seeded sample; default 300)")
+    p.add_argument("--annotations", help="--calibration coco: COCO instances JSON")
+    p.add_argument("--images", help="--calibration coco: COCO image folder")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("convert-weights", help="torchvision/Detectron2 checkpoint -> Keras weights")
