@@ -29,6 +29,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Any
 
 TMP_PREFIX = ".tmp-"
@@ -239,3 +240,26 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
                 os.remove(os.path.join(folder, name))
                 removed.append(name)
     return removed
+
+
+def download_part(url: str, dest: str | os.PathLike, timeout: float = 30.0) -> Path:
+    """Fetch ``url`` into ``dest + ".part"`` (1 MiB blocks) and return that path.
+
+    On any failure the part file is removed and the error (``urllib.error.URLError``,
+    ``OSError``, ``TimeoutError``, ``ValueError`` for a bad URL) is re-raised for the caller
+    to explain. The caller checks the part file and moves it into place with
+    ``os.replace``, so ``dest`` is either complete or absent.
+    """
+    import urllib.request
+
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return part

@@ -193,7 +193,7 @@ def test_download_fails_clearly_without_network(tmp_path, monkeypatch):
         calls.append(url)
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(W.urllib.request, "urlopen", offline)
+    monkeypatch.setattr("urllib.request.urlopen", offline)
     dest = tmp_path / "w" / "resnet50.pth"
     with pytest.raises(W.ImageNetWeightsUnavailable) as info:
         W.download_imagenet_weights("resnet50", dest)
@@ -210,7 +210,7 @@ def test_download_returns_existing_file_without_network(tmp_path, monkeypatch):
     def no_network(*a, **k):
         raise AssertionError("must not touch the network")
 
-    monkeypatch.setattr(W.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr("urllib.request.urlopen", no_network)
     dest = tmp_path / "r.pth"
     dest.write_bytes(b"x")
     assert W.download_imagenet_weights("resnet50", dest) == dest
@@ -224,7 +224,7 @@ def test_download_checks_hash(tmp_path, monkeypatch):
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.setattr(W.urllib.request, "urlopen", lambda url, timeout=None: Response(b"not the weights"))
+    monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout=None: Response(b"not the weights"))
     with pytest.raises(ValueError, match="SHA-256"):
         W.download_imagenet_weights("resnet18", tmp_path / "r18.pth")
     assert not (tmp_path / "r18.pth").exists()
@@ -256,7 +256,7 @@ def test_coco_train_without_weights_or_network_says_what_to_do(tmp_path, monkeyp
     def offline(url, timeout=None):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(W.urllib.request, "urlopen", offline)
+    monkeypatch.setattr("urllib.request.urlopen", offline)
     monkeypatch.setattr(W, "DEFAULT_CACHE_DIR", tmp_path / "cache")
     ann = tmp_path / "a.json"
     ann.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "x"}]}))

@@ -42,7 +42,6 @@ import hashlib
 import os
 import re
 import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +56,7 @@ from mrcnn.checkpoint.foreign import (
     source_to_keras_name,
     strip_prefixes,
 )
+from mrcnn.fileio import download_part
 
 __all__ = [
     "TORCHVISION_URLS", "ImageNetWeightsUnavailable", "download_imagenet_weights", "load_backbone_state",
@@ -244,14 +244,9 @@ def download_imagenet_weights(
     dest = Path(dest) if dest is not None else DEFAULT_CACHE_DIR / url.rsplit("/", 1)[1]
     if dest.is_file():
         return dest
-    tmp = dest.with_name(dest.name + ".part")
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
+        tmp = download_part(url, dest, timeout)
     except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:
-        tmp.unlink(missing_ok=True)
         raise ImageNetWeightsUnavailable(
             f"Could not download the {arch} ImageNet weights from {url} ({exc}). This machine "
             f"probably has no internet access. On a machine that has, download that URL (e.g. "

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from mrcnn.checkpoint.foreign import CheckpointError
+from mrcnn.fileio import download_part
 
 __all__ = ["COCO_MODEL_URL", "MATTERPORT_LAYER_NAMES", "LoadReport", "TrainedWeightsUnavailable",
            "download_trained_weights", "load_weights", "weights_kind"]
@@ -192,14 +192,9 @@ def download_trained_weights(coco_model_path: str | os.PathLike, verbose: int = 
     dest = Path(coco_model_path)
     if verbose > 0:
         print(f"Downloading pretrained model to {dest} ...")
-    tmp = dest.with_name(dest.name + ".part")
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(COCO_MODEL_URL, timeout=timeout) as response, open(tmp, "wb") as out:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
+        tmp = download_part(COCO_MODEL_URL, dest, timeout)
     except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:
-        tmp.unlink(missing_ok=True)
         raise TrainedWeightsUnavailable(
             f"could not download {COCO_MODEL_URL} ({exc}). On a machine with internet access download it "
             f"(`curl -LO {COCO_MODEL_URL}`) and copy it to {dest}."

@@ -220,7 +220,7 @@ def test_get_imagenet_weights_offline_names_the_url(inference, tmp_path, monkeyp
         raise urllib.error.URLError("no route to host")
 
     monkeypatch.setattr(imagenet, "DEFAULT_CACHE_DIR", tmp_path)
-    monkeypatch.setattr(imagenet.urllib.request, "urlopen", offline)
+    monkeypatch.setattr("urllib.request.urlopen", offline)
     with pytest.raises(imagenet.ImageNetWeightsUnavailable, match=imagenet.TORCHVISION_URLS["resnet18"]):
         inference.get_imagenet_weights()
     cached = tmp_path / imagenet.TORCHVISION_URLS["resnet18"].rsplit("/", 1)[1]

@@ -134,7 +134,7 @@ def test_download_trained_weights_offline_names_the_url_and_the_place(tmp_path, 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no route to host")
 
-    monkeypatch.setattr(matterport.urllib.request, "urlopen", offline)
+    monkeypatch.setattr("urllib.request.urlopen", offline)
     dest = tmp_path / "mask_rcnn_coco.h5"
     with pytest.raises(matterport.TrainedWeightsUnavailable) as err:
         utils.download_trained_weights(str(dest))
