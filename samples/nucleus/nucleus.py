@@ -262,7 +262,6 @@ class NucleusDataset(Dataset):
         return masks, np.ones((len(instances),), np.int32)
 
 
-
 # ----- commands ------------------------------------------------------------------------------
 def config_for_weights(args: argparse.Namespace) -> NucleusConfig:
     """NucleusConfig from --config, else the run's config.json beside --weights, plus --set."""

@@ -399,10 +399,15 @@ def test_detectron2_lsj_checkpoint_converts_and_detects_as_torchvision_v2(full, 
         with open(path, "wb") as f:
             pickle.dump({"model": d2, "__author__": "test"}, f)
     else:
-        write_pth(path, {"model": d2})
-    # The default conversion recognises the LSJ model and uses Detectron2LSJ.
+        write_pth(path, d2, wrap="model")
+    # The conversion recognises the LSJ model; the checkpoint comes from torchvision's 91
+    # COCO ids, so the config is Detectron2LSJ with 91 classes (its own preset has 81).
     out = tmp_path / "d2.weights.h5"
-    assert cli_main(["convert-weights", "--from", "detectron2", str(path), "--out", str(out)]) == 0
+    cfg = tmp_path / "lsj91.py"
+    cfg.write_text("from mrcnn.configs import Detectron2LSJ\n\n\nclass LSJ91(Detectron2LSJ):\n"
+                   "    NUM_CLASSES = 91\n    CLASS_NAMES = None\n")
+    assert cli_main(["convert-weights", "--from", "detectron2", str(path), "--out", str(out),
+                     "--config", f"{cfg}:LSJ91"]) == 0
     printed = capsys.readouterr().out
     assert "Detectron2 new baselines LSJ" in printed and "resnet50" in printed
     assert f"converted {len(d2) - sum(k.endswith('num_batches_tracked') for k in d2)} tensors" in printed
