@@ -68,6 +68,22 @@ def _per_roi_masked(fcn, pooled: tf.Tensor, valid: tf.Tensor | None) -> tf.Tenso
     return tf.reshape(x, tf.concat([shape[:2], tf.shape(x)[1:]], axis=0))
 
 
+def _box_predictors(num_classes: int) -> tuple[keras.layers.Dense, keras.layers.Dense]:
+    """``cls_score`` (K+1 logits) and ``bbox_pred`` (class-specific deltas), torchvision's init."""
+    cls_score = keras.layers.Dense(
+        num_classes, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01), name="cls_score")
+    bbox_pred = keras.layers.Dense(
+        num_classes * 4, kernel_initializer=keras.initializers.RandomNormal(stddev=0.001), name="bbox_pred")
+    return cls_score, bbox_pred
+
+
+def _predict(cls_score, bbox_pred, x: tf.Tensor, shape: tf.Tensor, num_classes: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """x [B, R, F] -> (float32 logits [B, R, K+1], float32 deltas [B, R, K+1, 4])."""
+    logits = to_float32(cls_score(x))
+    deltas = tf.reshape(to_float32(bbox_pred(x)), [shape[0], shape[1], num_classes, 4])
+    return logits, deltas
+
+
 def _norm_relu_convs(channels: int, count: int, prefix: str, norm: str | None, gn_groups: int):
     """``count`` x 3x3 conv (no bias when normed) and their norms (None without):
     convs ``{prefix}1..``, norms ``{prefix}1_norm..``; the caller applies conv, norm, ReLU."""
@@ -100,12 +116,7 @@ class BoxHead(keras.layers.Layer):
         init = keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")  # torch Linear default
         self.fc6 = keras.layers.Dense(fc_size, activation="relu", kernel_initializer=init, name="fc6")
         self.fc7 = keras.layers.Dense(fc_size, activation="relu", kernel_initializer=init, name="fc7")
-        self.cls_score = keras.layers.Dense(
-            num_classes, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01), name="cls_score"
-        )
-        self.bbox_pred = keras.layers.Dense(
-            num_classes * 4, kernel_initializer=keras.initializers.RandomNormal(stddev=0.001), name="bbox_pred"
-        )
+        self.cls_score, self.bbox_pred = _box_predictors(num_classes)
 
     def build(self, input_shape):
         flat_size = input_shape[2] * input_shape[3] * input_shape[4]
@@ -118,8 +129,7 @@ class BoxHead(keras.layers.Layer):
         flat_size = pooled.shape[2] * pooled.shape[3] * pooled.shape[4]
         x = tf.reshape(pooled, [shape[0], shape[1], flat_size])
         x = self.fc7(self.fc6(x))
-        logits = to_float32(self.cls_score(x))
-        deltas = tf.reshape(to_float32(self.bbox_pred(x)), [shape[0], shape[1], self.num_classes, 4])
+        logits, deltas = _predict(self.cls_score, self.bbox_pred, x, shape, self.num_classes)
         return logits, deltas
 
     def get_config(self):
@@ -156,12 +166,7 @@ class ConvFCBoxHead(keras.layers.Layer):
         self.convs, self.norms = _norm_relu_convs(conv_channels, num_convs, "conv", norm, gn_groups)
         init = keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")  # torch Linear default
         self.fc6 = keras.layers.Dense(fc_size, activation="relu", kernel_initializer=init, name="fc6")
-        self.cls_score = keras.layers.Dense(
-            num_classes, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01), name="cls_score"
-        )
-        self.bbox_pred = keras.layers.Dense(
-            num_classes * 4, kernel_initializer=keras.initializers.RandomNormal(stddev=0.001), name="bbox_pred"
-        )
+        self.cls_score, self.bbox_pred = _box_predictors(num_classes)
 
     def build(self, input_shape):
         _, _, h, w, c = input_shape
@@ -186,8 +191,7 @@ class ConvFCBoxHead(keras.layers.Layer):
         x = _per_roi_masked(fcn, pooled, valid)
         flat_size = x.shape[2] * x.shape[3] * x.shape[4]
         x = self.fc6(tf.reshape(x, [shape[0], shape[1], flat_size]))
-        logits = to_float32(self.cls_score(x))
-        deltas = tf.reshape(to_float32(self.bbox_pred(x)), [shape[0], shape[1], self.num_classes, 4])
+        logits, deltas = _predict(self.cls_score, self.bbox_pred, x, shape, self.num_classes)
         return logits, deltas
 
     def get_config(self):
