@@ -252,9 +252,11 @@ class MaskRCNN(keras.Model):
         return {name: m.result() for name, m in self.loss_trackers.items()}
 
     def train_step(self, data):
-        if not tf.executing_eagerly():
-            # Traces of the step (per replica): under Config.JIT_COMPILE each is an XLA
-            # compile, and a second one means the batch shapes changed (a shape leak).
+        if not tf.executing_eagerly() and self.optimizer.built:
+            # Traces of the step that run (per replica); under Config.JIT_COMPILE, one XLA
+            # compile each, so a second one means the batch shapes changed (a shape leak).
+            # A trace that builds the optimizer only creates its variables: TensorFlow
+            # then traces again and runs that one.
             self.train_step_traces += 1
         inputs = data[0] if isinstance(data, tuple) else data
         with tf.GradientTape() as tape, winograd_scope(self.training_conv_algorithm):
