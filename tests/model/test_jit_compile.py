@@ -58,6 +58,7 @@ def _train(config, initial, data, steps):
     return model, logs.steps
 
 
+@pytest.mark.slow  # most of its time is XLA compiling the training step
 def test_xla_step_equals_plain_step_and_compiles_once(tiny_config):
     plain_config = tiny_config(**DETERMINISTIC)
     xla_config = tiny_config(**DETERMINISTIC, JIT_COMPILE=True)
