@@ -531,6 +531,7 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     import numpy as np
 
     from mrcnn.data.check import DatasetCheckError
+    from mrcnn.data.health import DataHealth
     from mrcnn.data.loader import BadSampleError, expand_mini_masks
     from mrcnn.data.pipeline import build_dataset
     from mrcnn.visualize import draw_instances, save_image
@@ -545,9 +546,11 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     os.makedirs(args.out, exist_ok=True)
     import tensorflow as tf
 
+    health = DataHealth()
     try:
         stream = build_dataset(dataset, config, training=training, batch_size=1, seed=args.seed,
-                               repeat=training, check="all" if args.count >= len(dataset.image_ids) else False)
+                               repeat=training, check="all" if args.count >= len(dataset.image_ids) else False,
+                               health=health)
         written = 0
         for batch in stream.take(args.count):
             sample = {k: v.numpy()[0] for k, v in batch.items()}
@@ -568,9 +571,7 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     except (DatasetCheckError, BadSampleError) as exc:
         raise CLIError(str(exc).splitlines()[0]) from None
     except tf.errors.OpError as exc:
-        from mrcnn.data import loader
-
-        bad = loader.last_bad_sample
+        bad = health.first_bad_sample
         raise CLIError(str(bad) if bad is not None else str(exc).strip().splitlines()[0]) from None
     print(f"wrote {written} {args.subset} sample(s) as the model sees them (resize"
           f"{', flip and augmentation' if training else ''}) to {args.out}")

@@ -32,6 +32,7 @@ keypoints, ``gt_keypoints`` [B, G, K, 3] (x, y, v) continuous input pixels.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import keras
 import numpy as np
@@ -46,6 +47,15 @@ from mrcnn.layers.fpn import FPN
 from mrcnn.layers.precision import dtype_policy_scope, policy_name
 from mrcnn.layers.roi_heads import RoIHeads
 from mrcnn.layers.rpn import RPN
+
+
+class _RunObject:
+    """A plain holder: what it holds is neither tracked by Keras nor by TF checkpoints."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: Any = None
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
@@ -100,7 +110,29 @@ class MaskRCNN(keras.Model):
             name: keras.metrics.Mean(name=name) for name in ("loss", *config.LOSS_NAMES)
         }
         self._predict_fn = None
+        # Run objects, set by whoever runs the model (fit, mrcnn.engine.runner); neither is
+        # a weight nor part of get_config. The generator sits in a plain holder: assigned
+        # directly, TensorFlow would track it as a checkpoint dependency of the model.
+        self._sampling = _RunObject()
+        self.data_health: Any = None
         self._build_weights()
+
+    @property
+    def sampling_generator(self) -> tf.random.Generator | None:
+        """Where the RPN's anchor and the RoI heads' proposal sampling draw from in training.
+
+        None (default): ``tf.random.uniform``. A ``tf.random.Generator``: its state
+        decides the draws, so a run that saves and restores it (the step backups of
+        :mod:`mrcnn.engine`) draws after a resume what the uninterrupted run would
+        have drawn. Ignored under a ``tf.distribute`` strategy (a generator made
+        outside it cannot be shared by replicas). Read when ``train_step`` is traced:
+        set it before ``compile``/``fit``.
+        """
+        return self._sampling.value
+
+    @sampling_generator.setter
+    def sampling_generator(self, generator: tf.random.Generator | None) -> None:
+        self._sampling.value = generator
 
     @property
     def training_conv_algorithm(self) -> str:
@@ -142,17 +174,24 @@ class MaskRCNN(keras.Model):
         optimizer = with_loss_scaling(optimizer or make_optimizer(self.config), self.config)
         super().compile(optimizer=optimizer, **kwargs)
 
-    def fit(self, *args, **kwargs):
+    def fit(self, *args, data_health: Any = None, **kwargs):
         """``keras.Model.fit``; a bad sample met by the input pipeline raises the loader's own
         :class:`~mrcnn.data.loader.BadSampleError` (image id, file, what is wrong and the fix),
-        not the TensorFlow error that wraps it with the pipeline's traceback."""
-        from mrcnn.data import loader
+        not the TensorFlow error that wraps it with the pipeline's traceback.
 
-        loader.last_bad_sample = None
+        ``data_health``: the input pipeline's :class:`~mrcnn.data.health.DataHealth`;
+        default the ``data_health`` of ``x`` (what :func:`mrcnn.data.build_dataset`
+        returns carries one). Kept as ``model.data_health`` for the callbacks
+        (:class:`~mrcnn.engine.callbacks.DataHealthLogger`).
+        """
+        x = args[0] if args else kwargs.get("x")
+        health = data_health if data_health is not None else getattr(x, "data_health", None)
+        if health is not None:
+            self.data_health = health
         try:
             return super().fit(*args, **kwargs)
         except tf.errors.OpError:
-            bad = loader.last_bad_sample
+            bad = getattr(self.data_health, "first_bad_sample", None)
             if bad is None:
                 raise
             raise bad from None
@@ -190,9 +229,12 @@ class MaskRCNN(keras.Model):
             image_sizes = tf.tile(tf.shape(images)[None, 1:3], [tf.shape(images)[0], 1])
         features = self.features(images, image_sizes, training=training)
         anchors = self.anchor_generator(images, features)
-        proposals, proposal_valid, rpn_losses = self.rpn(features, anchors, image_sizes, targets=targets)
+        generator = self.sampling_generator
+        proposals, proposal_valid, rpn_losses = self.rpn(features, anchors, image_sizes, targets=targets,
+                                                         generator=generator)
         detections, head_losses = self.roi_heads(
-            features, proposals, proposal_valid, image_sizes, targets=targets, training=training
+            features, proposals, proposal_valid, image_sizes, targets=targets, training=training,
+            generator=generator,
         )
         return detections, {**rpn_losses, **head_losses}
 

@@ -139,23 +139,16 @@ def _load_torch(model: Any, path: str, by_name: bool, exclude: list[str]) -> Loa
 
 
 def _load_keras(model: Any, path: str, by_name: bool, exclude: list[str]) -> LoadReport:
-    import h5py
+    from mrcnn.checkpoint.weights_file import WeightsFile
 
-    from mrcnn.checkpoint.pretrained import _h5_locations
-
-    locations = _h5_locations(model)
     report = LoadReport(path, "keras")
     values = []
-    with h5py.File(path, "r") as f:
-        def dataset(location):
-            node = f.get(location) if location is not None else None
-            return node if isinstance(node, h5py.Dataset) else None
-
+    with WeightsFile(model, path) as f:
         for v in model.weights:
             if _excluded(v.path, exclude):
                 report.excluded.append(v.path)
                 continue
-            d = dataset(locations.get(id(v)))
+            d = f.get(v)
             if d is None:
                 report.missing.append(v.path)
                 continue
@@ -167,8 +160,7 @@ def _load_keras(model: Any, path: str, by_name: bool, exclude: list[str]) -> Loa
                     "to keep it at its initialisation")
             values.append((v, np.asarray(d[()])))
         if not values:
-            names: list[str] = []
-            f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) and len(names) < 5 else None)
+            names = f.dataset_names()[:5]
             raise CheckpointError(
                 f"{path}: no weight of this model matches the file (matched 0 of {len(model.weights)}); "
                 f"first model weights not found: {report.missing[:5]}; first names in the file: {names}")

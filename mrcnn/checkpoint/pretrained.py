@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +51,7 @@ from mrcnn.checkpoint.foreign import (
     is_caffe2,
     read_checkpoint,
 )
+from mrcnn.checkpoint.weights_file import WeightsFile
 from mrcnn.config import Config
 
 __all__ = [
@@ -154,34 +154,6 @@ def freeze_backbone(model, stages: int) -> None:
 
 
 # ----- this project's .weights.h5 ----------------------------------------------------------------
-def _h5_locations(model) -> dict[int, str]:
-    """id(variable) -> its dataset path in a ``.weights.h5`` of ``model``, found by saving
-    the model once with every variable set to its own index (Keras' file layout is then
-    read, not re-implemented). The model's values are restored afterwards."""
-    import h5py
-
-    variables = list(model.weights)
-    saved = [np.array(v.numpy()) for v in variables]
-    try:
-        for i, v in enumerate(variables):
-            v.assign(np.full(v.shape, i, dtype=saved[i].dtype))
-        with tempfile.TemporaryDirectory(prefix="mrcnn-init-") as tmp:
-            probe = os.path.join(tmp, "probe.weights.h5")
-            model.save_weights(probe)
-            index: dict[int, str] = {}
-
-            def visit(name, obj):
-                if isinstance(obj, h5py.Dataset) and obj.size:
-                    index.setdefault(int(np.asarray(obj[()]).reshape(-1)[0]), name)
-
-            with h5py.File(probe, "r") as f:
-                f.visititems(visit)
-    finally:
-        for v, value in zip(variables, saved):
-            v.assign(value)
-    return {id(variables[i]): path for i, path in index.items() if 0 <= i < len(variables)}
-
-
 def _load_keras_h5(model, path: str, only: set[int] | None, groups: dict[str, list[Any]],
                    lacking_heads: dict[str, set[int]]) -> tuple[set[int], list[str]]:
     """Copy datasets of a ``.weights.h5`` into ``model`` by path and shape.
@@ -192,19 +164,13 @@ def _load_keras_h5(model, path: str, only: set[int] | None, groups: dict[str, li
     Returns (ids of the variables loaded, notes); CheckpointError names the first weight
     that does not fit.
     """
-    import h5py
-
-    locations = _h5_locations(model)
     variables = [v for v in model.weights if only is None or id(v) in only]
     try:
-        f = h5py.File(path, "r")
+        weights_file = WeightsFile(model, path)
     except OSError as exc:
         raise CheckpointError(f"{path}: not a readable .weights.h5 ({exc})") from exc
-    with f:
-        def source(v):
-            loc = locations.get(id(v))
-            return f[loc] if loc is not None and loc in f and isinstance(f[loc], h5py.Dataset) else None
-
+    with weights_file as f:
+        source = f.get
         skip: set[int] = set()
         notes = []
         for name, members in groups.items():
@@ -228,17 +194,15 @@ def _load_keras_h5(model, path: str, only: set[int] | None, groups: dict[str, li
                 raise CheckpointError(f"{path}: no value for Keras weight {v.path} "
                                       f"(a model with another architecture or config?)")
             if tuple(d.shape) != tuple(v.shape):
-                raise CheckpointError(f"{path}: {locations[id(v)]} has shape {tuple(d.shape)} but Keras weight "
+                raise CheckpointError(f"{path}: {f.location(v)} has shape {tuple(d.shape)} but Keras weight "
                                       f"{v.path} is {tuple(v.shape)} (the config does not match the file)")
             values.append((v, np.asarray(d[()])))
-        used = {locations[id(v)] for v, _ in values} | {locations[id(v)] for v in model.weights
-                                                        if id(v) in skip and id(v) in locations}
+        used = {f.location(v) for v, _ in values} | {f.location(v) for v in model.weights if id(v) in skip}
         if only is None:
             # Heads this model does not have (a mask model's file into a keypoint-only model) are skipped.
             absent = [h for h in ("mask_head", "keypoint_head") if h not in lacking_heads]
-            extra = []
-            f.visititems(lambda n, o: extra.append(n) if isinstance(o, h5py.Dataset) and n not in used
-                         and not any(h in n.split("/") for h in absent) else None)
+            extra = [n for n in f.dataset_names()
+                     if n not in used and not any(h in n.split("/") for h in absent)]
             if extra:
                 raise CheckpointError(f"{path}: {len(extra)} weight(s) with no place in this model, e.g. "
                                       f"{extra[:3]} (another architecture?)")

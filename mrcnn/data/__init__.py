@@ -14,6 +14,7 @@ from mrcnn.data.dataset import Dataset
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from mrcnn.data.coco import CocoDataset
+    from mrcnn.data.health import DataHealth
     from mrcnn.data.pipeline import build_dataset
     from mrcnn.data.polygons import polygons_to_mask, polygons_to_masks
     from mrcnn.data.records import RecordDataset
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
 # public name -> module that defines it (imported lazily)
 _LAZY = {
     "CocoDataset": "mrcnn.data.coco",
+    "DataHealth": "mrcnn.data.health",
     "build_dataset": "mrcnn.data.pipeline",
     "RecordDataset": "mrcnn.data.records",
     "ShapesDataset": "mrcnn.data.synthetic",
@@ -29,7 +31,7 @@ _LAZY = {
     "polygons_to_masks": "mrcnn.data.polygons",
 }
 
-__all__ = ["Dataset", "CocoDataset", "build_dataset", "RecordDataset", "ShapesDataset", "polygons_to_mask",
+__all__ = ["Dataset", "CocoDataset", "DataHealth", "build_dataset", "RecordDataset", "ShapesDataset", "polygons_to_mask",
            "polygons_to_masks"]
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from mrcnn.config import Config
+from mrcnn.data.health import DataHealth
 
 
 @dataclasses.dataclass
@@ -121,7 +122,7 @@ def check_class_count(dataset: Any, config: Config) -> None:
     )
 
 
-def _classify(dataset: Any, image_id: int, config: Config) -> tuple[str, str] | None:
+def _classify(dataset: Any, image_id: int, config: Config, health: DataHealth) -> tuple[str, str] | None:
     from mrcnn.data import loader
 
     path = loader._image_path(dataset, image_id)
@@ -146,7 +147,7 @@ def _classify(dataset: Any, image_id: int, config: Config) -> tuple[str, str] | 
         bad = sorted({int(i) for i in ids if i == 0 or abs(int(i)) >= config.NUM_CLASSES})
         return "class id", f"class ids {bad} outside 1..{config.NUM_CLASSES - 1} (NUM_CLASSES={config.NUM_CLASSES})"
     try:
-        loader.load_sample(dataset, image_id, config)
+        loader.load_sample(dataset, image_id, config, health)
     except Exception as exc:  # noqa: BLE001
         return "bad annotation", f"{type(exc).__name__}: {exc}"
     return None
@@ -174,8 +175,9 @@ def check_dataset(dataset: Any, config: Config, sample: int | None = 200, seed: 
     if sample is not None and ids.size > sample:
         chosen = np.sort(np.random.default_rng(seed).choice(ids, size=int(sample), replace=False))
     problems = []
+    health = DataHealth()  # the loader's warnings (empty masks, truncation) once per check
     for image_id in chosen.tolist():
-        found = _classify(dataset, int(image_id), config)
+        found = _classify(dataset, int(image_id), config, health)
         if found is not None:
             problems.append(SampleProblem(int(image_id), loader._image_path(dataset, int(image_id)), *found))
     return CheckReport(int(chosen.size), int(ids.size), problems)

@@ -21,13 +21,15 @@ Decisions (see each function for details)
   placeholder) keeps the image as a negative example.
 * Class ids: 0 is an error; ``-c`` marks a crowd region of class c and is kept;
   ``|id| >= NUM_CLASSES`` is an error.
-* Empty instance masks are dropped, counted in ``counters["empty_masks_dropped"]``
-  and warned about once per process.
+* Empty instance masks are dropped, counted in the pipeline's
+  :class:`~mrcnn.data.health.DataHealth` (``counters["empty_masks_dropped"]``)
+  and warned about once per pipeline.
 * More than ``MAX_GT_INSTANCES`` instances: the ``MAX_GT_INSTANCES`` largest by
   mask area are kept, in their original order (ties keep the earlier instance).
   Large instances carry most of the training signal and large crowd regions
   guard the most proposals, while the smallest instances are the ones a detector
-  learns least from. Counted in ``counters["instances_truncated"]``, warned once.
+  learns least from. Counted in ``counters["instances_truncated"]``, warned once
+  per pipeline.
 * Boxes use the pixel-edge convention (y1, x1, y2, x2) with y2 = last row + 1,
   in original image pixels.
   A dataset may supply its own boxes (``load_boxes`` or a third element of
@@ -55,25 +57,13 @@ per-instance stacks (mini masks, the record's ``masks``) are ``[N, ...]``.
 
 from __future__ import annotations
 
-import threading
 import warnings
 from typing import Any
 
 import numpy as np
 
 from mrcnn.config import Config
-
-# Counters since process start (or the last reset_counters()); read by tests and
-# handy for dataset diagnostics. Guarded by a lock: tf.data calls the loader from
-# several threads at once.
-counters: dict[str, int] = {"empty_masks_dropped": 0, "instances_truncated": 0, "bad_samples_skipped": 0}
-# Internal ids of the samples skipped under ON_BAD_SAMPLE="skip", in the order met.
-skipped_ids: list[int] = []
-_warned: set[str] = set()
-_lock = threading.Lock()
-# The first bad sample met under ON_BAD_SAMPLE="raise" (BadSampleError), so that a
-# caller of model.fit can report it without the TF traceback around it.
-last_bad_sample: BadSampleError | None = None
+from mrcnn.data.health import DataHealth
 
 
 class BadSampleError(ValueError):
@@ -89,24 +79,6 @@ class BadSampleError(ValueError):
         self.reason = reason
         where = f"image id {self.image_id}" + (f" (path {path!r})" if path else "")
         super().__init__(f"bad sample: {where}: {reason}")
-
-
-def reset_counters() -> None:
-    """Zero the counters and re-arm the once-per-process warnings (for tests)."""
-    global last_bad_sample
-    with _lock:
-        for key in counters:
-            counters[key] = 0
-        _warned.clear()
-        skipped_ids.clear()
-        _known_bad.clear()
-        last_bad_sample = None
-
-
-def counters_snapshot() -> tuple[dict[str, int], list[int]]:
-    """(a copy of ``counters``, a copy of ``skipped_ids``), read under the lock."""
-    with _lock:
-        return dict(counters), list(skipped_ids)
 
 
 def _image_path(dataset: Any, image_id: int) -> str | None:
@@ -130,76 +102,52 @@ except ImportError:  # pragma: no cover - Pillow is a dependency of scikit-image
     pass
 
 
-def load_instance(dataset: Any, image_id: int, config: Config) -> dict[str, np.ndarray]:
+def load_instance(dataset: Any, image_id: int, config: Config, health: DataHealth | None = None) -> dict[str, np.ndarray]:
     """:func:`load_sample` under ``config.ON_BAD_SAMPLE`` (what the tf.data pipeline calls).
 
     * ``"raise"`` (default): a bad sample raises :class:`BadSampleError` naming its
-      image id and path (also kept in ``last_bad_sample`` so that
-      :func:`mrcnn.engine.runner.run_training` reports it instead of a TF traceback).
+      image id and path (also kept as ``health.first_bad_sample`` so that
+      ``MaskRCNN.fit`` and :func:`mrcnn.engine.runner.run_training` report it
+      instead of a TF traceback).
     * ``"skip"``: the sample is replaced by the next good image in
       ``dataset.image_ids`` order (deterministic, so a resumed run replaces it the
-      same way), counted in ``counters["bad_samples_skipped"]`` and its id added
-      to ``skipped_ids`` (logged at each epoch end by
+      same way), counted in ``health.counters["bad_samples_skipped"]`` and its id
+      added to ``health.skipped_ids`` (logged at each epoch end by
       :class:`mrcnn.engine.callbacks.DataHealthLogger`). Each bad id is counted once
-      and then remembered, so it is not re-read every epoch.
+      and then remembered by ``health``, so it is not re-read every epoch.
+
+    ``health``: the pipeline's :class:`~mrcnn.data.health.DataHealth` (None: a
+    record of this call alone).
     """
-    global last_bad_sample
+    health = DataHealth() if health is None else health
     image_id = int(image_id)
     policy = getattr(config, "ON_BAD_SAMPLE", "raise")
     try:
-        if image_id in _known_bad:
-            raise _known_bad[image_id]
-        return load_sample(dataset, image_id, config)
+        if image_id in health.known_bad:
+            raise health.known_bad[image_id]
+        return load_sample(dataset, image_id, config, health)
     except _SAMPLE_ERRORS as exc:
         error = exc if isinstance(exc, BadSampleError) else BadSampleError(
             image_id, _image_path(dataset, image_id), f"{type(exc).__name__}: {exc}")
         if policy != "skip":
-            with _lock:
-                if last_bad_sample is None:
-                    last_bad_sample = error
+            health.record_bad(error)
             raise error from (None if exc is error else exc)
-        with _lock:
-            if image_id not in _known_bad:
-                _known_bad[image_id] = error
-                counters["bad_samples_skipped"] += 1
-                skipped_ids.append(image_id)
-                first = "bad_samples_skipped" not in _warned
-                _warned.add("bad_samples_skipped")
-            else:
-                first = False
-        if first:
+        if health.skip(image_id, error):
             warnings.warn(f"{error}; skipped (ON_BAD_SAMPLE='skip'). Further skips are listed at "
                           "each epoch end.", UserWarning, stacklevel=2)
     ids = [int(i) for i in np.asarray(dataset.image_ids)]
     start = ids.index(image_id) if image_id in ids else -1
     for k in range(1, len(ids) + 1):
         candidate = ids[(start + k) % len(ids)]
-        if candidate in _known_bad or candidate == image_id:
+        if candidate in health.known_bad or candidate == image_id:
             continue
         try:
-            return load_sample(dataset, candidate, config)
+            return load_sample(dataset, candidate, config, health)
         except _SAMPLE_ERRORS as exc:
-            err = BadSampleError(candidate, _image_path(dataset, candidate), f"{type(exc).__name__}: {exc}")
-            with _lock:
-                if candidate not in _known_bad:
-                    _known_bad[candidate] = err
-                    counters["bad_samples_skipped"] += 1
-                    skipped_ids.append(candidate)
+            health.skip(candidate, BadSampleError(candidate, _image_path(dataset, candidate),
+                                                  f"{type(exc).__name__}: {exc}"))
     raise BadSampleError(image_id, _image_path(dataset, image_id),
                          "every sample of the dataset is bad (ON_BAD_SAMPLE='skip' has nothing to use)")
-
-
-# image id -> its BadSampleError, for ON_BAD_SAMPLE="skip" (per process).
-_known_bad: dict[int, BadSampleError] = {}
-
-
-def _count_and_warn_once(key: str, amount: int, message: str) -> None:
-    with _lock:
-        counters[key] += amount
-        first = key not in _warned
-        _warned.add(key)
-    if first:
-        warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def describe_image(dataset: Any, image_id: int) -> str:
@@ -508,13 +456,16 @@ def expand_mini_masks(
     return out
 
 
-def load_sample(dataset: Any, image_id: int, config: Config) -> dict[str, np.ndarray]:
+def load_sample(dataset: Any, image_id: int, config: Config,
+                health: DataHealth | None = None) -> dict[str, np.ndarray]:
     """Load, validate and encode one image's ground truth (no bad-sample policy).
 
     Args:
         dataset: a prepared :class:`~mrcnn.data.dataset.Dataset`.
         image_id: internal image index.
         config: reads NUM_CLASSES, MAX_GT_INSTANCES, MINI_MASK_SHAPE.
+        health: counts dropped empty masks and truncated instances (None: a record
+            of this call alone, which still warns).
 
     Returns:
         dict with
@@ -534,6 +485,7 @@ def load_sample(dataset: Any, image_id: int, config: Config) -> dict[str, np.nda
     Raises:
         ValueError naming the image (id and path) for malformed image, masks or ids.
     """
+    health = DataHealth() if health is None else health
     image_id = int(image_id)
     ref = describe_image(dataset, image_id)
     image = sanitize_image(dataset.load_image(image_id), ref)
@@ -555,11 +507,11 @@ def load_sample(dataset: Any, image_id: int, config: Config) -> dict[str, np.nda
     empty = areas == 0
     if np.any(empty):
         count = int(empty.sum())
-        _count_and_warn_once(
+        health.count(
             "empty_masks_dropped",
             count,
             f"{ref}: dropped {count} empty instance mask(s) (no pixel set). Further "
-            "drops are not warned about; see mrcnn.data.loader.counters.",
+            "drops are not warned about; see the pipeline's data_health.",
         )
         keep = ~empty
         masks, class_ids, areas = masks[:, :, keep], class_ids[keep], areas[keep]
@@ -571,12 +523,12 @@ def load_sample(dataset: Any, image_id: int, config: Config) -> dict[str, np.nda
     limit = config.MAX_GT_INSTANCES
     if class_ids.shape[0] > limit:
         extra = class_ids.shape[0] - limit
-        _count_and_warn_once(
+        health.count(
             "instances_truncated",
             extra,
             f"{ref}: {class_ids.shape[0]} instances > MAX_GT_INSTANCES={limit}; kept the "
             f"{limit} largest, dropped {extra}. Further truncations are not warned about; "
-            "see mrcnn.data.loader.counters.",
+            "see the pipeline's data_health.",
         )
         # Largest first, stable so ties keep the earlier instance; then restore order.
         keep = np.sort(np.argsort(-areas, kind="stable")[:limit])

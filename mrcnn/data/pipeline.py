@@ -70,6 +70,7 @@ import tensorflow as tf
 from mrcnn.config import Config
 from mrcnn.data import augment as augment_lib
 from mrcnn.data import transforms
+from mrcnn.data.health import DataHealth
 from mrcnn.data.loader import load_instance
 from mrcnn.ops.keypoints import flip_keypoints, scale_keypoints
 
@@ -162,6 +163,7 @@ def build_dataset(
     run_dir: str | os.PathLike | None = None,
     data_service: str | None = None,
     data_service_job: str | None = None,
+    health: DataHealth | None = None,
 ) -> tf.data.Dataset:
     """Build the batched input pipeline over ``dataset``.
 
@@ -206,13 +208,20 @@ def build_dataset(
             order to resume in.
         data_service_job: shared job name (consumers with the same name split
             one stream); default an anonymous job per consumer.
+        health: the :class:`~mrcnn.data.health.DataHealth` the loader counts into
+            (skipped bad samples, dropped empty masks, truncated instances);
+            default a new one.
 
     Returns:
-        A ``tf.data.Dataset`` of dicts as described in the module docstring.
+        A ``tf.data.Dataset`` of dicts as described in the module docstring, with
+        the pipeline's ``DataHealth`` as its ``data_health`` attribute (what
+        ``MaskRCNN.fit`` and ``DataHealthLogger`` read; a further ``.map``/``.take``
+        makes a new dataset without it: pass ``model.fit(..., data_health=...)``).
     """
     from mrcnn.data.records import RecordDataset
 
     records = isinstance(dataset, RecordDataset)
+    health = DataHealth() if health is None else health
     if data_service and not records:
         raise ValueError("data_service needs a RecordDataset (records written by `mrcnn data convert`): the "
                          "Python path's load_instance runs in this process and cannot be sent to data workers")
@@ -261,7 +270,7 @@ def build_dataset(
 
     def load_py(image_id: np.ndarray) -> tuple[np.ndarray, ...]:
         with _exit_guard:
-            record = load_instance(dataset, int(image_id), config)
+            record = load_instance(dataset, int(image_id), config, health)
         out = (record["image"], record["boxes"], record["class_ids"], record["masks"])
         return (*out, record["keypoints"]) if num_kp else out
 
@@ -397,7 +406,9 @@ def build_dataset(
             ds = ds.padded_batch(batch_size, padded_shapes=padded_shapes, drop_remainder=drop_remainder)
     if data_service:
         ds = distribute_to_service(ds, data_service, job_name=data_service_job)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    ds.data_health = health
+    return ds
 
 
 def distribute_to_service(ds: tf.data.Dataset, address: str, job_name: str | None = None) -> tf.data.Dataset:

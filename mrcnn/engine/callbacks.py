@@ -568,25 +568,29 @@ class SignalStop(keras.callbacks.Callback):
 
 
 class DataHealthLogger(keras.callbacks.Callback):
-    """At each epoch end: the loader's counters as a log line and TensorBoard scalars.
+    """At each epoch end: the input pipeline's :class:`~mrcnn.data.health.DataHealth` as a
+    log line and TensorBoard scalars.
 
-    Reports ``mrcnn.data.loader.counters`` (bad samples skipped under
-    ``ON_BAD_SAMPLE = "skip"``, empty masks dropped, instances truncated) and the
-    ids of the skipped samples, when any counter is non-zero. The counters are
-    per process (cumulative since the run started in this process).
+    Reports bad samples skipped under ``ON_BAD_SAMPLE = "skip"``, empty masks
+    dropped and instances truncated, and the ids of the skipped samples, when any
+    counter is non-zero; cumulative since the pipeline was built. ``health`` default:
+    the one of the dataset being fitted (``model.data_health``, set by ``MaskRCNN.fit``).
     """
 
-    def __init__(self, log_dir: str | os.PathLike | None = None, verbose: bool = True) -> None:
+    def __init__(self, log_dir: str | os.PathLike | None = None, verbose: bool = True,
+                 health: Any = None) -> None:
         super().__init__()
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
         self.verbose = verbose
+        self.health = health
         self._writer = None if log_dir is None else SummaryWriter(log_dir)
         self.lines: list[str] = []
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        from mrcnn.data import loader
-
-        counts, ids = loader.counters_snapshot()
+        health = self.health if self.health is not None else getattr(self.model, "data_health", None)
+        if health is None:
+            return
+        counts, ids = health.snapshot()
         if not any(counts.values()):
             return
         line = f"epoch {epoch + 1}: " + ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in counts.items())

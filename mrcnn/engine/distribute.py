@@ -212,6 +212,7 @@ def distribute_dataset(
     repeat: bool | None = None,
     start_step: int = 0,
     build: Callable[..., tf.data.Dataset] | None = None,
+    health: Any = None,
 ) -> tf.data.Dataset | tf.distribute.DistributedDataset:
     """The input of ``model.fit`` under ``strategy``.
 
@@ -227,14 +228,15 @@ def distribute_dataset(
     sees the batches the uninterrupted run would have seen.
 
     ``config`` is the scaled config (:func:`scale_config`); ``build`` defaults to
-    :func:`mrcnn.data.pipeline.build_dataset` (same keyword arguments).
+    :func:`mrcnn.data.pipeline.build_dataset` (same keyword arguments). ``health``:
+    the :class:`~mrcnn.data.health.DataHealth` every pipeline built here counts into.
     """
     if build is None:
         from mrcnn.data.pipeline import build_dataset as build
     ids = np.asarray(dataset.image_ids if image_ids is None else image_ids, dtype=np.int64)
     if not is_multi_worker(strategy):
         return build(dataset, config, training=training, image_ids=ids, batch_size=config.BATCH_SIZE,
-                     seed=seed, repeat=repeat, start_element=int(start_step) * config.BATCH_SIZE)
+                     seed=seed, repeat=repeat, start_element=int(start_step) * config.BATCH_SIZE, health=health)
 
     def per_worker(context: tf.distribute.InputContext) -> tf.data.Dataset:
         if hasattr(dataset, "shard") and hasattr(dataset, "decode_fn"):
@@ -244,7 +246,7 @@ def distribute_dataset(
             local_replicas = config.BATCH_SIZE // (per_replica * context.num_input_pipelines)
             return build(part, config, training=training, batch_size=per_replica,
                          seed=None if seed is None else int(seed) + context.input_pipeline_id, repeat=repeat,
-                         start_element=int(start_step) * per_replica * local_replicas)
+                         start_element=int(start_step) * per_replica * local_replicas, health=health)
         shard = shard_image_ids(ids, context.num_input_pipelines, context.input_pipeline_id, seed or 0)
         worker_seed = None if seed is None else int(seed) + context.input_pipeline_id
         per_replica = context.get_per_replica_batch_size(config.BATCH_SIZE)
@@ -252,7 +254,7 @@ def distribute_dataset(
         local_replicas = config.BATCH_SIZE // (per_replica * context.num_input_pipelines)
         return build(dataset, config, training=training, image_ids=shard, batch_size=per_replica,
                      seed=worker_seed, repeat=repeat,
-                     start_element=int(start_step) * per_replica * local_replicas)
+                     start_element=int(start_step) * per_replica * local_replicas, health=health)
 
     return strategy.distribute_datasets_from_function(per_worker)
 

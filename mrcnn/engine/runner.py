@@ -30,7 +30,6 @@ Layout of ``out_dir``: ``run.lock``, ``backup/step_NNNNNNNN.{weights.h5,json}``
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import random
 import shutil
@@ -44,11 +43,11 @@ import tensorflow as tf
 
 from mrcnn.checkpoint.backups import list_backups, restore_backup, save_weights_file
 from mrcnn.config import Config
+from mrcnn.data.health import DataHealth
 from mrcnn.engine.callbacks import NonFiniteLossError
 from mrcnn.engine.hooks import RunCallbacks, build_callbacks
 from mrcnn.engine.runlock import RunLock
 from mrcnn.fileio import remove_stale_temporaries, write_text
-from mrcnn.ops import sampling
 from mrcnn.solver.optimizer import FIXED_SCALE_GROWTH_STEPS
 
 
@@ -235,13 +234,17 @@ def _run_seed(newest: dict[str, Any] | None, seed: int | None, strategy: tf.dist
 
 
 def _compiled_model(model: keras.Model | Callable[[], keras.Model], config: Config, plan: RunPlan,
-                    strategy: tf.distribute.Strategy) -> keras.Model:
+                    strategy: tf.distribute.Strategy, rng: tf.random.Generator) -> keras.Model:
     from mrcnn.engine import distribute
     from mrcnn.solver.optimizer import make_optimizer
 
     with strategy.scope():
         if callable(model) and not isinstance(model, keras.Model):
             model = model()
+        # RoI/anchor sampling draws from rng, whose state travels in the backups (exact resume);
+        # set before compiling, since train_step reads it when traced. It stays the model's
+        # after the run (a later fit goes on drawing from it).
+        model.sampling_generator = rng
         model.compile(optimizer=guard_optimizer(make_optimizer(config, total_steps=plan.total_steps)))
     distribute.enable_multi_worker_fit(model, strategy)
     return model
@@ -265,19 +268,18 @@ def _restore(model: keras.Model, plan: RunPlan, strategy: tf.distribute.Strategy
 
 
 def _fit(model: keras.Model, plan: RunPlan, inputs: Any, validation: Any, val_steps: int, start_step: int,
-         run: RunCallbacks, verbose: int) -> dict[str, list[float]]:
+         run: RunCallbacks, health: DataHealth, verbose: int) -> dict[str, list[float]]:
     """One ``fit`` from ``start_step`` to the end of the plan (StepBackup ends a resumed
     epoch at its boundary); a bad sample is raised as itself, after a backup."""
     from mrcnn.data import loader
 
-    loader.last_bad_sample = None
     try:
         history = model.fit(inputs, validation_data=validation, validation_steps=val_steps or None,
                             initial_epoch=start_step // plan.steps_per_epoch, epochs=plan.epochs,
                             steps_per_epoch=plan.steps_per_epoch, callbacks=run.callbacks, verbose=verbose,
                             shuffle=False)  # the input pipeline shuffles; Keras warns on True with tf.data
     except (tf.errors.OpError, loader.BadSampleError):  # MaskRCNN.fit unwraps the former to the latter
-        bad = loader.last_bad_sample
+        bad = health.first_bad_sample
         if bad is None or run.backup is None:
             raise
         run.backup.save()  # everything before the bad sample is kept
@@ -308,7 +310,7 @@ def _finish(model: keras.Model, plan: RunPlan, result: TrainResult, run: RunCall
     return result
 
 
-def _run_training(
+def run_training(
     model: keras.Model | Callable[[], keras.Model],
     train_dataset: Any,
     config: Config,
@@ -392,10 +394,8 @@ def _run_training(
         _preflight(train_dataset, config, check)
         seed = _run_seed(backups[0] if backups else None, seed, strategy)
         keras.utils.set_random_seed(seed)
-        # RoI/anchor sampling draws from a generator whose state travels in the backup (exact resume).
         rng = tf.random.Generator.from_seed(seed)
-        sampling.set_sampling_generator(rng)
-        model = _compiled_model(model, config, plan, strategy)
+        model = _compiled_model(model, config, plan, strategy, rng)
         start_step, metric_sums = _restore(model, plan, strategy, rng, verbose) if backups else (0, None)
         distribute.check_same_start(strategy, start_step, plan.backup_dir)
         run = build_callbacks(
@@ -404,29 +404,21 @@ def _run_training(
             val_dataset=val_dataset if plan.worker.is_chief else None, eval_every=eval_every,
             max_minutes=max_minutes, extra_state={"seed": seed}, rng=rng, metric_sums=metric_sums,
             callbacks=callbacks)
+        health = DataHealth()  # what the loader meets, logged by DataHealthLogger via model.data_health
+        model.data_health = health
         if input_fn is not None:
             inputs = input_fn(seed, start_step * plan.batch)
         else:
             inputs = distribute.distribute_dataset(strategy, train_dataset, config, training=True, seed=seed,
-                                                   start_step=start_step)
+                                                   start_step=start_step, health=health)
         validation = None
         if val_steps and val_dataset is not None:
             validation = distribute.distribute_dataset(strategy, val_dataset, config, training=False, repeat=True)
         result = TrainResult("complete", start_step, start_step, plan.epochs, plan.steps_per_epoch)
-        result.history.append(_fit(model, plan, inputs, validation, val_steps, start_step, run, verbose))
+        result.history.append(_fit(model, plan, inputs, validation, val_steps, start_step, run, health, verbose))
         return _finish(model, plan, result, run, verbose)
 
 
 def remove_backups(out_dir: str | os.PathLike) -> None:
     """Delete ``out_dir/backup`` (after a run whose resume state is no longer wanted)."""
     shutil.rmtree(os.path.join(os.fspath(out_dir), "backup"), ignore_errors=True)
-
-
-@functools.wraps(_run_training)
-def run_training(*args: Any, **kwargs: Any) -> TrainResult:
-    # The sampling goes back to tf.random.uniform when the run ends, so later fit calls
-    # in the same process are not tied to this run's generator.
-    try:
-        return _run_training(*args, **kwargs)
-    finally:
-        sampling.set_sampling_generator(None)

@@ -523,8 +523,9 @@ class RoIHeads(keras.layers.Layer):
         return self.keypoint_head(self.keypoint_pooler(features, rois))
 
     # ----- training ---------------------------------------------------------------------
-    def sample(self, proposals, proposal_valid, targets: dict) -> RoITargets:
-        """Sample RoIs from proposals + GT boxes and build their targets (see ``roi_targets``)."""
+    def sample(self, proposals, proposal_valid, targets: dict, generator=None) -> RoITargets:
+        """Sample RoIs from proposals + GT boxes and build their targets (see ``roi_targets``;
+        ``generator``: the sampling's ``tf.random.Generator``, ``MaskRCNN.sampling_generator``)."""
         s = self.settings
         return roi_targets(
             proposals, proposal_valid,
@@ -540,7 +541,7 @@ class RoIHeads(keras.layers.Layer):
             ),
             num_mask_rois=self.num_mask_rois,
             gt_keypoints=targets["gt_keypoints"] if self.keypoint_head is not None else None,
-            heatmap_size=s["keypoint_heatmap_size"],
+            heatmap_size=s["keypoint_heatmap_size"], generator=generator,
         )
 
     def losses_for(self, features, roi: RoITargets, training=None) -> dict[str, tf.Tensor]:
@@ -606,10 +607,11 @@ class RoIHeads(keras.layers.Layer):
             out["keypoints"] = heatmaps_to_keypoints(heatmaps, det.boxes) * validf[:, :, None, None]
         return out
 
-    def call(self, features, proposals, proposal_valid, image_sizes, targets=None, training=None):
+    def call(self, features, proposals, proposal_valid, image_sizes, targets=None, training=None, generator=None):
         if targets is None:
             return self.detect(features, proposals, proposal_valid, image_sizes), {}
-        return {}, self.losses_for(features, self.sample(proposals, proposal_valid, targets), training=training)
+        sampled = self.sample(proposals, proposal_valid, targets, generator)
+        return {}, self.losses_for(features, sampled, training=training)
 
     def get_config(self):
         # Plain lists: Keras wraps the attribute dict's lists into tracked containers.

@@ -264,8 +264,10 @@ class RPN(keras.layers.Layer):
             nms_threshold=s["nms_threshold"], min_size=s["min_size"], box_coder=self.box_coder,
         )
 
-    def losses_for(self, features, anchors, gt_boxes, gt_class_ids) -> dict[str, tf.Tensor]:
+    def losses_for(self, features, anchors, gt_boxes, gt_class_ids, generator=None) -> dict[str, tf.Tensor]:
         """Sample anchors against the ground truth and return the two RPN losses (scalars).
+
+        ``generator``: the sampling's ``tf.random.Generator`` (``MaskRCNN.sampling_generator``).
 
         The head is evaluated again at the sampled anchors only
         (:meth:`RPNHead.at_anchors`), so only that small computation is differentiated.
@@ -275,6 +277,7 @@ class RPN(keras.layers.Layer):
             tf.concat(anchors, axis=0), gt_boxes, gt_class_ids,
             num_samples=s["batch_size_per_image"], positive_fraction=s["positive_fraction"],
             positive_iou=s["positive_iou"], negative_iou=s["negative_iou"], box_coder=self.box_coder,
+            generator=generator,
         )
         sampled_logits, sampled_deltas = self.head.at_anchors(features, t.indices)
         return {
@@ -284,7 +287,7 @@ class RPN(keras.layers.Layer):
             ),
         }
 
-    def call(self, features, anchors, image_sizes, targets=None):
+    def call(self, features, anchors, image_sizes, targets=None, generator=None):
         # The dense outputs only select proposals (no gradient flows through them);
         # the losses recompute the head at the sampled anchors (losses_for).
         logits, deltas = self.head(features)
@@ -295,7 +298,7 @@ class RPN(keras.layers.Layer):
             return proposals, valid, {}
         gt_boxes = tf.cast(targets["gt_boxes"], tf.float32)
         gt_class_ids = tf.cast(targets["gt_class_ids"], tf.int32)
-        return proposals, valid, self.losses_for(features, anchors, gt_boxes, gt_class_ids)
+        return proposals, valid, self.losses_for(features, anchors, gt_boxes, gt_class_ids, generator)
 
     def get_config(self):
         # Plain lists: Keras wraps the attribute dict's lists into tracked containers.

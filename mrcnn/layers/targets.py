@@ -64,12 +64,14 @@ def rpn_targets(
     positive_iou: float = 0.7,
     negative_iou: float = 0.3,
     box_coder: BoxCoder | None = None,
+    generator: tf.random.Generator | None = None,
 ) -> RPNTargets:
     """Label anchors and sample them (torchvision Matcher with low-quality matches).
 
     Args:
       anchors: [A, 4] all levels concatenated.
       box_coder: encodes the regression targets (default weights (1, 1, 1, 1)).
+      generator: the sampler's random source (``sample_balanced``).
     """
     batch = tf.shape(gt_boxes)[0]
     anchors_b = tf.broadcast_to(anchors[None], tf.stack([batch, tf.shape(anchors)[0], 4]))
@@ -80,7 +82,8 @@ def rpn_targets(
     low_quality = tf.reduce_any(is_best, axis=2)
     positive = (max_iou >= positive_iou) | low_quality
     negative = (max_iou < negative_iou) & ~positive & ~near_crowd
-    indices, is_pos, valid = sample_balanced(positive, negative, num_samples, positive_fraction)
+    indices, is_pos, valid = sample_balanced(positive, negative, num_samples, positive_fraction,
+                                             generator=generator)
     matched = tf.gather(tf.gather(gt_boxes, best_gt, batch_dims=1), indices, batch_dims=1)
     sampled_anchors = tf.gather(anchors, indices)
     deltas = _encode(box_coder, (1.0, 1.0, 1.0, 1.0), matched, sampled_anchors)
@@ -121,6 +124,7 @@ def roi_targets(
     num_mask_rois: int | None = None,
     gt_keypoints: tf.Tensor | None = None,
     heatmap_size: int = 56,
+    generator: tf.random.Generator | None = None,
 ) -> RoITargets:
     """Sample RoIs from proposals + GT boxes and build their class, box and mask targets.
 
@@ -136,6 +140,7 @@ def roi_targets(
       gt_keypoints: optional [B, G, K, 3] (x, y, v) continuous input pixels; each
         positive RoI's matched GT keypoints are mapped into its ``heatmap_size``
         grid (:func:`mrcnn.ops.keypoints.keypoints_to_heatmap_targets`).
+      generator: the sampler's random source (``sample_balanced``).
     """
     gt_boxes = tf.stop_gradient(gt_boxes)
     candidates = tf.concat([proposals, gt_boxes], axis=1)
@@ -143,7 +148,8 @@ def roi_targets(
     max_iou, best_gt, _, near_crowd = _match(candidates, gt_boxes, gt_class_ids)
     positive = cand_valid & (max_iou >= positive_iou)
     negative = cand_valid & (max_iou < positive_iou) & ~near_crowd
-    indices, is_pos, valid = sample_balanced(positive, negative, num_samples, positive_fraction)
+    indices, is_pos, valid = sample_balanced(positive, negative, num_samples, positive_fraction,
+                                             generator=generator)
 
     rois = tf.gather(candidates, indices, batch_dims=1)
     gt_index = tf.gather(best_gt, indices, batch_dims=1)  # [B, S]

@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-# Opt-in resumable randomness (set by mrcnn.engine.runner.run_training): a
-# tf.random.Generator whose state the step backup saves and restores, so that a
-# resumed process draws the samples the uninterrupted one would have drawn (a
-# stateful tf.random.uniform kernel restarts its stream in a new process). Not
-# used under a tf.distribute strategy (a generator made outside it cannot be
-# shared by replicas); None = tf.random.uniform as before.
-_generator: tf.random.Generator | None = None
 
-
-def set_sampling_generator(generator: tf.random.Generator | None) -> None:
-    """Make :func:`sample_balanced` draw from ``generator`` (None = ``tf.random.uniform``)."""
-    global _generator
-    _generator = generator
-
-
-def _uniform(shape: tf.Tensor, seed: int | None) -> tf.Tensor:
-    if _generator is not None and seed is None and not tf.distribute.has_strategy():
-        return _generator.uniform(shape)
+def _uniform(shape: tf.Tensor, seed: int | None, generator: tf.random.Generator | None) -> tf.Tensor:
+    # A generator made outside a tf.distribute strategy cannot be shared by its replicas.
+    if generator is not None and seed is None and not tf.distribute.has_strategy():
+        return generator.uniform(shape)
     return tf.random.uniform(shape, seed=seed)
 
 
@@ -31,6 +18,7 @@ def sample_balanced(
     num_samples: int,
     positive_fraction: float,
     seed: int | None = None,
+    generator: tf.random.Generator | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Pick up to ``num_samples`` candidates per image, at most a fraction positive.
 
@@ -40,6 +28,10 @@ def sample_balanced(
 
     Args:
       positive, negative: [B, N] bool, disjoint.
+      seed: an op seed for ``tf.random.uniform``.
+      generator: draw from this ``tf.random.Generator`` instead (a resumable state;
+        see ``MaskRCNN.sampling_generator``); not under a ``tf.distribute`` strategy,
+        nor with ``seed``.
     Returns:
       indices: [B, num_samples] int32 into N (positives first, 0 in empty slots);
       is_positive: [B, num_samples] bool; valid: [B, num_samples] bool.
@@ -51,7 +43,7 @@ def sample_balanced(
     pad = tf.maximum(num_samples - n, 0)
     positive = tf.pad(positive, [[0, 0], [0, pad]])
     negative = tf.pad(negative, [[0, 0], [0, pad]])
-    rand = _uniform(tf.shape(positive), seed)
+    rand = _uniform(tf.shape(positive), seed, generator)
     pos_key, pos_idx = tf.math.top_k(tf.where(positive, rand, -1.0), k=max_pos) if max_pos else (
         tf.zeros([batch, 0]), tf.zeros([batch, 0], tf.int32))
     pos_ok = pos_key >= 0.0

@@ -12,6 +12,7 @@ import tensorflow as tf
 from mrcnn.config import Config
 from mrcnn.data import loader, transforms
 from mrcnn.data.dataset import Dataset
+from mrcnn.data.health import DataHealth
 from mrcnn.data.pipeline import build_dataset
 from mrcnn.inference.preprocess import prepare_image_batch
 from samples.shapes.shapes import ShapesConfig, ShapesDataset
@@ -276,20 +277,24 @@ def test_bad_class_ids_name_the_image(class_ids, pattern):
 
 
 def test_empty_mask_dropped_and_warned_once():
-    loader.reset_counters()
     masks = np.stack([rect_mask(20, 30, 2, 3, 8, 9), np.zeros((20, 30), bool)], axis=-1)
     ds = ArrayDataset([(np.zeros((20, 30, 3), np.uint8), masks, np.array([1, 2]))] * 2)
     cfg = small_config(MINI_MASK_SHAPE=None)
+    health = DataHealth()
     with pytest.warns(UserWarning, match=r"image 0 .*dropped 1 empty"):
-        rec = loader.load_instance(ds, 0, cfg)
+        rec = loader.load_instance(ds, 0, cfg, health)
     np.testing.assert_array_equal(rec["class_ids"], [1])
     np.testing.assert_array_equal(rec["boxes"], [[2, 3, 8, 9]])
     assert rec["masks"].shape == (1, 20, 30) and rec["masks"].dtype == np.uint8
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a second warning would raise
-        loader.load_instance(ds, 1, cfg)
-    assert loader.counters["empty_masks_dropped"] == 2
-    loader.reset_counters()
+        loader.load_instance(ds, 1, cfg, health)
+    assert health.counters["empty_masks_dropped"] == 2
+    # Another pipeline's record starts at zero and warns again: nothing is per process.
+    other = DataHealth()
+    with pytest.warns(UserWarning, match=r"image 1 .*dropped 1 empty"):
+        loader.load_instance(ds, 1, cfg, other)
+    assert other.counters["empty_masks_dropped"] == 1 and health.counters["empty_masks_dropped"] == 2
 
 
 def test_no_instance_image_kept_and_crowd_kept():
@@ -310,7 +315,6 @@ def test_no_instance_image_kept_and_crowd_kept():
 
 
 def test_truncation_keeps_largest_in_order():
-    loader.reset_counters()
     h, w = 30, 30
     masks = np.stack(
         [rect_mask(h, w, 0, 0, 3, 3), rect_mask(h, w, 0, 0, 1, 1), rect_mask(h, w, 10, 10, 20, 20),
@@ -318,12 +322,13 @@ def test_truncation_keeps_largest_in_order():
         axis=-1,
     )
     ds = ArrayDataset([(np.zeros((h, w, 3), np.uint8), masks, np.array([1, 2, 2, 1]))])
+    health = DataHealth()
     with pytest.warns(UserWarning, match="MAX_GT_INSTANCES=2"):
-        rec = loader.load_instance(ds, 0, small_config(MAX_GT_INSTANCES=2))
+        rec = loader.load_instance(ds, 0, small_config(MAX_GT_INSTANCES=2), health)
     np.testing.assert_array_equal(rec["class_ids"], [1, 2])
     np.testing.assert_array_equal(rec["boxes"], [[0, 0, 3, 3], [10, 10, 20, 20]])
-    assert loader.counters["instances_truncated"] == 2
-    loader.reset_counters()
+    assert health.snapshot() == ({"empty_masks_dropped": 0, "instances_truncated": 2,
+                                  "bad_samples_skipped": 0}, [])
 
 
 # ----- tf.data pipeline -------------------------------------------------------------------

@@ -43,6 +43,31 @@ def test_fit_raises_the_loaders_error_for_a_wrong_size_mask():
     assert info.value.__cause__ is None and info.value.__suppress_context__  # no TF error chained
 
 
+def test_plain_fit_logs_the_pipelines_own_data_health():
+    """``model.fit(build_dataset(...))`` hands the pipeline's DataHealth to the model, where
+    DataHealthLogger reads it: skipped ids of this pipeline only (a second pipeline counts apart)."""
+    from mrcnn import MaskRCNN
+    from mrcnn.data import build_dataset
+    from mrcnn.engine.callbacks import DataHealthLogger
+
+    config = TinyConfig(ON_BAD_SAMPLE="skip")
+    ds = WrongMaskDataset()
+    ds.load_shapes(3, seed=0)
+    model = MaskRCNN(config)
+    model.compile()
+    logger = DataHealthLogger(verbose=False)
+    stream = build_dataset(ds, config, training=True, shuffle=False, seed=0)
+    with pytest.warns(UserWarning, match=r"image id 1: .*skipped \(ON_BAD_SAMPLE"):
+        model.fit(stream, epochs=1, steps_per_epoch=2, verbose=0, callbacks=[logger])
+    assert model.data_health is stream.data_health
+    assert stream.data_health.snapshot() == ({"empty_masks_dropped": 0, "instances_truncated": 0,
+                                              "bad_samples_skipped": 1}, [1])
+    assert logger.lines == ["epoch 1: empty masks dropped: 0, instances truncated: 0, bad samples skipped: 1; "
+                            "skipped image ids: [1]"]
+    other = build_dataset(ds, config, training=True, shuffle=False, seed=0)
+    assert other.data_health is not stream.data_health and not any(other.data_health.snapshot()[0].values())
+
+
 def test_dataset_with_more_classes_than_num_classes_is_one_message():
     ds = ShapesDataset()
     ds.load_shapes(5, seed=0)

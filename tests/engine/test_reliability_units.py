@@ -356,7 +356,6 @@ def test_preflight_check_reports_every_bad_sample_by_id(tmp_path, tiny_config):
 def test_bad_sample_raise_names_the_image_and_skip_finishes_the_epoch(tmp_path, tiny_config, capsys):
     ds = FileShapes(tmp_path)
     config = tiny_config(IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64)
-    loader.reset_counters()
     with pytest.raises(DatasetCheckError, match=r"image ids \[1, 3, 4\]"):
         run_training(lambda: MaskRCNN(config), ds, config, tmp_path / "pre", epochs=1, steps_per_epoch=3,
                      check="all", verbose=0, tensorboard=False)
@@ -367,18 +366,19 @@ def test_bad_sample_raise_names_the_image_and_skip_finishes_the_epoch(tmp_path, 
     assert f"image id {info.value.image_id}" in str(info.value)
     assert f"img_{info.value.image_id}.jpg" in str(info.value) and "Traceback" not in str(info.value)
 
-    loader.reset_counters()
     skip = tiny_config(IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64, ON_BAD_SAMPLE="skip")
+    model = MaskRCNN(skip)
     with pytest.warns(UserWarning, match="skipped"):
-        result = run_training(lambda: MaskRCNN(skip), ds, skip, tmp_path / "skip", epochs=1,
+        result = run_training(model, ds, skip, tmp_path / "skip", epochs=1,
                               steps_per_epoch=3, seed=1, verbose=0, tensorboard=False)
     assert result.status == "complete"
-    counts, ids = loader.counters_snapshot()
+    # The run's own DataHealth (no module-level counters): the earlier runs' bad samples
+    # in this process are not in it, and each bad id is counted once.
+    counts, ids = model.data_health.snapshot()
     assert counts["bad_samples_skipped"] == 3 and sorted(ids) == [1, 3, 4]
     printed = capsys.readouterr().out
     assert "epoch 1: " in printed and "bad samples skipped: 3" in printed
     assert "skipped image ids: [" in printed
-    loader.reset_counters()
 
 
 def test_build_dataset_check_raises_with_every_bad_id(tmp_path, tiny_config):
@@ -395,12 +395,10 @@ def test_decompression_bomb_names_the_path(tmp_path, tiny_config, monkeypatch):
 
     ds = FileShapes(tmp_path, n=2, bad=False)
     monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)  # 64x64 is then > 2x the limit
-    loader.reset_counters()
     with pytest.raises(BadSampleError, match=r"image id 0 \(path '.*img_0.jpg'\).*DecompressionBombError"):
         loader.load_instance(ds, 0, tiny_config())
     report = check_dataset(ds, tiny_config(), sample=None)
     assert [(p.image_id, p.kind) for p in report.problems] == [(0, "unreadable image"), (1, "unreadable image")]
-    loader.reset_counters()
 
 
 def test_cli_resume_with_nothing_to_resume_and_restart_moves_the_old_run(tmp_path, capsys):
