@@ -363,6 +363,11 @@ class Config:
     # without a GPU. Inference, validation and exports always use the direct
     # convolution (mrcnn/layers/conv.py).
     TRAINING_CONV_ALGORITHM: str = "auto"
+    # Compile the training step with XLA (keras' jit_compile; docs/distributed.md, "XLA").
+    # Needs a fixed training canvas (TRAIN_PADDING="square" or TRAIN_CROP_SIZE) and the
+    # gather RoIAlign ("auto" picks it; XLA compiles neither the custom op nor
+    # CropAndResize); the mask branch then runs on all its slots (static shapes).
+    JIT_COMPILE: bool = False
     STEPS_PER_EPOCH: int = 1000
     VALIDATION_STEPS: int = 50
     # Reliability (docs/reliability.md). Back up weights + optimizer + data position
@@ -524,6 +529,7 @@ class Config:
                  "ROI_ALIGN_IMPLEMENTATION='custom' or 'auto'")
         if self.MASK_CLASS_PICK not in MASK_CLASS_PICKS:
             fail("MASK_CLASS_PICK", f"choose one of {MASK_CLASS_PICKS}")
+        self._validate_jit(fail)
         if len(self.BACKBONE_STRIDES) != 5 or list(self.BACKBONE_STRIDES) != sorted(self.BACKBONE_STRIDES):
             fail("BACKBONE_STRIDES", "must list the 5 increasing strides of P2..P6")
         if len(self.RPN_ANCHOR_SCALES) != 5 or any(s <= 0 for s in self.RPN_ANCHOR_SCALES):
@@ -603,6 +609,25 @@ class Config:
             fail("ASPECT_RATIO_GROUPING", "must be True or False")
         if self.AUGMENT is not None and not callable(self.AUGMENT) and ":" not in str(self.AUGMENT):
             fail("AUGMENT", "must be None or 'package.module:function'")
+
+    def _validate_jit(self, fail) -> None:
+        if not isinstance(self.JIT_COMPILE, bool):
+            fail("JIT_COMPILE", "must be True or False")
+        if not self.JIT_COMPILE:
+            return
+        if self.ROI_ALIGN_IMPLEMENTATION in ("custom", "portable"):
+            fail("ROI_ALIGN_IMPLEMENTATION", "JIT_COMPILE=True needs 'gather' or 'auto' (XLA has no kernel for "
+                 "the custom op or CropAndResize)")
+        if self.TRAIN_PADDING != "square" and self.TRAIN_CROP_SIZE is None:
+            fail("TRAIN_PADDING", "JIT_COMPILE=True needs a fixed training canvas: TRAIN_PADDING='square' or "
+                 "a TRAIN_CROP_SIZE (each batch shape would compile anew)")
+
+    def roi_align_implementation(self) -> str:
+        """The RoIAlign the model builds: ``ROI_ALIGN_IMPLEMENTATION``, with "auto" meaning
+        "gather" under ``JIT_COMPILE`` (the one form XLA compiles)."""
+        if self.JIT_COMPILE and self.ROI_ALIGN_IMPLEMENTATION == "auto":
+            return "gather"
+        return self.ROI_ALIGN_IMPLEMENTATION
 
     def _validate_optimizer(self, fail) -> None:
         if self.OPTIMIZER not in OPTIMIZERS:

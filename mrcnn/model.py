@@ -115,6 +115,7 @@ class MaskRCNN(keras.Model):
         # directly, TensorFlow would track it as a checkpoint dependency of the model.
         self._sampling = _RunObject()
         self.data_health: Any = None
+        self.train_step_traces = 0
         self._build_weights()
 
     @property
@@ -164,15 +165,27 @@ class MaskRCNN(keras.Model):
         With ``MIXED_PRECISION="float16"`` the optimizer (given or made) gets dynamic
         loss scaling (:func:`mrcnn.solver.optimizer.with_loss_scaling`).
 
-        Losses come from the model itself; ``jit_compile`` is off because the
-        custom RoIAlign op and NMS have no XLA kernels.
+        Losses come from the model itself. ``jit_compile`` follows ``Config.JIT_COMPILE``
+        (default off: the custom RoIAlign op has no XLA kernel); that field also builds
+        the forms XLA compiles (gather RoIAlign, static mask slots), so
+        ``jit_compile=True`` without it is refused. ``jit_compile=False`` with it runs
+        the same graph uncompiled.
         """
         from mrcnn.solver.optimizer import make_optimizer, with_loss_scaling
 
-        kwargs.setdefault("jit_compile", False)
-        _warn_if_portable_gradients(self.config.ROI_ALIGN_IMPLEMENTATION)
+        jit = kwargs.pop("jit_compile", "auto")
+        jit = self.config.JIT_COMPILE if jit == "auto" else bool(jit)
+        if jit and not self.config.JIT_COMPILE:
+            raise ValueError("compile(jit_compile=True) needs Config.JIT_COMPILE=True (it builds the layers in the "
+                             "forms XLA compiles); set the field instead")
+        if not jit:
+            _warn_if_portable_gradients(self.config.roi_align_implementation())
         optimizer = with_loss_scaling(optimizer or make_optimizer(self.config), self.config)
-        super().compile(optimizer=optimizer, **kwargs)
+        super().compile(optimizer=optimizer, jit_compile=jit, **kwargs)
+        if jit and not self.jit_compile:
+            raise ValueError("Config.JIT_COMPILE=True but Keras turned XLA off (run_eagerly=True, or "
+                             "tf.config.experimental.enable_op_determinism() is on); drop those or set "
+                             "JIT_COMPILE=False")
 
     def fit(self, *args, data_health: Any = None, **kwargs):
         """``keras.Model.fit``; a bad sample met by the input pipeline raises the loader's own
@@ -188,6 +201,13 @@ class MaskRCNN(keras.Model):
         health = data_health if data_health is not None else getattr(x, "data_health", None)
         if health is not None:
             self.data_health = health
+        if self.optimizer is not None and not self.optimizer.built:
+            # Outside a strategy Keras would create the optimizer's slots inside the first
+            # trace of train_step, and TensorFlow then traces the whole step a second time
+            # (measured: 40 -> 23 s for a first 1-step fit). Same variables, same order as
+            # train_step's apply_gradients, as Keras itself does under a strategy.
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
         try:
             return super().fit(*args, **kwargs)
         except tf.errors.OpError:
@@ -281,6 +301,12 @@ class MaskRCNN(keras.Model):
         return {name: m.result() for name, m in self.loss_trackers.items()}
 
     def train_step(self, data):
+        if not tf.executing_eagerly() and self.optimizer.built:
+            # Traces of the step that run (per replica); under Config.JIT_COMPILE, one XLA
+            # compile each, so a second one means the batch shapes changed (a shape leak).
+            # A trace that builds the optimizer only creates its variables: TensorFlow
+            # then traces again and runs that one.
+            self.train_step_traces += 1
         inputs = data[0] if isinstance(data, tuple) else data
         with tf.GradientTape() as tape, winograd_scope(self.training_conv_algorithm):
             loss_values = self.compute_losses(inputs, training=True)

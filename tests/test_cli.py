@@ -273,7 +273,11 @@ def test_export_and_its_errors(run, tmp_path, capsys):
 
 
 def test_convert_weights_from_a_detectron2_pickle(tmp_path):
-    from test_convert import detectron2_from_torchvision, small_config, torchvision_state_dict
+    from tests.checkpoint.test_convert import (
+        detectron2_from_torchvision,
+        small_config,
+        torchvision_state_dict,
+    )
 
     state = detectron2_from_torchvision(torchvision_state_dict(np.random.default_rng(3)))
     checkpoint = tmp_path / "model_final.pkl"

@@ -57,6 +57,7 @@ otherwise (throughput).
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import random
 import threading
@@ -146,6 +147,154 @@ def _run_position(run_dir: str | os.PathLike, training: bool, seed: int | None, 
         raise ValueError(f"{run_dir}: the run was trained with batch size {state['batch_size']}, this "
                          f"pipeline has {batch_size}; use the same to resume it, or another run folder")
     return int(state["step"]) * batch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class _SampleSpec:
+    """What turns a loaded sample into a model input element, fixed when the pipeline is built."""
+
+    config: Config
+    mode: str  # padding: "square", "pad32", ... (TRAIN_PADDING in training, else IMAGE_RESIZE_MODE)
+    canvas: int | None  # the fixed training canvas of geometric augmentation, if any
+    mini: tuple[int, int] | None  # mini mask shape
+    num_kp: int
+    max_gt: int
+    rng_seed: int
+    user_augment: Any
+    flip_prob: float
+    flip_perm: Any
+    geometric: bool
+    group: bool  # aspect-ratio grouping of the batches
+
+    @classmethod
+    def make(cls, config: Config, training: bool, augment: Any, rng_seed: int) -> _SampleSpec:
+        num_kp = int(config.NUM_KEYPOINTS)
+        user_augment = augment_lib.resolve_augment(augment if augment is not None else config.AUGMENT)
+        geometric = bool(training) and augment_lib.is_active(config)
+        canvas = augment_lib.training_canvas(config) if geometric else None
+        # Training pads by TRAIN_PADDING (default: each batch to its largest image, grouped by
+        # aspect ratio, as torchvision/Detectron2); evaluation by IMAGE_RESIZE_MODE.
+        mode = augment_lib.training_pad_mode(config) if training else config.IMAGE_RESIZE_MODE
+        return cls(
+            config=config, mode=mode, canvas=canvas, mini=_mini_shape(config), num_kp=num_kp,
+            max_gt=int(config.MAX_GT_INSTANCES), rng_seed=rng_seed,
+            user_augment=user_augment if training else None,
+            flip_prob=float(config.TRAIN_FLIP_PROB) if training else 0.0,
+            flip_perm=config.keypoint_flip_permutation() if num_kp else (), geometric=geometric,
+            group=bool(training) and mode == "pad32" and canvas is None and bool(config.ASPECT_RATIO_GROUPING),
+        )
+
+
+def _model_input(spec: _SampleSpec, index: tf.Tensor, image: tf.Tensor, boxes: tf.Tensor, class_ids: tf.Tensor,
+                 masks: tf.Tensor, keypoints: tf.Tensor) -> dict[str, tf.Tensor]:
+    """A loaded sample (the loader's record, in TF tensors) -> the model's input element:
+    user augmentation, flip, geometric augmentation or resize, padding (see the module)."""
+    config, mode, canvas, mini, num_kp, max_gt = spec.config, spec.mode, spec.canvas, spec.mini, spec.num_kp, spec.max_gt
+    rng_seed, user_augment, flip_prob, flip_perm, geometric = (
+        spec.rng_seed, spec.user_augment, spec.flip_prob, spec.flip_perm, spec.geometric)
+    image.set_shape([None, None, 3])
+    boxes.set_shape([None, 4])
+    class_ids.set_shape([None])
+    masks.set_shape([None, *mini] if mini else [None, None, None])
+    keypoints.set_shape([None, num_kp, 3])
+
+    # Stateless, keyed by element position: reproducible under parallel map.
+    seed_pair = tf.stack([tf.constant(rng_seed, tf.int64), tf.cast(index, tf.int64)])
+    if user_augment is not None:
+        sample = augment_lib.apply_user_augment(
+            user_augment,
+            {"image": image, "boxes": boxes, "class_ids": class_ids, "masks": masks,
+             "keypoints": keypoints},
+            seed_pair,
+        )
+        image, boxes, class_ids, masks, keypoints = (
+            sample[k] for k in ("image", "boxes", "class_ids", "masks", "keypoints"))
+        image.set_shape([None, None, 3])
+        masks.set_shape([None, *mini] if mini else [None, None, None])
+        keypoints.set_shape([None, num_kp, 3])
+
+    if flip_prob > 0:
+        do_flip = tf.random.stateless_uniform([], seed=seed_pair) < flip_prob
+        width = tf.shape(image)[1]
+        image, boxes, masks, keypoints = tf.cond(
+            do_flip,
+            lambda: (
+                transforms.flip_image(image),
+                transforms.flip_boxes(boxes, width),
+                transforms.flip_masks(masks),
+                flip_keypoints(keypoints, width, flip_perm) if num_kp else keypoints,
+            ),
+            lambda: (image, boxes, masks, keypoints),
+        )
+
+    if geometric:
+        sample, image_size = augment_lib.augment_sample(
+            {"image": image, "boxes": boxes, "class_ids": class_ids, "masks": masks,
+             "keypoints": keypoints},
+            config, seed_pair,
+        )
+        if canvas is not None:
+            pad_h = pad_w = tf.constant(canvas, tf.int32)
+        else:
+            pad_h, pad_w = transforms.padded_size(image_size[0], image_size[1], config, mode)
+        images = tf.pad(sample["image"], [[0, pad_h - image_size[0]], [0, pad_w - image_size[1]], [0, 0]])
+        static = canvas or transforms._static_padded_shape(config, mode)[0]
+        images = tf.ensure_shape(images, [static, static, 3])
+        boxes, class_ids, keypoints = sample["boxes"], sample["class_ids"], sample["keypoints"]
+        masks = sample["masks"]
+        if mini is None:
+            masks = tf.ensure_shape(transforms.pad_masks(masks, pad_h, pad_w), [None, static, static])
+    else:
+        images, image_size, scale = transforms.resize_and_pad(image, config, mode)
+        boxes = transforms.scale_boxes(boxes, scale)
+        if mini is None:
+            masks = transforms.resize_and_pad_masks(masks, config, mode)
+        if num_kp:
+            keypoints = scale_keypoints(keypoints, scale)
+    out = {
+        "images": images,
+        "image_sizes": image_size,
+        "gt_boxes": transforms.pad_to_count(boxes, max_gt),
+        "gt_class_ids": transforms.pad_to_count(class_ids, max_gt),
+        "gt_masks": transforms.pad_to_count(masks, max_gt),
+    }
+    if num_kp:
+        out["gt_keypoints"] = transforms.pad_to_count(keypoints, max_gt)
+    return out
+
+
+def _batch(ds: tf.data.Dataset, spec: _SampleSpec, batch_size: int, drop_remainder: bool) -> tf.data.Dataset:
+    """Batch model input elements: stacked on a fixed canvas, else padded to the batch's largest
+    image (grouped by aspect ratio when ``spec.group``)."""
+    mini, num_kp, max_gt = spec.mini, spec.num_kp, spec.max_gt
+    if spec.mode == "square" or spec.canvas is not None:
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    else:
+        mask_hw = list(mini) if mini else [None, None]
+        padded_shapes = {
+            "images": [None, None, 3],
+            "image_sizes": [2],
+            "gt_boxes": [max_gt, 4],
+            "gt_class_ids": [max_gt],
+            "gt_masks": [max_gt, *mask_hw],
+        }
+        if num_kp:
+            padded_shapes["gt_keypoints"] = [max_gt, num_kp, 3]
+        if spec.group:
+            # Detectron2's AspectRatioGroupedDataset: landscape (w > h) and portrait/square
+            # images are batched apart, so a batch pads to a similar shape. Deterministic
+            # given the element order.
+            def key(e):
+                return tf.cast(e["image_sizes"][1] > e["image_sizes"][0], tf.int64)
+
+            ds = ds.group_by_window(
+                key, lambda _, w: w.padded_batch(batch_size, padded_shapes=padded_shapes,
+                                                 drop_remainder=drop_remainder),
+                window_size=batch_size,
+            )
+        else:
+            ds = ds.padded_batch(batch_size, padded_shapes=padded_shapes, drop_remainder=drop_remainder)
+    return ds
 
 
 def build_dataset(
@@ -254,19 +403,8 @@ def build_dataset(
     deterministic = seed is not None or not training
     rng_seed = int(seed) if seed is not None else random.SystemRandom().randrange(2**31 - 1)
 
-    max_gt = int(config.MAX_GT_INSTANCES)
-    mini = _mini_shape(config)
-    flip_prob = float(config.TRAIN_FLIP_PROB) if training else 0.0
-    num_kp = int(config.NUM_KEYPOINTS)
-    flip_perm = config.keypoint_flip_permutation() if num_kp else ()
-    user_augment = augment_lib.resolve_augment(augment if augment is not None else config.AUGMENT)
-    user_augment = user_augment if training else None
-    geometric = bool(training) and augment_lib.is_active(config)
-    canvas = augment_lib.training_canvas(config) if geometric else None
-    # Training pads by TRAIN_PADDING (default: each batch to its largest image, grouped by
-    # aspect ratio, as torchvision/Detectron2); evaluation by IMAGE_RESIZE_MODE.
-    mode = augment_lib.training_pad_mode(config) if training else config.IMAGE_RESIZE_MODE
-    group = bool(training) and mode == "pad32" and canvas is None and bool(config.ASPECT_RATIO_GROUPING)
+    spec = _SampleSpec.make(config, training, augment, rng_seed)
+    num_kp = spec.num_kp
 
     def load_py(image_id: np.ndarray) -> tuple[np.ndarray, ...]:
         with _exit_guard:
@@ -274,91 +412,18 @@ def build_dataset(
         out = (record["image"], record["boxes"], record["class_ids"], record["masks"])
         return (*out, record["keypoints"]) if num_kp else out
 
-    def finish(index: tf.Tensor, image: tf.Tensor, boxes: tf.Tensor, class_ids: tf.Tensor,
-               masks: tf.Tensor, keypoints: tf.Tensor) -> dict[str, tf.Tensor]:
-        """A loaded sample (the loader's record, in TF tensors) -> the model's input element."""
-        image.set_shape([None, None, 3])
-        boxes.set_shape([None, 4])
-        class_ids.set_shape([None])
-        masks.set_shape([None, *mini] if mini else [None, None, None])
-        keypoints.set_shape([None, num_kp, 3])
-
-        # Stateless, keyed by element position: reproducible under parallel map.
-        seed_pair = tf.stack([tf.constant(rng_seed, tf.int64), tf.cast(index, tf.int64)])
-        if user_augment is not None:
-            sample = augment_lib.apply_user_augment(
-                user_augment,
-                {"image": image, "boxes": boxes, "class_ids": class_ids, "masks": masks,
-                 "keypoints": keypoints},
-                seed_pair,
-            )
-            image, boxes, class_ids, masks, keypoints = (
-                sample[k] for k in ("image", "boxes", "class_ids", "masks", "keypoints"))
-            image.set_shape([None, None, 3])
-            masks.set_shape([None, *mini] if mini else [None, None, None])
-            keypoints.set_shape([None, num_kp, 3])
-
-        if flip_prob > 0:
-            do_flip = tf.random.stateless_uniform([], seed=seed_pair) < flip_prob
-            width = tf.shape(image)[1]
-            image, boxes, masks, keypoints = tf.cond(
-                do_flip,
-                lambda: (
-                    transforms.flip_image(image),
-                    transforms.flip_boxes(boxes, width),
-                    transforms.flip_masks(masks),
-                    flip_keypoints(keypoints, width, flip_perm) if num_kp else keypoints,
-                ),
-                lambda: (image, boxes, masks, keypoints),
-            )
-
-        if geometric:
-            sample, image_size = augment_lib.augment_sample(
-                {"image": image, "boxes": boxes, "class_ids": class_ids, "masks": masks,
-                 "keypoints": keypoints},
-                config, seed_pair,
-            )
-            if canvas is not None:
-                pad_h = pad_w = tf.constant(canvas, tf.int32)
-            else:
-                pad_h, pad_w = transforms.padded_size(image_size[0], image_size[1], config, mode)
-            images = tf.pad(sample["image"], [[0, pad_h - image_size[0]], [0, pad_w - image_size[1]], [0, 0]])
-            static = canvas or transforms._static_padded_shape(config, mode)[0]
-            images = tf.ensure_shape(images, [static, static, 3])
-            boxes, class_ids, keypoints = sample["boxes"], sample["class_ids"], sample["keypoints"]
-            masks = sample["masks"]
-            if mini is None:
-                masks = tf.ensure_shape(transforms.pad_masks(masks, pad_h, pad_w), [None, static, static])
-        else:
-            images, image_size, scale = transforms.resize_and_pad(image, config, mode)
-            boxes = transforms.scale_boxes(boxes, scale)
-            if mini is None:
-                masks = transforms.resize_and_pad_masks(masks, config, mode)
-            if num_kp:
-                keypoints = scale_keypoints(keypoints, scale)
-        out = {
-            "images": images,
-            "image_sizes": image_size,
-            "gt_boxes": transforms.pad_to_count(boxes, max_gt),
-            "gt_class_ids": transforms.pad_to_count(class_ids, max_gt),
-            "gt_masks": transforms.pad_to_count(masks, max_gt),
-        }
-        if num_kp:
-            out["gt_keypoints"] = transforms.pad_to_count(keypoints, max_gt)
-        return out
-
     def element(index: tf.Tensor, image_id: tf.Tensor) -> dict[str, tf.Tensor]:
         types = [tf.uint8, tf.float32, tf.int32, tf.uint8] + ([tf.float32] if num_kp else [])
         loaded = tf.numpy_function(load_py, [image_id], types, name="load_instance")
         image, boxes, class_ids, masks = loaded[:4]
         keypoints = loaded[4] if num_kp else tf.zeros([tf.shape(boxes)[0], 0, 3])
-        return finish(index, image, boxes, class_ids, masks, keypoints)
+        return _model_input(spec, index, image, boxes, class_ids, masks, keypoints)
 
     if records:
         decode = dataset.decode_fn(config)
 
         def record_element(index: tf.Tensor, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-            return finish(index, *decode(serialized))
+            return _model_input(spec, index, *decode(serialized))
 
         ds = dataset.records(shuffle=shuffle, repeat=repeat, seed=rng_seed)
         map_fn = record_element
@@ -377,33 +442,7 @@ def build_dataset(
         ds = ds.skip(int(start_element))
     ds = ds.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
-    if mode == "square" or canvas is not None:
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    else:
-        mask_hw = list(mini) if mini else [None, None]
-        padded_shapes = {
-            "images": [None, None, 3],
-            "image_sizes": [2],
-            "gt_boxes": [max_gt, 4],
-            "gt_class_ids": [max_gt],
-            "gt_masks": [max_gt, *mask_hw],
-        }
-        if num_kp:
-            padded_shapes["gt_keypoints"] = [max_gt, num_kp, 3]
-        if group:
-            # Detectron2's AspectRatioGroupedDataset: landscape (w > h) and portrait/square
-            # images are batched apart, so a batch pads to a similar shape. Deterministic
-            # given the element order.
-            def key(e):
-                return tf.cast(e["image_sizes"][1] > e["image_sizes"][0], tf.int64)
-
-            ds = ds.group_by_window(
-                key, lambda _, w: w.padded_batch(batch_size, padded_shapes=padded_shapes,
-                                                 drop_remainder=drop_remainder),
-                window_size=batch_size,
-            )
-        else:
-            ds = ds.padded_batch(batch_size, padded_shapes=padded_shapes, drop_remainder=drop_remainder)
+    ds = _batch(ds, spec, batch_size, drop_remainder)
     if data_service:
         ds = distribute_to_service(ds, data_service, job_name=data_service_job)
     ds = ds.prefetch(tf.data.AUTOTUNE)

@@ -68,6 +68,7 @@ def export_config(config: Config, fmt: str = "saved_model") -> Config:
     if fmt == "openvino":
         config.MASK_CLASS_PICK = "flat"
     config.MIXED_PRECISION = None
+    config.JIT_COMPILE = False  # a training-step option; exports trace inference only
     config.validate()
     return config
 

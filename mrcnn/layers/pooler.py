@@ -101,5 +101,5 @@ def pooler_settings(config: Config) -> dict:
         "aligned": config.ROI_ALIGN_ALIGNED,
         "canonical_level": config.ROI_CANONICAL_LEVEL,
         "canonical_size": config.ROI_CANONICAL_SIZE,
-        "implementation": config.ROI_ALIGN_IMPLEMENTATION,
+        "implementation": config.roi_align_implementation(),
     }

@@ -339,6 +339,12 @@ class RoIHeads(keras.layers.Layer):
     - training (``targets`` = {"gt_boxes", "gt_class_ids", "gt_masks",
       "gt_keypoints"}, see ``mrcnn/model.py``): detections {}, losses
       "class_loss", "box_loss" and "mask_loss" / "keypoint_loss" per branch.
+
+    ``xla_compatible`` (``Config.JIT_COMPILE``): the training branch in a form XLA
+    compiles: static shapes (the mask and keypoint branches run on all
+    ``batch_size_per_image * positive_fraction`` leading slots, not on the batch's
+    positive count; the same losses) and the mask targets cropped with the gather
+    RoIAlign (XLA has no CropAndResize kernel).
     """
 
     def __init__(
@@ -381,6 +387,7 @@ class RoIHeads(keras.layers.Layer):
         head_norm: str | None = None,
         box_conv_channels: int = 256,
         gn_groups: int = 32,
+        xla_compatible: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -409,6 +416,7 @@ class RoIHeads(keras.layers.Layer):
             "keypoint_pool_size": int(keypoint_pool_size), "keypoint_conv_channels": int(keypoint_conv_channels),
             "keypoint_num_convs": int(keypoint_num_convs), "keypoint_heatmap_size": int(keypoint_heatmap_size),
             "head_dtype": str(head_dtype), "mask_class_pick": str(mask_class_pick),
+            "xla_compatible": bool(xla_compatible),
         }
         if mask_class_pick not in CLASS_PICKS:
             raise ValueError(f"mask_class_pick must be one of {tuple(CLASS_PICKS)}, got {mask_class_pick!r}")
@@ -485,6 +493,7 @@ class RoIHeads(keras.layers.Layer):
             head_norm=config.HEAD_NORM,
             box_conv_channels=config.FPN_CHANNELS,  # the references' 256 = FPN width (docs/design.md)
             gn_groups=config.GROUP_NORM_GROUPS,
+            xla_compatible=config.JIT_COMPILE,
             **kwargs,
         )
 
@@ -534,15 +543,21 @@ class RoIHeads(keras.layers.Layer):
             num_samples=s["batch_size_per_image"], positive_fraction=s["positive_fraction"],
             positive_iou=s["positive_iou"], box_coder=self.box_coder, mask_shape=tuple(s["mask_shape"]),
             mini_mask=s["mini_mask"], mask_threshold=s["mask_target_threshold"],
-            # Mask targets crop GT masks with one roi_align call; "gather" is a pooler
-            # form for exports, whose stock-ops twin for that crop is "portable".
-            roi_align_implementation=(
-                "portable" if s["roi_align_implementation"] == "gather" else s["roi_align_implementation"]
-            ),
+            roi_align_implementation=self._mask_target_implementation(),
             num_mask_rois=self.num_mask_rois,
+            static_shapes=s["xla_compatible"],
             gt_keypoints=targets["gt_keypoints"] if self.keypoint_head is not None else None,
             heatmap_size=s["keypoint_heatmap_size"], generator=generator,
         )
+
+    def _mask_target_implementation(self) -> str:
+        # Mask targets crop GT masks with one roi_align call; "gather" is a pooler form
+        # for exports, whose stock-ops twin for that crop is "portable" (CropAndResize),
+        # except in the XLA-compiled step: XLA has no CropAndResize kernel.
+        implementation = self.settings["roi_align_implementation"]
+        if implementation == "gather" and not self.settings["xla_compatible"]:
+            return "portable"
+        return implementation
 
     def losses_for(self, features, roi: RoITargets, training=None) -> dict[str, tf.Tensor]:
         """The head losses (scalars) of a sample from :meth:`sample`.

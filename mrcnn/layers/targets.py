@@ -19,6 +19,7 @@ from mrcnn.layers.box_coder import BoxCoder
 from mrcnn.ops import boxes as box_ops
 from mrcnn.ops import custom_roi_align
 from mrcnn.ops.keypoints import keypoints_to_heatmap_targets
+from mrcnn.ops.roi_align_gather import roi_align_gather
 from mrcnn.ops.roi_pooling import roi_align
 from mrcnn.ops.sampling import sample_balanced
 
@@ -124,6 +125,7 @@ def roi_targets(
     num_mask_rois: int | None = None,
     gt_keypoints: tf.Tensor | None = None,
     heatmap_size: int = 56,
+    static_shapes: bool = False,
     generator: tf.random.Generator | None = None,
 ) -> RoITargets:
     """Sample RoIs from proposals + GT boxes and build their class, box and mask targets.
@@ -140,6 +142,13 @@ def roi_targets(
       gt_keypoints: optional [B, G, K, 3] (x, y, v) continuous input pixels; each
         positive RoI's matched GT keypoints are mapped into its ``heatmap_size``
         grid (:func:`mrcnn.ops.keypoints.keypoints_to_heatmap_targets`).
+      roi_align_implementation: crops the mask targets: "auto", "portable", "custom"
+        (:func:`mrcnn.ops.roi_pooling.roi_align`) or "gather"
+        (:func:`mrcnn.ops.roi_align_gather.roi_align_gather`, what XLA compiles).
+      static_shapes: mask and keypoint targets cover all ``num_mask_rois`` slots
+        (``mask_slots`` a Python int) instead of the batch's positive count, so every
+        shape is static for XLA (``Config.JIT_COMPILE``). The extra slots are not
+        positive and carry no loss: the losses are the same.
       generator: the sampler's random source (``sample_balanced``).
     """
     gt_boxes = tf.stop_gradient(gt_boxes)
@@ -165,7 +174,10 @@ def roi_targets(
     # the heads' tensors empty, since oneDNN's Conv2DBackpropFilter fails on an empty batch
     # ("Missing 1-th output"); the extra slot is not positive and carries no loss.
     most = num_samples if num_mask_rois is None else num_mask_rois
-    m = tf.minimum(tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(is_pos, tf.int32), axis=1)), 1), most)
+    if static_shapes:
+        m = min(int(most), int(num_samples))
+    else:
+        m = tf.minimum(tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(is_pos, tf.int32), axis=1)), 1), most)
     masks = None
     if gt_masks is not None:
         masks = _mask_targets(rois[:, :m], gt_index[:, :m], matched_boxes[:, :m], gt_masks, mask_shape,
@@ -216,6 +228,10 @@ def _mask_targets(rois, gt_index, matched_boxes, gt_masks, mask_shape, mini_mask
         boxes = rois
         sampling_ratio = mask_target_sampling_ratio(implementation)
     box_indices = tf.range(batch)[:, None] * num_gt + gt_index
+    if implementation == "gather":
+        out = roi_align_gather(masks, tf.reshape(boxes, [-1, 4]), tf.reshape(box_indices, [-1]), mask_shape,
+                               spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True)
+        return tf.reshape(out, tf.stack([batch, num_rois, mask_shape[0], mask_shape[1]]))
     out = roi_align(
         masks,
         tf.reshape(boxes, [-1, 4]),

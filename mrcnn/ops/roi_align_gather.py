@@ -98,8 +98,71 @@ def multilevel_roi_align_gather(
     row0 = tf.gather(tf.stack(bases), levels) + tf.expand_dims(tf.range(batch), -1) * height * width
     scale = tf.gather(tf.constant([1.0 / st for st in strides[: len(features)]], tf.float32), levels)
 
+    y, x = _sample_positions(boxes * tf.expand_dims(scale, -1), ph, pw, s, aligned)
+    samples = _bilinear_bins(table, row0, height, width, y, x, s)
+    return tf.reshape(samples, tf.stack([batch, num_rois, ph, pw, channels]))
+
+
+def roi_align_gather(
+    features: tf.Tensor,
+    boxes: tf.Tensor,
+    box_indices: tf.Tensor,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 2,
+    aligned: bool = True,
+) -> tf.Tensor:
+    """Single-map RoIAlign from Gather and arithmetic (as :func:`mrcnn.ops.roi_pooling.roi_align`).
+
+    XLA has no CropAndResize kernel, so the XLA-compiled training step
+    (``Config.JIT_COMPILE``) crops the mask targets with this form.
+
+    Args:
+      features: [N, H, W, C] float32. boxes: [K, 4] (y1, x1, y2, x2) input pixels.
+      box_indices: [K] int32, the image of each box in ``features``.
+      output_size: ph or (ph, pw). spatial_scale: feature pixels per input pixel.
+      sampling_ratio: s > 0 samples per bin and axis.
+    Returns:
+      [K, ph, pw, C] float32.
+    """
+    if sampling_ratio <= 0:
+        raise ValueError(f"the gather RoIAlign needs a fixed sampling_ratio > 0, got {sampling_ratio}")
+    ph, pw = _pair(output_size)
+    features = tf.convert_to_tensor(features, tf.float32)
+    channels = features.shape[-1] or tf.shape(features)[-1]
+    shape = tf.shape(features)
+    table = tf.reshape(features, [-1, channels])
+    # One leading "batch" of K boxes: the [B, R] layout the multi-level form uses.
+    row0 = tf.expand_dims(tf.cast(box_indices, tf.int32) * shape[1] * shape[2], 0)  # [1, K]
+    height = tf.fill(tf.shape(row0), shape[1])
+    width = tf.fill(tf.shape(row0), shape[2])
+    s = int(sampling_ratio)
     offset = 0.5 if aligned else 0.0
-    y1, x1, y2, x2 = tf.unstack(boxes * tf.expand_dims(scale, -1) - offset, axis=-1)
+    y1, x1, y2, x2 = tf.unstack(tf.expand_dims(tf.cast(boxes, tf.float32), 0) * float(spatial_scale) - offset, axis=-1)
+    roi_h, roi_w = y2 - y1, x2 - x1
+    if not aligned:
+        roi_h, roi_w = tf.maximum(roi_h, 1.0), tf.maximum(roi_w, 1.0)
+
+    def positions(start, extent, bins):
+        # The custom op's float arithmetic (start + p * bin + (i + 0.5) * bin / s): mask
+        # targets are thresholded at 0.5, and a RoI equal to its GT box puts samples
+        # exactly between mask cells, so the rounding decides ties; this order gives the
+        # custom op's and CropAndResize's targets there.
+        bin_size = extent / float(bins)
+        p = tf.repeat(tf.range(bins, dtype=tf.float32), s)
+        i = tf.tile(tf.range(s, dtype=tf.float32) + 0.5, [bins])
+        ex = tf.expand_dims
+        return ex(start, -1) + ex(bin_size, -1) * p + i * ex(bin_size, -1) / float(s)
+
+    samples = _bilinear_bins(table, row0, height, width, positions(y1, roi_h, ph), positions(x1, roi_w, pw), s)
+    return samples[0]
+
+
+def _sample_positions(boxes, ph: int, pw: int, s: int, aligned: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    """Sample positions (the module docstring's rule): boxes [B, R, 4] in feature pixels
+    -> y [B, R, s*ph], x [B, R, s*pw]."""
+    offset = 0.5 if aligned else 0.0
+    y1, x1, y2, x2 = tf.unstack(boxes - offset, axis=-1)
     roi_h, roi_w = y2 - y1, x2 - x1
     if not aligned:
         roi_h, roi_w = tf.maximum(roi_h, 1.0), tf.maximum(roi_w, 1.0)
@@ -109,6 +172,17 @@ def multilevel_roi_align_gather(
     ex = tf.expand_dims
     y = ex(y1, -1) + ex(roi_h, -1) * grid_y  # [B, R, Sy]
     x = ex(x1, -1) + ex(roi_w, -1) * grid_x  # [B, R, Sx]
+    return y, x
+
+
+def _bilinear_bins(table, row0, height, width, y, x, s: int) -> tf.Tensor:
+    """The RoIAlign bins of samples read from a flat feature table (the module docstring's rule).
+
+    table: [rows, C], each map stored row-major from its first row ``row0``; row0,
+    height, width: [B, R] int32 per box; y [B, R, s*ph], x [B, R, s*pw]: sample
+    positions in feature pixels of the box's map. Returns [B, R, ph, pw, C].
+    """
+    ex = tf.expand_dims
 
     def axis_terms(v, size):
         """Low/high indices and weights along one axis, the reference kernels' rule."""
@@ -149,4 +223,4 @@ def multilevel_roi_align_gather(
                 part = samples[:, :, i::s, j::s, :]
                 total = part if total is None else total + part
         samples = total / float(s * s)
-    return tf.reshape(samples, tf.stack([batch, num_rois, ph, pw, channels]))
+    return samples

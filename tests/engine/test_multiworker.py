@@ -325,7 +325,7 @@ def test_cli_multi_worker_kill_resume_and_equal_weights(tmp_path):
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "mrcnn", "train", "--strategy", "multi-worker",
             "--config", f"{tmp_path / 'mwcfg.py'}:MultiWorkerTiny", "--dataset", "shapes",
-            "--train-images", "8", "--val-images", "2", "--epochs", "4", "--steps-per-epoch", "10",
+            "--train-images", "8", "--val-images", "2", "--epochs", "3", "--steps-per-epoch", "5",
             "--val-steps", "1", "--seed", "5", "--check", "none", "--deterministic", "--out", str(out)]
     first = Workers(argv, 2, tmp_path, "first")
     try:
@@ -347,7 +347,7 @@ def test_cli_multi_worker_kill_resume_and_equal_weights(tmp_path):
            "global batch 2" in first.output(0), first.output(0)[-2000:]
     assert not (out / "final.weights.h5").exists()
     resumed_from = max(_backup_steps(out / "backup"))
-    assert 10 <= resumed_from < 40
+    assert 5 <= resumed_from < 15
 
     second = Workers(argv, 2, tmp_path, "second")
     codes = second.wait(timeout=HANG)

@@ -2,7 +2,7 @@
 a kill during a write, a non-finite stop.
 
 Each test runs training in a subprocess on the synthetic shapes data with a tiny network
-(64x64 inputs, 3 epochs x 15 steps, a backup every 10 steps) and checks what the next start
+(64x64 inputs, 3 epochs x 6 steps, a backup every 4 steps) and checks what the next start
 does. Faults that must land at a given step are placed by the training itself: the driver
 below adds a callback that SIGKILLs its own process, or makes its file writes fail, at global
 step k, so "mid-epoch" holds on every machine whatever its speed. One uninterrupted run per
@@ -38,8 +38,8 @@ from conftest import TinyConfig
 class RelConfig(TinyConfig):
     IMAGE_MIN_DIM = 64
     IMAGE_MAX_DIM = 64
-    BACKUP_EVERY_STEPS = 10
-    STEPS_PER_EPOCH = 15
+    BACKUP_EVERY_STEPS = 4
+    STEPS_PER_EPOCH = 6
     CHECKPOINT_MONITOR = None
     # Samples smaller than the candidates (1023 anchors, up to 200 RoIs, few of them
     # positive): which ones are drawn is decided by the sampling generator, so an exact
@@ -95,7 +95,7 @@ train = ShapesDataset()
 train.load_shapes(8, seed=1)
 fault = os.environ.get("FAULT")
 callbacks = [Fault(fault.split(":")[0], int(fault.split(":")[1]))] if fault else []
-result = run_training(lambda: MaskRCNN(config), train, config, sys.argv[2], 3, 15, seed=5,
+result = run_training(lambda: MaskRCNN(config), train, config, sys.argv[2], 3, 6, seed=5,
                       tensorboard=False, callbacks=callbacks)
 print("RESULT", result.status, result.start_step, result.step, flush=True)
 '''
@@ -195,81 +195,81 @@ def _assert_same_run(out, ref):
 
 @pytest.fixture(scope="module")
 def reference(scripts, tmp_path_factory):
-    """The uninterrupted run (3 epochs x 15 steps) every resumed run is compared with."""
+    """The uninterrupted run (3 epochs x 6 steps) every resumed run is compared with."""
     out = tmp_path_factory.mktemp("reference") / "run"
     code, log = _run(_driver(scripts, out))
-    assert code == 0 and "RESULT complete 0 45" in log, log[-3000:]
+    assert code == 0 and "RESULT complete 0 18" in log, log[-3000:]
     return out
 
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_resumes_bit_for_bit_and_the_sampling_rng_state_decides(tmp_path, scripts, reference):
-    """The run SIGKILLs itself after step 25 (mid-epoch 2; the last backup is step 20); the next
-    start resumes at step 20 and ends with the reference's weights bit for bit. The same resume
+    """The run SIGKILLs itself after step 10 (mid-epoch 2; the last backup is step 8); the next
+    start resumes at step 8 and ends with the reference's weights bit for bit. The same resume
     with the backup's sampling-generator state changed ends elsewhere: the draw decides."""
     out = tmp_path / "killed"
-    code, log = _run(_driver(scripts, out), FAULT="kill:25")
-    assert code == -signal.SIGKILL and "FAULT kill after step 25" in log, log[-3000:]
-    assert _backup_steps(out) == [15, 20] and not os.path.exists(out / "final.weights.h5")
-    state = json.loads((out / "backup" / "step_00000020.json").read_text())
-    assert (state["epoch"], state["step_in_epoch"]) == (1, 5)  # mid-epoch 2, asserted, not hoped for
+    code, log = _run(_driver(scripts, out), FAULT="kill:10")
+    assert code == -signal.SIGKILL and "FAULT kill after step 10" in log, log[-3000:]
+    assert _backup_steps(out) == [6, 8] and not os.path.exists(out / "final.weights.h5")
+    state = json.loads((out / "backup" / "step_00000008.json").read_text())
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 2)  # mid-epoch 2, asserted, not hoped for
     control = tmp_path / "control"
     shutil.copytree(out, control)
 
     code, log = _run(_driver(scripts, out))
-    assert code == 0 and "RESULT complete 20 45" in log, log[-3000:]
-    assert _resumed_at(log) == 20 and "(epoch 2, step 5 of 15)" in log
+    assert code == 0 and "RESULT complete 8 18" in log, log[-3000:]
+    assert _resumed_at(log) == 8 and "(epoch 2, step 2 of 6)" in log
     assert "taking over stale lock" in log  # the killed run's lock was left behind
     _assert_same_run(out, reference)
 
     # Control: the same backup, another sampling-generator state (Philox counter moved on).
     state["rng_state"][0] += 1_000_003
-    (control / "backup" / "step_00000020.json").write_text(json.dumps(state))
-    code, log = _run(_driver(scripts, control), FAULT="kill:10")  # stop again at global step 30
-    assert code == -signal.SIGKILL and _resumed_at(log) == 20, log[-3000:]
-    got = _weights(control / "backup" / "step_00000030.weights.h5", model_only=True)
+    (control / "backup" / "step_00000008.json").write_text(json.dumps(state))
+    code, log = _run(_driver(scripts, control), FAULT="kill:4")  # stop again at global step 12
+    assert code == -signal.SIGKILL and _resumed_at(log) == 8, log[-3000:]
+    got = _weights(control / "backup" / "step_00000012.weights.h5", model_only=True)
     want = _weights(reference / "checkpoints" / "epoch_002.weights.h5", model_only=True)
     assert got.keys() == want.keys()
     moved = max(float(np.max(np.abs(got[k] - want[k]))) for k in got if got[k].size)
-    print(f"another sampling state: weights after step 30 differ by up to {moved:.3g}")
+    print(f"another sampling state: weights after step 12 differ by up to {moved:.3g}")
     assert moved > 1e-4
 
 
 @pytest.mark.slow
 def test_full_disk_during_training_stops_then_resumes_when_space_returns(tmp_path, scripts, reference):
-    """From step 25 on every file write past 64 KiB fails (RLIMIT_FSIZE, EFBIG: the ENOSPC path).
-    The step-30 backup fails, the run stops with that OSError, the step-20 backup is intact and
-    no temporary is left; the next start (space back) resumes at step 20 and ends with the
+    """From step 10 on every file write past 64 KiB fails (RLIMIT_FSIZE, EFBIG: the ENOSPC path).
+    The step-12 backup fails, the run stops with that OSError, the step-8 backup is intact and
+    no temporary is left; the next start (space back) resumes at step 8 and ends with the
     reference's weights bit for bit. (The process then dies at exit, SIGSEGV in h5py/HDF5's
     teardown of the file whose writes failed; hence "not 0", not "1": docs/reliability.md.)"""
     out = tmp_path / "run"
-    code, log = _run(_driver(scripts, out), FAULT="full-disk:25")
-    assert code != 0 and "FAULT full-disk after step 25" in log, log[-3000:]
+    code, log = _run(_driver(scripts, out), FAULT="full-disk:10")
+    assert code != 0 and "FAULT full-disk after step 10" in log, log[-3000:]
     assert "OSError: [Errno 27]" in log and "File too large" in log, log[-3000:]
     assert "RESULT" not in log and not os.path.exists(out / "final.weights.h5")
-    assert _backup_steps(out) == [15, 20]
+    assert _backup_steps(out) == [6, 8]
     assert not glob.glob(str(out / "**" / ".tmp-*"), recursive=True)
     assert not os.path.exists(out / "run.lock")  # released on the error
 
     code, log = _run(_driver(scripts, out))
-    assert code == 0 and "RESULT complete 20 45" in log, log[-3000:]
+    assert code == 0 and "RESULT complete 8 18" in log, log[-3000:]
     _assert_same_run(out, reference)
 
 
 @pytest.mark.slow
 def test_ctrl_c_then_sigterm_each_back_up_and_exit_and_the_same_command_finishes(tmp_path, scripts, reference):
-    """`mrcnn train` gets SIGINT (Ctrl-C) after its step-10 backup: it finishes the step, backs up
+    """`mrcnn train` gets SIGINT (Ctrl-C) after its step-4 backup: it finishes the step, backs up
     and exits 130; the same command resumes there, gets SIGTERM after its next backup and exits
     143; the same command again finishes. Epoch files are never rewritten, the epochs end at
-    steps 15/30/45 and the weights equal the uninterrupted reference's bit for bit."""
+    steps 6/12/18 and the weights equal the uninterrupted reference's bit for bit."""
     out = tmp_path / "run"
     stops = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         done = _backup_steps(out)[-1] if stops else 0
         proc = _start(_cli(scripts, out), tmp_path / f"{signum}.log")
         try:
-            # The next 10-step backup of this process is committed (its JSON is the marker).
-            target = out / "backup" / f"step_{done - done % 10 + 10:08d}.json"
+            # The next 4-step backup of this process is committed (its JSON is the marker).
+            target = out / "backup" / f"step_{done - done % 4 + 4:08d}.json"
             _wait_for(lambda target=target: target.exists(), proc, target.name)
             proc.send_signal(signum)
             assert proc.wait(timeout=HANG) == 128 + signum
@@ -279,43 +279,43 @@ def test_ctrl_c_then_sigterm_each_back_up_and_exit_and_the_same_command_finishes
         assert f"{signal.Signals(signum).name}: stopping after this step" in log, log[-3000:]
         assert "run the same command again to resume" in log
         stops.append(_backup_steps(out)[-1])
-        assert done < stops[-1] < 45
-        if stops[-1] >= 15 and len(stops) == 1:
+        assert done < stops[-1] < 18
+        if stops[-1] >= 6 and len(stops) == 1:
             epoch1 = _sha(out / "checkpoints" / "epoch_001.weights.h5")
     code, log = _run(_cli(scripts, out))
     assert code == 0, log[-3000:]
     assert f"at global step {stops[-1]} " in log
-    if stops[0] >= 15:
+    if stops[0] >= 6:
         assert _sha(out / "checkpoints" / "epoch_001.weights.h5") == epoch1  # not rewritten
     assert sorted(os.listdir(out / "checkpoints")) == [
         "epoch_001.weights.h5", "epoch_002.weights.h5", "epoch_003.weights.h5"]
-    assert [h["step"] for h in _history(out) if not h.get("partial")] == [15, 30, 45]
+    assert [h["step"] for h in _history(out) if not h.get("partial")] == [6, 12, 18]
     _assert_same_run(out, reference)
 
 
 @pytest.mark.slow
 def test_kill_during_a_backup_write_resumes_from_the_previous_backup(tmp_path, scripts):
     """`MRCNN_TEST_WRITE_DELAY=3` holds every write between its temporary file and the rename; the
-    run is SIGKILLed while the step-15 backup's temporary exists: the next start resumes at the
-    step-10 backup and removes the stale temporary."""
+    run is SIGKILLed while the step-6 (epoch end) backup's temporary exists: the next start
+    resumes at the step-4 backup and removes the stale temporary."""
     out = tmp_path / "run"
     cmd = _cli(scripts, out)
     cmd[cmd.index("--epochs") + 1] = "1"
     proc = _start(cmd, tmp_path / "run.log", MRCNN_TEST_WRITE_DELAY="3")
     backup = out / "backup"
     try:
-        _wait_for(lambda: os.path.exists(backup / "step_00000010.json")
-                  and glob.glob(str(backup / ".tmp-step_00000015.weights.h5*")), proc, "step-15 temporary")
+        _wait_for(lambda: os.path.exists(backup / "step_00000004.json")
+                  and glob.glob(str(backup / ".tmp-step_00000006.weights.h5*")), proc, "step-6 temporary")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
         proc.kill()
     assert glob.glob(str(backup / ".tmp-*"))  # the write really was in flight
-    assert not os.path.exists(backup / "step_00000015.weights.h5")
+    assert not os.path.exists(backup / "step_00000006.weights.h5")
 
     code, log = _run(cmd)
     assert code == 0, log[-3000:]
-    assert "at global step 10 " in log
+    assert "at global step 4 " in log
     assert not glob.glob(str(backup / ".tmp-*"))
     assert os.path.exists(out / "final.weights.h5")
 

@@ -322,3 +322,33 @@ def test_portable_gradient_is_exact_with_op_determinism():
     lines = [line for line in proc.stdout.splitlines() if line.startswith("ERR ")]
     assert lines, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert float(lines[0].split()[1]) < 1e-3
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_single_map_gather_form_matches_reference_and_compiles_with_xla(aligned):
+    # The mask targets of the XLA-compiled step (Config.JIT_COMPILE): XLA has no CropAndResize.
+    from mrcnn.ops.roi_align_gather import roi_align_gather
+
+    rng = np.random.default_rng(7 + aligned)
+    features, boxes, indices = random_case(rng, num_images=3)
+    want = roi_align_forward(features, boxes, indices, (3, 5), 0.5, 2, aligned)
+    got = roi_align_gather(features, boxes, indices, (3, 5), 0.5, 2, aligned).numpy()
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
+    compiled = tf.function(lambda f, b, i: roi_align_gather(f, b, i, (3, 5), 0.5, 2, aligned), jit_compile=True)
+    np.testing.assert_allclose(compiled(features, boxes, indices).numpy(), want, atol=ATOL, rtol=0)
+
+
+def test_single_map_gather_form_gives_the_portable_mask_targets_at_ties():
+    # A RoI equal to its GT box puts samples exactly between mini-mask cells: bins average
+    # to exactly 0.5 there, and the 0.5 threshold of the mask targets follows the rounding.
+    # The gather form rounds as CropAndResize does, so the thresholded targets are equal.
+    from mrcnn.ops.roi_align_gather import roi_align_gather
+
+    rng = np.random.default_rng(3)
+    masks = np.pad((rng.random((4, 56, 56, 1)) > 0.5).astype(np.float32), [[0, 0], [1, 1], [1, 1], [0, 0]])
+    boxes = np.tile(np.array([[1.0, 1.0, 57.0, 57.0]], np.float32), (4, 1))
+    indices = np.arange(4, dtype=np.int32)
+    want = portable(masks, boxes, indices, (28, 28), 1.0, 2, True).numpy()
+    got = roi_align_gather(masks, boxes, indices, (28, 28), 1.0, 2, True).numpy()
+    assert np.mean(want == 0.5) > 0.05  # the ties are there
+    np.testing.assert_array_equal(got >= 0.5, want >= 0.5)
