@@ -21,6 +21,14 @@ them torchvision's RoIAlign and NMS run through ``tests/torchvision_shim.py``
 (pure Python/PyTorch, far slower: the README's old 4.6x came from there); the
 script prints which.
 
+Both frameworks run in this one process: the Python needs TensorFlow and torch. With
+torch in a separate venv (torch drags its own numpy), put a folder of links to that
+venv's ``torch``, ``torchgen``, ``torchvision``, ``torchvision.libs``, ``functorch`` and
+their pure-Python dependencies (``sympy``, ``mpmath``, ``jinja2``, ``filelock``,
+``fsspec``) on ``PYTHONPATH`` after the checkout, and run the project's Python.
+``--photos``: the tiny_coco photos are looked for next to the checkout
+(``../shared/datasets``); from a worktree elsewhere, name the folder.
+
 ``--model v2``: ``maskrcnn_resnet50_fpn_v2`` against ``MaskRCNN(TorchvisionCOCOv2())``
 (for ``--train``: every stage trained, BatchNorm in training mode on both sides, as
 torchvision builds v2 without pretrained weights).
@@ -63,6 +71,7 @@ def _median_ms(values: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--photos", default=TINY_COCO, help="folder of .jpg photos (inference; default: %(default)s)")
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -81,9 +90,9 @@ def main() -> None:
         train(args)
         return
 
-    paths = sorted(glob.glob(os.path.join(TINY_COCO, "*.jpg")))[: args.images]
+    paths = sorted(glob.glob(os.path.join(args.photos, "*.jpg")))[: args.images]
     if not paths:
-        sys.exit(f"no photos under {TINY_COCO} (the shared tiny_coco dataset)")
+        sys.exit(f"no .jpg photos under {args.photos} (the shared tiny_coco dataset; pass --photos DIR)")
 
     import tensorflow as tf
 

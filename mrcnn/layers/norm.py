@@ -103,13 +103,15 @@ class RoIBatchNorm(keras.layers.Layer):
         return x
 
     def call(self, inputs, training=None, valid=None):
-        x = tf.cast(inputs, tf.float32)
+        # Statistics in float32 at least (half-precision heads), float64 stays float64.
+        dtype = tf.float64 if inputs.dtype == tf.float64 else tf.float32
+        x = tf.cast(inputs, dtype)
         if training and self.trainable:
             axes = list(range(len(x.shape) - 1))
             if valid is None:
                 weight = tf.ones_like(x[..., :1])
             else:
-                weight = tf.cast(tf.reshape(valid, [-1] + [1] * (len(x.shape) - 1)), tf.float32)
+                weight = tf.cast(tf.reshape(valid, [-1] + [1] * (len(x.shape) - 1)), dtype)
                 weight = tf.broadcast_to(weight, tf.concat([tf.shape(x)[:-1], [1]], axis=0))
             total = self._sum(tf.reduce_sum(weight))
             count = tf.maximum(total, 1.0)
@@ -117,12 +119,14 @@ class RoIBatchNorm(keras.layers.Layer):
             # Two passes (mean, then squared deviations): no cancellation.
             variance = self._sum(tf.reduce_sum(tf.square(x - mean) * weight, axis=axes)) / count
             # No RoI anywhere: the moving statistics stay (as NaiveSyncBatchNorm's "N" mode).
-            m = tf.where(total > 0, self.momentum, 1.0)
-            self.moving_mean.assign(tf.cast(self.moving_mean, tf.float32) * m + mean * (1.0 - m))
-            self.moving_variance.assign(tf.cast(self.moving_variance, tf.float32) * m + variance * (1.0 - m))
+            m = tf.where(total > 0, tf.constant(self.momentum, dtype), tf.constant(1.0, dtype))
+            self.moving_mean.assign(tf.cast(tf.cast(self.moving_mean, dtype) * m + mean * (1.0 - m),
+                                            self.moving_mean.dtype))
+            self.moving_variance.assign(tf.cast(tf.cast(self.moving_variance, dtype) * m + variance * (1.0 - m),
+                                                self.moving_variance.dtype))
         else:
-            mean, variance = (tf.cast(v, tf.float32) for v in (self.moving_mean, self.moving_variance))
-        gamma, beta = tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32)
+            mean, variance = (tf.cast(v, dtype) for v in (self.moving_mean, self.moving_variance))
+        gamma, beta = tf.cast(self.gamma, dtype), tf.cast(self.beta, dtype)
         y = (x - mean) * (gamma * tf.math.rsqrt(variance + self.epsilon)) + beta
         return tf.cast(y, self.compute_dtype)
 
