@@ -201,13 +201,14 @@ class MaskRCNN(keras.Model):
         health = data_health if data_health is not None else getattr(x, "data_health", None)
         if health is not None:
             self.data_health = health
-        if self.optimizer is not None and not self.optimizer.built:
+        optimizer = getattr(self, "optimizer", None)  # absent before compile(): Keras' own error follows
+        if optimizer is not None and not optimizer.built:
             # Outside a strategy Keras would create the optimizer's slots inside the first
             # trace of train_step, and TensorFlow then traces the whole step a second time
             # (measured: 40 -> 23 s for a first 1-step fit). Same variables, same order as
             # train_step's apply_gradients, as Keras itself does under a strategy.
             with self.distribute_strategy.scope():
-                self.optimizer.build(self.trainable_variables)
+                optimizer.build(self.trainable_variables)
         try:
             return super().fit(*args, **kwargs)
         except tf.errors.OpError:
