@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 import warnings
-from typing import Any
 
 COUNTER_KEYS = ("empty_masks_dropped", "instances_truncated", "bad_samples_skipped")
 
@@ -85,8 +84,3 @@ class DataHealth:
         counts, ids = self.snapshot()
         return f"DataHealth({counts}, skipped_ids={ids})"
 
-
-def health_of(data: Any) -> DataHealth | None:
-    """The :class:`DataHealth` a pipeline carries (``data.data_health``), or None."""
-    health = getattr(data, "data_health", None)
-    return health if isinstance(health, DataHealth) else None

@@ -137,11 +137,7 @@ def roi_align_gather(
     height = tf.fill(tf.shape(row0), shape[1])
     width = tf.fill(tf.shape(row0), shape[2])
     s = int(sampling_ratio)
-    offset = 0.5 if aligned else 0.0
-    y1, x1, y2, x2 = tf.unstack(tf.expand_dims(tf.cast(boxes, tf.float32), 0) * float(spatial_scale) - offset, axis=-1)
-    roi_h, roi_w = y2 - y1, x2 - x1
-    if not aligned:
-        roi_h, roi_w = tf.maximum(roi_h, 1.0), tf.maximum(roi_w, 1.0)
+    y1, x1, roi_h, roi_w = _roi_frame(tf.expand_dims(tf.cast(boxes, tf.float32), 0) * float(spatial_scale), aligned)
 
     def positions(start, extent, bins):
         # The custom op's float arithmetic (start + p * bin + (i + 0.5) * bin / s): mask
@@ -158,14 +154,21 @@ def roi_align_gather(
     return samples[0]
 
 
-def _sample_positions(boxes, ph: int, pw: int, s: int, aligned: bool) -> tuple[tf.Tensor, tf.Tensor]:
-    """Sample positions (the module docstring's rule): boxes [B, R, 4] in feature pixels
-    -> y [B, R, s*ph], x [B, R, s*pw]."""
+def _roi_frame(boxes: tf.Tensor, aligned: bool) -> tuple[tf.Tensor, ...]:
+    """boxes [..., 4] (y1, x1, y2, x2) feature pixels -> (y1, x1, height, width), each [...]:
+    shifted by half a pixel when ``aligned``, else at least one pixel tall and wide."""
     offset = 0.5 if aligned else 0.0
     y1, x1, y2, x2 = tf.unstack(boxes - offset, axis=-1)
     roi_h, roi_w = y2 - y1, x2 - x1
     if not aligned:
         roi_h, roi_w = tf.maximum(roi_h, 1.0), tf.maximum(roi_w, 1.0)
+    return y1, x1, roi_h, roi_w
+
+
+def _sample_positions(boxes, ph: int, pw: int, s: int, aligned: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    """Sample positions (the module docstring's rule): boxes [B, R, 4] in feature pixels
+    -> y [B, R, s*ph], x [B, R, s*pw]."""
+    y1, x1, roi_h, roi_w = _roi_frame(boxes, aligned)
     grid_y = (tf.range(s * ph, dtype=tf.float32) + 0.5) / float(s * ph)  # [Sy]
     grid_x = (tf.range(s * pw, dtype=tf.float32) + 0.5) / float(s * pw)
     # tf.expand_dims rather than [..., None]: LiteRT has no strided slice with a new axis.
