@@ -245,6 +245,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         strategy = distribute.make_strategy(args.strategy)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    if args.input_timeout < 0:
+        raise CLIError(f"--input-timeout must be 0 (wait for ever) or a number of seconds, got {args.input_timeout:g}")
     if distribute.worker_info(strategy).num_workers > 1 and args.max_minutes:
         raise CLIError("--max-minutes with several workers: each would stop at its own step; use --epochs")
     config = distribute.scale_config(config, strategy)  # GPU_COUNT = replicas: BATCH_SIZE is the global batch
@@ -271,7 +273,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = run_training(
             lambda: _start_model(config, args), train, config, args.out, args.epochs,
             args.steps_per_epoch or config.STEPS_PER_EPOCH, val_dataset=val, val_steps=args.val_steps,
-            eval_every=args.eval_every, max_minutes=args.max_minutes, seed=args.seed, resume=resume,
+            eval_every=args.eval_every, max_minutes=args.max_minutes, input_timeout=args.input_timeout,
+            seed=args.seed, resume=resume,
             check=None if args.check == "none" or records else args.check, write_config=True,
             strategy=strategy, input_fn=input_fn, verbose=args.verbose, force=args.force,
         )
@@ -709,6 +712,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-steps", type=int, default=0, help="validation-loss steps per epoch")
     p.add_argument("--eval-every", type=int, default=0, help="COCO-evaluate every N epochs")
     p.add_argument("--max-minutes", type=float, default=0, help="stop cleanly after this long")
+    p.add_argument("--input-timeout", type=float, default=0, metavar="SECONDS",
+                   help="exit with status 5 when a training step waits longer than this for its input (a "
+                        "dead --data-service worker, a hung file system), so a scheduler restarts the run "
+                        "and it resumes from its newest backup; 0 = wait for ever")
     p.add_argument("--resume", action="store_true", help="resume the run in --out (error if there is none)")
     p.add_argument("--restart", action="store_true",
                    help="start fresh; the previous run's files move to OUT/previous-<time>/")

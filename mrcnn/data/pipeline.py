@@ -457,8 +457,9 @@ def distribute_to_service(ds: tf.data.Dataset, address: str, job_name: str | Non
     dispatcher hands the source's splits (record files; for a records pipeline
     one split = one shard file) to whichever worker asks next, so in one epoch every element is
     produced exactly once while all workers live. A worker that dies loses the
-    splits it was processing (at most once: elements lost, never repeated; see
-    docs/distributed.md for the measured cost). Consumers that pass the same
+    splits it was processing (at most once: elements lost, never repeated), and
+    TensorFlow's client then waits on the dead worker's task, often for ever
+    (docs/distributed.md has the measured runs). Consumers that pass the same
     ``job_name`` share one job (and so split one epoch between them).
     """
     if "://" not in address:

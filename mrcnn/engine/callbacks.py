@@ -1,12 +1,14 @@
 """Keras callbacks for training Mask R-CNN: the run lock, step backups and the step-exact
 resume, start checks, the non-finite guard, epoch checkpoints, stops (time budget,
-signals), data health and history. Evaluation during ``fit`` and the TensorBoard writer
+signals, a stalled input), data health and history. Evaluation during ``fit`` and the TensorBoard writer
 are :mod:`mrcnn.engine.evaluation` (importable from here too)."""
 
 from __future__ import annotations
 
 import math
 import os
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -565,6 +567,69 @@ class SignalStop(keras.callbacks.Callback):
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous.clear()
+
+
+INPUT_STALL_EXIT_STATUS = 5
+
+
+class InputStallGuard(keras.callbacks.Callback):
+    """End the process when a training step waits more than ``timeout`` seconds.
+
+    A step that never ends is almost always its input: a tf.data service worker that
+    died (TensorFlow's client then waits on its task for ever, docs/distributed.md), a
+    hung network file system. The main thread is blocked inside TensorFlow where no
+    Python exception reaches it, so a watcher thread prints one line to stderr and
+    ends the process with :data:`INPUT_STALL_EXIT_STATUS` (5), which a scheduler can
+    restart on; the run resumes from its newest backup, losing the steps since that
+    backup as a kill does. The clock runs from each ``on_train_batch_begin`` to its
+    ``on_train_batch_end`` (input wait plus the step itself), so validation, evaluation
+    and the backups between steps are not timed; the first step of each ``fit``
+    (tracing, minutes on a CPU) is not timed either. ``exit`` is for tests.
+    """
+
+    def __init__(self, timeout: float, backup_dir: str | os.PathLike | None = None,
+                 exit: Any = os._exit) -> None:
+        super().__init__()
+        if not timeout > 0:
+            raise ValueError(f"InputStallGuard timeout must be > 0 seconds, got {timeout!r}")
+        self.timeout = float(timeout)
+        self.backup_dir = os.fspath(backup_dir) if backup_dir is not None else None
+        self._exit = exit
+        self._step_began: float | None = None
+        self._steps = 0
+        self._done = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._steps, self._step_began = 0, None
+        self._done.clear()
+        self._watcher = threading.Thread(target=self._watch, name="mrcnn-input-stall-guard", daemon=True)
+        self._watcher.start()
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._steps:
+            self._step_began = time.monotonic()
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._step_began = None
+        self._steps += 1
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self._step_began = None
+        self._done.set()
+        if self._watcher is not None:
+            self._watcher.join()
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(1.0, self.timeout / 4)):
+            began = self._step_began
+            if began is not None and time.monotonic() - began > self.timeout:
+                where = f"; the same command resumes from {self.backup_dir}" if self.backup_dir else ""
+                print(f"mrcnn train: error: a training step has waited more than {self.timeout:g} s for its "
+                      f"input (a dead tf.data service worker or a hung file system?); exiting with status "
+                      f"{INPUT_STALL_EXIT_STATUS}{where}", file=sys.stderr, flush=True)
+                self._exit(INPUT_STALL_EXIT_STATUS)
+                return
 
 
 class DataHealthLogger(keras.callbacks.Callback):

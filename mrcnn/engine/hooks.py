@@ -23,6 +23,7 @@ from mrcnn.engine.callbacks import (
     FitStartCheck,
     HistoryLog,
     HoldRunLock,
+    InputStallGuard,
     NonFiniteGuard,
     SignalStop,
     StepBackup,
@@ -59,6 +60,7 @@ def build_callbacks(
     val_dataset: Any = None,
     eval_every: int = 0,
     max_minutes: float = 0.0,
+    input_timeout: float = 0.0,
     extra_state: dict[str, Any] | None = None,
     rng: Any = None,
     metric_sums: dict[str, list[float]] | None = None,
@@ -67,8 +69,9 @@ def build_callbacks(
     """The callbacks of a run into ``out_dir``; see :func:`default_callbacks` for the arguments
     a plain ``fit`` uses. The others: ``initial_step`` (the step a caller that restored the
     backup itself starts at; with ``restore=False``), ``signals`` (SIGTERM/SIGINT finish the
-    step, back up and stop: :class:`SignalStop`), ``extra_state``/``rng``/``metric_sums``
-    (:class:`StepBackup`).
+    step, back up and stop: :class:`SignalStop`), ``input_timeout`` (seconds a training step
+    may wait before the process exits with status 5: :class:`InputStallGuard`; 0 = never),
+    ``extra_state``/``rng``/``metric_sums`` (:class:`StepBackup`).
     """
     out_dir = os.fspath(out_dir)
     logs = os.path.join(out_dir, "logs")
@@ -100,6 +103,8 @@ def build_callbacks(
     stopper = SignalStop() if signals else None
     if stopper is not None:
         cbs.append(stopper)
+    if input_timeout:
+        cbs.append(InputStallGuard(input_timeout, os.path.join(out_dir, "backup") if backup else None))
     # 6. Evaluation after the epoch's backup, before the checkpoint (its monitor reads the
     #    metrics this adds to the logs) and before the loggers (they record them).
     evaluation = None

@@ -322,6 +322,7 @@ def run_training(
     val_steps: int = 0,
     eval_every: int = 0,
     max_minutes: float = 0.0,
+    input_timeout: float = 0.0,
     seed: int | None = None,
     resume: str = "auto",
     check: str | None = None,
@@ -349,6 +350,9 @@ def run_training(
         eval_every: COCO-evaluate ``val_dataset`` every N epochs (0 = never);
             runs after the epoch's backup.
         max_minutes: stop cleanly after this long (0 = no budget).
+        input_timeout: exit the process with status 5 when a training step waits
+            longer than this many seconds (a stalled input; 0 = never); see
+            :class:`mrcnn.engine.callbacks.InputStallGuard`.
         seed: data/initialisation seed of a fresh run (None = drawn); a resumed
             run uses the seed stored in its backup.
         resume: "auto" (resume a backup if there is one, else start), "require"
@@ -402,7 +406,8 @@ def run_training(
             plan.out_dir, config, steps_per_epoch=plan.steps_per_epoch, epochs=plan.epochs,
             initial_step=start_step, restore=False, lock=False, tensorboard=tensorboard, signals=True,
             val_dataset=val_dataset if plan.worker.is_chief else None, eval_every=eval_every,
-            max_minutes=max_minutes, extra_state={"seed": seed}, rng=rng, metric_sums=metric_sums,
+            max_minutes=max_minutes, input_timeout=input_timeout, extra_state={"seed": seed}, rng=rng,
+            metric_sums=metric_sums,
             callbacks=callbacks)
         health = DataHealth()  # what the loader meets, logged by DataHealthLogger via model.data_health
         model.data_health = health

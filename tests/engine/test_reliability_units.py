@@ -282,6 +282,83 @@ def test_first_ctrl_c_asks_for_a_stop_and_the_second_interrupts_at_once():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+# ----- a stalled input --------------------------------------------------------------------------
+STALLING_FIT = """
+import sys, time
+import numpy as np, tensorflow as tf, keras
+from mrcnn.engine.callbacks import InputStallGuard
+
+def batches():
+    for _ in range(4):
+        yield np.ones((2, 4), np.float32), np.ones((2, 1), np.float32)
+    print("STALLED", flush=True)
+    time.sleep(3600)  # the input never delivers step 5 (a dead data worker, a hung file system)
+
+spec = (tf.TensorSpec((2, 4), tf.float32), tf.TensorSpec((2, 1), tf.float32))
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+model.compile("sgd", "mse")
+model.fit(tf.data.Dataset.from_generator(batches, output_signature=spec), epochs=1, steps_per_epoch=10,
+          verbose=0, callbacks=[InputStallGuard(float(sys.argv[1]), sys.argv[2])])
+print("FINISHED", flush=True)
+"""
+
+
+def test_a_stalled_input_ends_the_process_with_status_5_and_the_resume_hint(tmp_path):
+    """A real stall: the input of step 5 never comes. The guard's watcher ends the process with
+    status 5 and one line naming the backup folder; nothing after fit runs."""
+    proc = subprocess.run([sys.executable, "-c", STALLING_FIT, "3", str(tmp_path / "backup")], env=_env(),
+                          capture_output=True, text=True, timeout=600)  # only a broken guard gets near this
+    assert proc.returncode == 5, (proc.returncode, proc.stderr[-2000:])
+    assert "STALLED" in proc.stdout and "FINISHED" not in proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("mrcnn train: error:")]
+    assert len(lines) == 1 and "waited more than 3 s for its input" in lines[0], proc.stderr[-2000:]
+    assert lines[0].endswith(f"the same command resumes from {tmp_path / 'backup'}")
+
+
+def test_input_stall_guard_lets_slow_steps_and_the_untimed_first_step_through():
+    """Steps that are slow but arrive never trigger it; the first step (tracing) is not timed;
+    validation after the epoch is not timed; the watcher is gone after fit."""
+    import threading
+
+    import keras
+    import tensorflow as tf
+
+    from mrcnn.engine.callbacks import InputStallGuard
+
+    def batches():
+        time.sleep(2.0)  # the first step, longer than the timeout: not timed
+        for _ in range(6):
+            time.sleep(0.1)
+            yield np.ones((2, 4), np.float32), np.ones((2, 1), np.float32)
+
+    exits = []
+    guard = InputStallGuard(1.0, exit=exits.append)
+    spec = (tf.TensorSpec((2, 4), tf.float32), tf.TensorSpec((2, 1), tf.float32))
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
+    slow_val = tf.data.Dataset.from_tensors((np.ones((2, 4), np.float32), np.ones((2, 1), np.float32))).map(
+        lambda x, y: (tf.numpy_function(lambda a: (time.sleep(2.0), a)[1], [x], tf.float32), y))
+    slow_val = slow_val.map(lambda x, y: (tf.ensure_shape(x, (2, 4)), y))
+    model.fit(ds, epochs=1, steps_per_epoch=6, verbose=0, validation_data=slow_val, callbacks=[guard])
+    assert exits == []
+    assert guard._steps == 6 and not any(t.name == "mrcnn-input-stall-guard" for t in threading.enumerate())
+    with pytest.raises(ValueError, match="timeout must be > 0"):
+        InputStallGuard(0)
+
+
+def test_build_callbacks_adds_the_input_stall_guard_only_when_asked(tmp_path, tiny_config):
+    from mrcnn.engine.callbacks import InputStallGuard
+    from mrcnn.engine.hooks import build_callbacks
+
+    config = tiny_config()
+    without = build_callbacks(tmp_path / "a", config, lock=False).callbacks
+    assert not any(isinstance(c, InputStallGuard) for c in without)
+    (guard,) = [c for c in build_callbacks(tmp_path / "b", config, lock=False, input_timeout=600).callbacks
+                if isinstance(c, InputStallGuard)]
+    assert guard.timeout == 600 and guard.backup_dir == os.path.join(tmp_path / "b", "backup")
+
+
 # ----- clean stop by time budget ----------------------------------------------------------------
 def _sha(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
