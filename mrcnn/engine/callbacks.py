@@ -562,6 +562,12 @@ class SignalStop(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Put the previous handlers back (idempotent). Keras calls ``on_train_end`` only when
+        ``fit`` returns; after a ``fit`` that raised, :func:`release_process_state` calls this,
+        or Ctrl-C in this process would go on reaching a finished run's handler."""
         import signal
 
         for s, handler in self._previous.items():
@@ -615,10 +621,16 @@ class InputStallGuard(keras.callbacks.Callback):
         self._steps += 1
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Stop the watcher (idempotent). After a ``fit`` that raised mid-step, Keras does not
+        call ``on_train_end``; without this the watcher would end the process later."""
         self._step_began = None
         self._done.set()
         if self._watcher is not None:
             self._watcher.join()
+            self._watcher = None
 
     def _watch(self) -> None:
         while not self._done.wait(min(1.0, self.timeout / 4)):
@@ -630,6 +642,14 @@ class InputStallGuard(keras.callbacks.Callback):
                       f"{INPUT_STALL_EXIT_STATUS}{where}", file=sys.stderr, flush=True)
                 self._exit(INPUT_STALL_EXIT_STATUS)
                 return
+
+
+def release_process_state(callbacks: Sequence[keras.callbacks.Callback]) -> None:
+    """Give back what callbacks hold in the process (signal handlers, watcher threads) after a
+    ``fit`` that raised, which Keras ends without ``on_train_end``."""
+    for callback in callbacks:
+        if isinstance(callback, (SignalStop, InputStallGuard)):
+            callback.release()
 
 
 class DataHealthLogger(keras.callbacks.Callback):

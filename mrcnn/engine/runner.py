@@ -44,7 +44,7 @@ import tensorflow as tf
 from mrcnn.checkpoint.backups import list_backups, restore_backup, save_weights_file
 from mrcnn.config import Config
 from mrcnn.data.health import DataHealth
-from mrcnn.engine.callbacks import NonFiniteLossError
+from mrcnn.engine.callbacks import NonFiniteLossError, release_process_state
 from mrcnn.engine.hooks import RunCallbacks, build_callbacks
 from mrcnn.engine.runlock import RunLock
 from mrcnn.fileio import remove_stale_temporaries, write_text
@@ -284,6 +284,8 @@ def _fit(model: keras.Model, plan: RunPlan, inputs: Any, validation: Any, val_st
             raise
         run.backup.save()  # everything before the bad sample is kept
         raise bad from None
+    finally:  # a fit that raised skipped on_train_end: signal handlers and the stall watcher go back
+        release_process_state(run.callbacks)
     return history.history
 
 
