@@ -5,7 +5,7 @@
     mrcnn evaluate --config CFG --weights FILE --dataset DS [--json-out FILE]
     mrcnn data show --config CFG --dataset DS --out DIR [--count N] [--subset train|val]
     mrcnn export   --config CFG --weights FILE --output DIR
-    mrcnn convert-weights --from torchvision|detectron2 CHECKPOINT --out FILE.weights.h5
+    mrcnn convert-weights --from torchvision|detectron2|matterport CHECKPOINT --out FILE.weights.h5
     mrcnn build-ops [--force]
     mrcnn data convert --dataset DS --out DIR [--shards N]
     mrcnn data-service dispatcher|worker --port P
@@ -845,15 +845,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="--calibration coco: COCO image folder")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("convert-weights", help="torchvision/Detectron2 checkpoint -> Keras weights")
-    p.add_argument("--from", dest="source", required=True, choices=("torchvision", "detectron2"),
+    p = sub.add_parser("convert-weights", help="torchvision/Detectron2/matterport checkpoint -> Keras weights")
+    p.add_argument("--from", dest="source", required=True, choices=("torchvision", "detectron2", "matterport"),
                    help="checkpoint format")
-    p.add_argument("checkpoint", help="torchvision .pth or Detectron2 .pkl/.pth file")
+    p.add_argument("checkpoint", help="torchvision .pth, Detectron2 .pkl/.pth or matterport Keras 2 .h5 file")
     p.add_argument("--out", required=True, help="output Keras weights, FILE.weights.h5")
     p.add_argument("--config", default=None,
                    help="module:Class or config.json (default: the preset of the checkpoint's model, "
                         "recognised from its keys: mrcnn.configs.TorchvisionCOCO / TorchvisionCOCOv2 / "
-                        "Detectron2COCO / Detectron2LSJ, BACKBONE=resnet101 for an R101 checkpoint)")
+                        "Detectron2COCO / Detectron2LSJ, BACKBONE=resnet101 for an R101 checkpoint; "
+                        "matterport: mrcnn.configs.MatterportConfig with the file's backbone and NUM_CLASSES)")
     p.set_defaults(func=cmd_convert_weights)
 
     p = sub.add_parser("build-ops", help="(re)build the custom RoIAlign op")

@@ -32,6 +32,13 @@ NORMS = ("frozen_bn", "bn", "syncbn", "gn")
 # FPN_NORM / HEAD_NORM: None = no norm (the convs have biases).
 STAGE_NORMS = (None, "bn", "syncbn", "gn")
 BOX_HEADS = ("2fc", "4conv1fc")
+# The stage options matterport/Mask_RCNN's model needs (MatterportConfig, docs/matterport.md).
+STEM_POOL_PADDINGS = ("symmetric", "same")
+PROPOSAL_SELECTIONS = ("per_level", "global")
+BOX_COORDINATE_FRAMES = ("pixels", "matterport")
+ROI_POOLERS = ("roi_align", "crop_and_resize")
+DETECTION_CLASS_RULES = ("per_class", "argmax")
+INPUT_PADDINGS = ("normalized_zero", "raw_zero")
 RESIZE_MODES = ("square", "pad32")
 ROI_ALIGN_IMPLEMENTATIONS = ("auto", "portable", "custom", "gather")
 MASK_CLASS_PICKS = ("batched", "flat")
@@ -106,8 +113,8 @@ MATTERPORT_FIELDS: dict[str, str] = {
                 "or True) or 'gn'",
     "BBOX_STD_DEV": "use BBOX_REG_WEIGHTS = 1 / BBOX_STD_DEV (matterport's (0.1, 0.1, 0.2, 0.2) is "
                     "(10, 10, 5, 5), the default)",
-    "PRE_NMS_LIMIT": "use PRE_NMS_LIMIT_TRAINING / PRE_NMS_LIMIT_INFERENCE (per FPN level here; "
-                     "matterport's limit is over all levels together)",
+    "PRE_NMS_LIMIT": "use PRE_NMS_LIMIT_TRAINING / PRE_NMS_LIMIT_INFERENCE (per FPN level by default; "
+                     "PROPOSAL_SELECTION = 'global' takes matterport's limit over all levels together)",
     "TOP_DOWN_PYRAMID_SIZE": "use FPN_CHANNELS",
     "FPN_CLASSIF_FC_LAYERS_SIZE": "use FPN_FC_LAYERS_SIZE",
     "RPN_ANCHOR_STRIDE": "anchors sit on every feature-map cell here (matterport's RPN_ANCHOR_STRIDE = 1); "
@@ -178,6 +185,10 @@ class Config:
     # Where the stride-2 sits in a bottleneck: False = on the 3x3 conv (torchvision
     # "v1.5"), True = on the first 1x1 conv (MSRA/Caffe, keras.applications).
     STRIDE_IN_1X1: bool = False
+    # Padding of the stem's 3x3 stride-2 max-pool: "symmetric" (one pixel on every side,
+    # torchvision, Detectron2) or "same" (TensorFlow's: on an even input none before and one
+    # after; matterport, keras.applications).
+    STEM_POOL_PADDING: str = "symmetric"
     # Stages whose weights are not trained: 0 = none, 1 = the stem, 2 = stem + C2, ...
     # None = depends on the start (mrcnn.checkpoint.pretrained): 2 when the backbone comes from a
     # pretrained start (imagenet/coco; torchvision trainable_backbone_layers=3, Detectron2
@@ -194,6 +205,14 @@ class Config:
     FPN_NORM: str | None = None
     # 3x3 conv + ReLU layers of the RPN head before its predictors: 1 (v1) or 2 (v2, LSJ).
     RPN_HEAD_CONVS: int = 1
+    # Width of the RPN head's 3x3 conv(s); None = FPN_CHANNELS (torchvision, Detectron2).
+    # matterport: 512.
+    RPN_HEAD_CHANNELS: int | None = None
+    # How the proposals are chosen: "per_level" (torchvision, Detectron2: the top
+    # PRE_NMS_LIMIT_* anchors of each FPN level, NMS within each level, the best
+    # POST_NMS_ROIS_* of all) or "global" (matterport: the top PRE_NMS_LIMIT_* anchors of
+    # all levels together, one NMS over them).
+    PROPOSAL_SELECTION: str = "per_level"
     # Strides of P2..P6.
     BACKBONE_STRIDES: tuple[int, ...] = (4, 8, 16, 32, 64)
     # One anchor size per level P2..P6 (pixels of the network input).
@@ -245,6 +264,13 @@ class Config:
     # ("portable", crop_and_resize); "gather" samples with Gather and arithmetic only,
     # the form the ONNX, OpenVINO and LiteRT exports build (same numbers within 2e-5).
     ROI_ALIGN_IMPLEMENTATION: str = "auto"
+    # "roi_align": RoIAlign with the ROI_ALIGN_* settings and the level rule
+    # floor(k0 + log2(sqrt(wh) / canonical_size)) (torchvision, Detectron2).
+    # "crop_and_resize": matterport's PyramidROIAlign: tf.image.crop_and_resize of the box
+    # in the normalised frame (one bilinear sample per output cell, the outer cells' centres
+    # on the box edges) and the level k0 + round(log2(sqrt(wh) / canonical_size)) with w, h
+    # measured in units of the canvas / sqrt(canvas area) (ROI_ALIGN_* unused).
+    ROI_POOLER: str = "roi_align"
     # Mask target: GT mask RoIAligned into the proposal, thresholded at this value.
     MASK_TARGET_THRESHOLD: float = 0.5
     # False drops the mask head (the paper's "keypoint-only" model); boxes and, when
@@ -283,6 +309,11 @@ class Config:
     DETECTION_MIN_CONFIDENCE: float = 0.05
     DETECTION_NMS_THRESHOLD: float = 0.5
     DETECTION_MAX_INSTANCES: int = 100
+    # Candidates of the detection stage: "per_class" (every (RoI, foreground class) pair
+    # scoring > DETECTION_MIN_CONFIDENCE: torchvision, Detectron2) or "argmax" (each RoI's
+    # best class only, background included, kept when it is a foreground class scoring
+    # >= DETECTION_MIN_CONFIDENCE: matterport). NMS per class in both.
+    DETECTION_CLASS_RULE: str = "per_class"
     DETECTION_MIN_SIZE: float = 1e-2
     DETECTION_MASK_THRESHOLD: float = 0.5
     # The mask head and the mask paste run only for detections scoring at least
@@ -302,6 +333,16 @@ class Config:
     # Channel order the network expects. Images are always given as RGB; "BGR"
     # reverses the channels first (Detectron2/Caffe-trained weights).
     INPUT_CHANNEL_ORDER: str = "RGB"
+    # What the padding around an image holds: "normalized_zero" (zero after the
+    # MEAN_PIXEL/STD_PIXEL normalisation, i.e. the mean colour: torchvision, Detectron2) or
+    # "raw_zero" (black before it: matterport's molded images).
+    INPUT_PADDING: str = "normalized_zero"
+    # The frame boxes live in inside the model: "pixels" (the pixel-edge frame: a box covers
+    # [y1, y2) x [x1, x2); torchvision, Detectron2) or "matterport" (matterport's normalised
+    # frame times (size - 1): anchors end one pixel in, (y1, x1, y2 - 1, x2 - 1); proposals
+    # are clipped to the canvas and detections to the image, each minus one pixel; the
+    # model's output boxes are given back in the pixel-edge frame, far edges plus one).
+    BOX_COORDINATES: str = "pixels"
     # Mean and std in 0-255 pixel units, in INPUT_CHANNEL_ORDER (torchvision's
     # ImageNet statistics by default).
     MEAN_PIXEL: tuple[float, ...] = (123.675, 116.28, 103.53)
@@ -583,6 +624,16 @@ class Config:
             fail("RPN_HEAD_CONVS", "must be 1 or 2")
         if self.BOX_HEAD not in BOX_HEADS:
             fail("BOX_HEAD", f"choose one of {BOX_HEADS}")
+        for f, choices in (("STEM_POOL_PADDING", STEM_POOL_PADDINGS), ("PROPOSAL_SELECTION", PROPOSAL_SELECTIONS),
+                           ("BOX_COORDINATES", BOX_COORDINATE_FRAMES), ("ROI_POOLER", ROI_POOLERS),
+                           ("DETECTION_CLASS_RULE", DETECTION_CLASS_RULES), ("INPUT_PADDING", INPUT_PADDINGS)):
+            if getattr(self, f) not in choices:
+                fail(f, f"choose one of {choices}")
+        channels = self.RPN_HEAD_CHANNELS
+        if channels is not None and (isinstance(channels, bool) or not isinstance(channels, int) or channels <= 0):
+            fail("RPN_HEAD_CHANNELS", "must be None (= FPN_CHANNELS) or a positive integer")
+        if self.ROI_POOLER == "crop_and_resize" and self.JIT_COMPILE:
+            fail("ROI_POOLER", "'crop_and_resize' has no XLA kernel; use JIT_COMPILE=False")
         if self.HEAD_NORM is not None and self.BOX_HEAD == "2fc":
             fail("HEAD_NORM", "needs BOX_HEAD='4conv1fc' (the 2fc box head has no conv to normalise)")
         gn = self.GROUP_NORM_GROUPS

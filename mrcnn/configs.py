@@ -295,3 +295,124 @@ class FromScratch(Config):
     WARMUP_STEPS = 10
     WARMUP_FACTOR = 0.1
     GRADIENT_CLIP_NORM = 10.0
+
+
+# matterport's COCO class names (its samples/coco/coco.py order: background + the 80
+# categories in increasing category-id order, as Detectron2's).
+MATTERPORT_COCO_CLASS_NAMES: tuple[str, ...] = (
+    "BG", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed",
+    "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush",
+)
+
+
+class MatterportConfig(Config):
+    """matterport/Mask_RCNN's model (its ``mrcnn/model.py`` at the defaults of its
+    ``Config``), so that its Keras 2 ``.h5`` weights (``mask_rcnn_coco.h5`` and every
+    model trained with matterport) give its detections here. Subclass it as you
+    subclassed matterport's Config (NAME, NUM_CLASSES, IMAGE_*, ...).
+
+    Each difference from torchvision's Mask R-CNN is a stage option (docs/matterport.md):
+
+    * backbone: ResNet-101, the stride on each stage's first 1x1 conv
+      (``STRIDE_IN_1X1``), TensorFlow "same" padding of the stem max-pool
+      (``STEM_POOL_PADDING``); its conv biases and Keras' batch-norm epsilon 1e-3 are
+      folded into the frozen batch norm when the weights are read
+      (:mod:`mrcnn.checkpoint.keras2`), which computes the same;
+    * RPN: a 512-wide head (``RPN_HEAD_CHANNELS``); its 2-way softmax becomes the one
+      logit l1 - l0 when read (softmax(l)[1] = sigmoid(l1 - l0)); deltas scaled by
+      ``RPN_BBOX_STD_DEV``; anchors at i * stride, not rounded, ratios listed as
+      height/width here (matterport's width/height 0.5, 1, 2 in the same order);
+      proposals the top 6000 of all levels with one NMS (``PROPOSAL_SELECTION``);
+    * boxes in matterport's normalised frame scaled to pixels (``BOX_COORDINATES``);
+    * RoI pooling by ``crop_and_resize`` with matterport's level rule (``ROI_POOLER``);
+    * box head: matterport's 7x7 valid conv + BN and 1x1 conv + BN are the two FC layers
+      of the "2fc" head with the BN folded in when read; the mask head's BN likewise;
+    * detection: each RoI's best class (``DETECTION_CLASS_RULE``), kept at score >= 0.7,
+      class-wise NMS at 0.3;
+    * input: "square" resizing to 800..1024, mean subtraction only (``STD_PIXEL`` 1), the
+      padding black before it (``INPUT_PADDING``).
+
+    Training from it follows matterport's recipe: SGD at ``LEARNING_RATE`` 0.001 used as
+    given (``LR_REFERENCE_BATCH`` None), momentum 0.9, weight decay 1e-4, gradient
+    clipping 5, no warm-up.
+    """
+
+    NAME = "matterport"
+    NUM_CLASSES = 1 + 80
+    BACKBONE = "resnet101"
+    STRIDE_IN_1X1 = True
+    STEM_POOL_PADDING = "same"
+    FPN_CHANNELS = 256
+    RPN_HEAD_CHANNELS = 512
+    RPN_ANCHOR_SCALES = (32, 64, 128, 256, 512)
+    RPN_ANCHOR_RATIOS = (2.0, 1.0, 0.5)  # height / width: matterport's width/height (0.5, 1, 2)
+    ROUND_ANCHORS = False
+    ANCHOR_OFFSET = 0.0
+    ANCHOR_STRIDE_FROM_GRID = False
+    RPN_BBOX_STD_DEV = (0.1, 0.1, 0.2, 0.2)
+    RPN_NMS_THRESHOLD = 0.7
+    RPN_TRAIN_ANCHORS_PER_IMAGE = 256
+    PRE_NMS_LIMIT_TRAINING = 6000
+    PRE_NMS_LIMIT_INFERENCE = 6000
+    POST_NMS_ROIS_TRAINING = 2000
+    POST_NMS_ROIS_INFERENCE = 1000
+    PROPOSAL_SELECTION = "global"
+    PROPOSAL_MIN_SIZE = 0.0
+    BOX_COORDINATES = "matterport"
+    ROI_POOLER = "crop_and_resize"
+    TRAIN_ROIS_PER_IMAGE = 200
+    ROI_POSITIVE_RATIO = 0.33
+    BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+    FPN_FC_LAYERS_SIZE = 1024
+    DETECTION_CLASS_RULE = "argmax"
+    DETECTION_MIN_CONFIDENCE = 0.7
+    DETECTION_NMS_THRESHOLD = 0.3
+    DETECTION_MAX_INSTANCES = 100
+    DETECTION_MIN_SIZE = 0.0
+    IMAGE_MIN_DIM = 800
+    IMAGE_MAX_DIM = 1024
+    IMAGE_RESIZE_MODE = "square"
+    MEAN_PIXEL = (123.7, 116.8, 103.9)
+    STD_PIXEL = (1.0, 1.0, 1.0)
+    INPUT_PADDING = "raw_zero"
+    MAX_GT_INSTANCES = 100
+    MINI_MASK_SHAPE = (56, 56)
+    LEARNING_RATE = 0.001
+    LR_REFERENCE_BATCH = None
+    LEARNING_MOMENTUM = 0.9
+    WEIGHT_DECAY = 1e-4
+    GRADIENT_CLIP_NORM = 5.0
+    WARMUP_STEPS = 0
+
+
+def has_matterport_architecture(config: Config) -> bool:
+    """Whether ``config`` builds matterport's model (the stage options of :class:`MatterportConfig`)."""
+    return config.BOX_COORDINATES == "matterport" and config.ROI_POOLER == "crop_and_resize"
+
+
+def with_matterport_architecture(config: Config) -> Config:
+    """``config`` on :class:`MatterportConfig`'s base: a Config whose fields are the ones
+    ``config``'s own classes (and its instance) set, and :class:`MatterportConfig`'s
+    (matterport's defaults) for every field they leave at :class:`~mrcnn.config.Config`'s.
+
+    What a matterport script's model becomes when it loads a matterport ``.h5``
+    (:meth:`mrcnn.compat.matterport.MatterportMaskRCNN.load_weights`): its Config subclass
+    sets NAME, NUM_CLASSES, IMAGES_PER_GPU, ...; matterport's defaults fill the rest, as in
+    matterport. Returns ``config`` itself when it already has that architecture.
+    """
+    if has_matterport_architecture(config):
+        return config
+    cls = type(config)
+    # Python's method order puts cls's own classes first, then MatterportConfig, then Config.
+    combined = type(cls.__name__, (cls, MatterportConfig), {"__module__": cls.__module__,
+                                                            "__qualname__": f"{cls.__qualname__}[matterport]"})
+    overrides = {k: v for k, v in vars(config).items() if k.isupper()}
+    return combined(**overrides)

@@ -99,6 +99,7 @@ class MaskRCNN(keras.Model):
                 base_width=config.BACKBONE_BASE_WIDTH,
                 gn_groups=config.GROUP_NORM_GROUPS,
                 freeze_stages=config.FREEZE_BACKBONE_STAGES,
+                stem_pool_padding=config.STEM_POOL_PADDING,
                 name="backbone",
             )
             self.fpn = FPN(config.FPN_CHANNELS, norm=config.FPN_NORM, gn_groups=config.GROUP_NORM_GROUPS, name="fpn")
@@ -222,11 +223,15 @@ class MaskRCNN(keras.Model):
         return list(self.loss_trackers.values())
 
     # ----- the pipeline -----------------------------------------------------------------
-    def features(self, images: tf.Tensor, image_sizes: tf.Tensor | None, training: bool = False) -> list[tf.Tensor]:
+    def features(self, images: tf.Tensor, image_sizes: tf.Tensor | None, training: bool = False,
+                 image_offsets: tf.Tensor | None = None) -> list[tf.Tensor]:
         """Normalise, backbone, FPN: images [B, H, W, 3] RGB 0-255 -> [P2, P3, P4, P5, P6].
 
-        ``image_sizes`` [B, 2] valid (h, w): the padding outside is zeroed after
-        normalising (as torchvision pads normalised images); None = no padding.
+        ``image_sizes`` [B, 2] valid (h, w) (at ``image_offsets`` [B, 2] (y, x) when given,
+        else at the top-left): the padding outside is zeroed after
+        normalising (as torchvision pads normalised images; with ``INPUT_PADDING``
+        "raw_zero" it stays what the caller padded with, black for matterport); None = no
+        padding.
         """
         mean = tf.constant(self.config.MEAN_PIXEL, tf.float32)
         std = tf.constant(self.config.STD_PIXEL, tf.float32)
@@ -234,34 +239,53 @@ class MaskRCNN(keras.Model):
         if self.config.INPUT_CHANNEL_ORDER == "BGR":
             x = x[..., ::-1]
         x = (x - mean) / std
-        if image_sizes is not None:
+        if image_sizes is not None and self.config.INPUT_PADDING == "normalized_zero":
             rows = tf.range(tf.shape(x)[1])[None, :, None] < image_sizes[:, None, 0:1]
             cols = tf.range(tf.shape(x)[2])[None, None, :] < image_sizes[:, None, 1:2]
+            if image_offsets is not None:
+                rows = tf.range(tf.shape(x)[1])[None, :, None] - image_offsets[:, None, 0:1]
+                cols = tf.range(tf.shape(x)[2])[None, None, :] - image_offsets[:, None, 1:2]
+                rows = (rows >= 0) & (rows < image_sizes[:, None, 0:1])
+                cols = (cols >= 0) & (cols < image_sizes[:, None, 1:2])
             x = tf.where(tf.expand_dims(rows & cols, -1), x, 0.0)  # expand_dims: LiteRT-convertible
         return self.fpn(self.backbone(x, training=training), training=training)
 
-    def _forward(self, images, image_sizes, targets: dict | None, training: bool):
+    def _forward(self, images, image_sizes, targets: dict | None, training: bool, image_offsets=None):
         """normalise -> backbone/FPN -> anchors -> RPN -> RoI heads: (detections, losses).
 
         ``targets`` None: inference (detections); else the ground truth (losses).
+        ``image_offsets`` [B, 2]: where each image sits in the canvas (default the top-left).
         """
         images = tf.cast(images, tf.float32)
         if image_sizes is None:
             image_sizes = tf.tile(tf.shape(images)[None, 1:3], [tf.shape(images)[0], 1])
-        features = self.features(images, image_sizes, training=training)
+        features = self.features(images, image_sizes, training=training, image_offsets=image_offsets)
         anchors = self.anchor_generator(images, features)
         generator = self.sampling_generator
-        proposals, proposal_valid, rpn_losses = self.rpn(features, anchors, image_sizes, targets=targets,
+        far = image_sizes if image_offsets is None else image_offsets + image_sizes
+        near = tf.zeros_like(image_sizes) if image_offsets is None else image_offsets
+        proposal_limits = detection_limits = image_sizes if image_offsets is None else tf.concat([near, far], 1)
+        if self.config.BOX_COORDINATES == "matterport":
+            # matterport clips proposals to the whole canvas and detections to the image, both
+            # in its frame, where the far edge of an n-pixel extent is n - 1.
+            canvas = tf.tile(tf.shape(images)[None, 1:3], [tf.shape(images)[0], 1])
+            proposal_limits, detection_limits = canvas - 1, tf.concat([near, far - 1], 1)
+            if targets is not None:
+                targets = {**targets, "gt_boxes": tf.cast(targets["gt_boxes"], tf.float32)
+                           - tf.constant([0.0, 0.0, 1.0, 1.0])}
+        proposals, proposal_valid, rpn_losses = self.rpn(features, anchors, proposal_limits, targets=targets,
                                                          generator=generator)
         detections, head_losses = self.roi_heads(
-            features, proposals, proposal_valid, image_sizes, targets=targets, training=training,
+            features, proposals, proposal_valid, detection_limits, targets=targets, training=training,
             generator=generator,
         )
         return detections, {**rpn_losses, **head_losses}
 
     # ----- inference ------------------------------------------------------------------
     def call(self, inputs, training=False):
-        """Inference. inputs: {"images", "image_sizes"} (or an images tensor).
+        """Inference. inputs: {"images", "image_sizes"} (or an images tensor), optionally
+        "image_offsets" [B, 2] int32 (y, x) of each image in the canvas (default the top-left;
+        matterport centres its images).
 
         Returns a dict of padded detections, D = DETECTION_MAX_INSTANCES:
         boxes [B, D, 4] (y1, x1, y2, x2) network-input pixels, scores [B, D],
@@ -273,9 +297,10 @@ class MaskRCNN(keras.Model):
         """
         if isinstance(inputs, dict):
             images, image_sizes = inputs["images"], inputs.get("image_sizes")
+            offsets = inputs.get("image_offsets")
         else:
-            images, image_sizes = inputs, None
-        detections, _ = self._forward(images, image_sizes, None, training=False)
+            images, image_sizes, offsets = inputs, None, None
+        detections, _ = self._forward(images, image_sizes, None, training=False, image_offsets=offsets)
         return detections
 
     # ----- training -------------------------------------------------------------------

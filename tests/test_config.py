@@ -47,6 +47,13 @@ def test_subclass_and_overrides():
         ("LEARNING_RATE", 0.0),
         ("ROI_ALIGN_IMPLEMENTATION", "fast"),
         ("LOSS_WEIGHTS", {"bogus_loss": 1.0}),
+        ("STEM_POOL_PADDING", "valid"),
+        ("RPN_HEAD_CHANNELS", 0),
+        ("PROPOSAL_SELECTION", "all"),
+        ("BOX_COORDINATES", "normalized"),
+        ("ROI_POOLER", "roi_pool"),
+        ("DETECTION_CLASS_RULE", "max"),
+        ("INPUT_PADDING", "mean"),
     ],
 )
 def test_invalid_values_name_the_field(field, value):
@@ -87,9 +94,9 @@ def test_adaptive_sampling_needs_the_custom_op():
 
 
 def test_presets_validate_and_round_trip():
-    from mrcnn.configs import Detectron2COCO, TorchvisionCOCO
+    from mrcnn.configs import Detectron2COCO, MatterportConfig, TorchvisionCOCO
 
-    for preset in (TorchvisionCOCO(), Detectron2COCO()):
+    for preset in (TorchvisionCOCO(), Detectron2COCO(), MatterportConfig()):
         again = Config.from_dict(json.loads(preset.to_json()))
         assert again.to_dict() == preset.to_dict()
     assert Detectron2COCO().ROI_ALIGN_SAMPLING_RATIO == 0 and TorchvisionCOCO().NUM_CLASSES == 91

@@ -513,6 +513,8 @@ def convert(path: str | os.PathLike, out_weights_path: str | os.PathLike, source
     """
     from mrcnn.model import MaskRCNN
 
+    if source == "matterport":
+        return _convert_matterport(path, out_weights_path, config)
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     out = os.fspath(out_weights_path)
@@ -527,6 +529,31 @@ def convert(path: str | os.PathLike, out_weights_path: str | os.PathLike, source
     model.save_weights(out)
     return {**report, "out": out, "config": type(config).__name__, "variant": variant,
             "model": f"{VARIANTS[(source, variant)][1]}, {config.BACKBONE}"}
+
+
+def _convert_matterport(path, out_weights_path, config: Config | None) -> dict:
+    """matterport's Keras 2 ``.h5`` -> ``.weights.h5`` of a MatterportConfig model (backbone depth and
+    NUM_CLASSES from the file unless ``config`` is given); the report as :func:`convert`'s."""
+    from mrcnn.checkpoint.keras2 import matterport_assignments, matterport_config_for, read_keras2
+    from mrcnn.model import MaskRCNN
+
+    out = os.fspath(out_weights_path)
+    if not out.endswith(".weights.h5"):
+        raise ValueError(f"the output file name must end in .weights.h5 (Keras' rule), got {out!r}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    weights = read_keras2(path)
+    config = config if config is not None else matterport_config_for(weights)
+    model = MaskRCNN(config)
+    pairs, _, missing = matterport_assignments(model, weights, by_name=False)
+    for v, value in pairs:
+        v.assign(value)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    model.save_weights(out)
+    keys = sorted(f"{layer}/{field}" for layer, fields in weights.layers.items() for field in fields)
+    return {"assigned": len(pairs), "ignored": [], "keys": keys, "reinitialised": missing,
+            "out": out, "config": type(config).__name__, "variant": "matterport",
+            "model": f"matterport Mask R-CNN (Keras 2), {config.BACKBONE}, NUM_CLASSES={config.NUM_CLASSES}"}
 
 
 def convert_torchvision(path, out_weights_path, config: Config | None = None) -> dict:

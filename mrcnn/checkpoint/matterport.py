@@ -7,8 +7,8 @@ Kinds of file (:func:`weights_kind`):
 - ``"keras"``: this project's ``.weights.h5`` layout (what ``model.save_weights`` writes,
   also under matterport's checkpoint names ``mask_rcnn_<name>_<epoch>.h5``);
 - ``"keras2"``: a Keras 2 HDF5 file (matterport's ``mask_rcnn_coco.h5`` and every model
-  trained with matterport). Reading it needs matterport's architecture as stage options
-  (issue #25, part 2), which this version does not have: the loader says so;
+  trained with matterport), read by :mod:`mrcnn.checkpoint.keras2` into a model built
+  from :class:`mrcnn.configs.MatterportConfig` (matterport's architecture as stage options);
 - ``"torch"``: a torchvision/Detectron2 checkpoint (``.pth``/``.pkl``): the ImageNet
   backbone of :meth:`MaskRCNN.get_imagenet_weights` or a COCO model, loaded through
   :func:`mrcnn.checkpoint.pretrained.initialize`.
@@ -80,7 +80,8 @@ def weights_kind(path: str | os.PathLike) -> str:
 
     try:
         with h5py.File(path, "r") as f:
-            if "layer_names" in f.attrs or ("model_weights" in f and "layer_names" in f["model_weights"].attrs):
+            roots = [f] + ([f["model_weights"]] if "model_weights" in f else [])
+            if any(k in r.attrs for r in roots for k in ("layer_names", "layer_names0")):
                 return "keras2"
             return "keras"
     except OSError as exc:
@@ -111,15 +112,23 @@ def load_weights(model: Any, path: str | os.PathLike, by_name: bool = False,
     kind = weights_kind(path)
     exclude = list(exclude or [])
     if kind == "keras2":
-        raise CheckpointError(
-            f"{path} is a Keras 2 HDF5 file (matterport's layout, e.g. mask_rcnn_coco.h5 or a model trained "
-            "with matterport/Mask_RCNN). Its architecture (conv biases in the ResNet, a 512-wide RPN head, "
-            "conv box head) is not available as a preset yet, so it cannot be loaded; start from ImageNet "
-            "(model.get_imagenet_weights()) or a torchvision COCO checkpoint instead (docs/matterport.md)."
-        )
+        return _load_keras2(model, path, by_name, exclude)
     if kind == "torch":
         return _load_torch(model, path, by_name, exclude)
     return _load_keras(model, path, by_name, exclude)
+
+
+def _load_keras2(model: Any, path: str, by_name: bool, exclude: list[str]) -> LoadReport:
+    from mrcnn.checkpoint.keras2 import matterport_assignments, read_keras2
+
+    # exclude names matterport's layers (what its scripts pass) or this model's (either works).
+    pairs, excluded, missing = matterport_assignments(model, read_keras2(path), exclude=tuple(exclude),
+                                                      by_name=by_name)
+    kept = [(v, value) for v, value in pairs if not _excluded(v.path, exclude)]
+    excluded += [v.path for v, _ in pairs if _excluded(v.path, exclude)]
+    for v, value in kept:
+        v.assign(value)
+    return LoadReport(path, "keras2", loaded=[v.path for v, _ in kept], excluded=excluded, missing=missing)
 
 
 def _load_torch(model: Any, path: str, by_name: bool, exclude: list[str]) -> LoadReport:
@@ -178,8 +187,8 @@ def download_trained_weights(coco_model_path: str | os.PathLike, verbose: int = 
     """Download matterport's COCO weights (:data:`COCO_MODEL_URL`) to ``coco_model_path``.
 
     Raises TrainedWeightsUnavailable (offline machine) naming the URL and where to put the
-    file. Note the file is matterport's Keras 2 layout, which :func:`load_weights` cannot read
-    yet (see docs/matterport.md).
+    file. The file is matterport's Keras 2 layout: :func:`load_weights` reads it into a model
+    built from :class:`mrcnn.configs.MatterportConfig` (docs/matterport.md).
     """
     dest = Path(coco_model_path)
     if verbose > 0:

@@ -78,9 +78,24 @@ class MatterportMaskRCNN:
     def load_weights(self, filepath: str | os.PathLike, by_name: bool = False,
                      exclude: Sequence[str] | None = None):
         """Load weights (see :func:`mrcnn.checkpoint.matterport.load_weights`); a checkpoint of a
-        matterport-named run folder makes training go on in that folder from its epoch."""
-        from mrcnn.checkpoint.matterport import load_weights
+        matterport-named run folder makes training go on in that folder from its epoch.
 
+        A matterport Keras 2 ``.h5`` (``mask_rcnn_coco.h5``, a model trained with matterport) on a
+        model whose Config is not matterport's architecture first rebuilds ``keras_model`` from
+        :func:`mrcnn.configs.with_matterport_architecture` of the Config (``self.config`` becomes
+        that Config), so the script gets matterport's detections unchanged."""
+        from mrcnn.checkpoint.matterport import load_weights, weights_kind
+        from mrcnn.configs import has_matterport_architecture, with_matterport_architecture
+        from mrcnn.model import MaskRCNN
+
+        if weights_kind(filepath) == "keras2" and not has_matterport_architecture(self.config):
+            # A matterport .h5 needs matterport's network: this object's model is rebuilt from the
+            # script's Config on MatterportConfig's base (matterport's defaults where the script
+            # sets nothing), as matterport itself would build it. Nothing loaded before is kept.
+            self.config = with_matterport_architecture(self.config)
+            self.keras_model = MaskRCNN(self.config)
+            print(f"mrcnn: {os.fspath(filepath)} is a matterport Keras 2 model: using matterport's architecture "
+                  "(mrcnn.configs.MatterportConfig) with this script's Config fields")
         report = load_weights(self.keras_model, filepath, by_name=by_name, exclude=list(exclude or []))
         self.set_log_dir(filepath)
         return report
@@ -117,6 +132,10 @@ class MatterportMaskRCNN:
             print(f"Processing {len(images)} images")
             for image in images:
                 print(f"image                    shape: {np.shape(image)}")
+        from mrcnn.configs import has_matterport_architecture
+
+        if has_matterport_architecture(self.config) and self.config.IMAGE_RESIZE_MODE == "square":
+            return [matterport_detect(self.keras_model, image) for image in images]
         return self.keras_model.detect(list(images), verbose=verbose)
 
     def mold_inputs(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -137,3 +156,53 @@ class MatterportMaskRCNN:
             for image, window, scale in zip(images, windows, scales)
         ], np.float32)
         return batch, metas, windows
+
+
+def matterport_detect(model: Any, image: np.ndarray) -> dict:
+    """matterport's ``detect`` of one image with a model of matterport's architecture
+    (:class:`mrcnn.configs.MatterportConfig`): its molding (``utils.resize_image`` "square":
+    the short side up to IMAGE_MIN_DIM, never down unless the long side passes
+    IMAGE_MAX_DIM, bilinear, truncated to uint8, centred on the square), the network at that
+    offset, and its unmolding (boxes through ``norm_boxes`` / ``denorm_boxes``, rounded;
+    each 28x28 mask resized bilinearly to its box and thresholded at 0.5; zero-area boxes
+    dropped). Same keys as :meth:`mrcnn.model.MaskRCNN.detect`, "rois" int32 as matterport's.
+    """
+    import skimage.transform
+    import tensorflow as tf
+
+    from mrcnn.data.loader import sanitize_image
+    from mrcnn.data.resize import resize_image
+
+    config = model.config
+    image = sanitize_image(image, "detect() image")
+    molded, window, _, _, _ = resize_image(image, min_dim=config.IMAGE_MIN_DIM, max_dim=config.IMAGE_MAX_DIM,
+                                           mode="square")
+    y1, x1, y2, x2 = window
+    out = model({"images": tf.constant(molded[None], tf.float32),
+                 "image_sizes": tf.constant([[y2 - y1, x2 - x1]], tf.int32),
+                 "image_offsets": tf.constant([[y1, x1]], tf.int32)})
+    n = int(out["num_detections"][0])
+    canvas = np.array(molded.shape[:2], np.float64)
+    # matterport's normalised frame: far edges one pixel in, divided by (size - 1).
+    scale = np.tile(canvas - 1.0, 2)
+    shift = np.array([0.0, 0.0, 1.0, 1.0])
+    boxes = (np.asarray(out["boxes"][0, :n], np.float64) - shift) / scale
+    norm_window = (np.array(window, np.float64) - shift) / scale
+    wh = norm_window[2:] - norm_window[:2]
+    boxes = (boxes - np.tile(norm_window[:2], 2)) / np.tile(wh, 2)
+    height, width = image.shape[:2]
+    rois = np.around(boxes * np.array([height - 1, width - 1, height - 1, width - 1]) + shift).astype(np.int32)
+    keep = (rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1]) > 0
+    class_ids = np.asarray(out["class_ids"][0, :n], np.int32)[keep]
+    scores = np.asarray(out["scores"][0, :n], np.float32)[keep]
+    masks28 = np.asarray(out["masks"][0, :n], np.float32)[keep] if "masks" in out else None
+    rois = rois[keep]
+    result = {"rois": rois, "class_ids": class_ids, "scores": scores}
+    if masks28 is not None:
+        masks = np.zeros((height, width, len(rois)), bool)
+        for i, (top, left, bottom, right) in enumerate(rois):
+            resized = skimage.transform.resize(masks28[i], (bottom - top, right - left), order=1, mode="constant",
+                                               anti_aliasing=False)
+            masks[top:bottom, left:right, i] = resized >= 0.5
+        result["masks"] = masks
+    return result

@@ -48,8 +48,10 @@ def resize_image(image: np.ndarray, min_dim: int | None = None, max_dim: int | N
     if max_dim and mode == "square" and round(max(h, w) * scale) > max_dim:
         scale = max_dim / max(h, w)
     if scale != 1:
+        # anti_aliasing=False: matterport's utils.resize pins it (scikit-image >= 0.19 would
+        # blur every downscaled image first).
         image = skimage.transform.resize(image, (round(h * scale), round(w * scale)), order=1,
-                                         mode="constant", preserve_range=True)
+                                         mode="constant", preserve_range=True, anti_aliasing=False)
     h, w = image.shape[:2]
     crop = None
     if mode == "square":

@@ -63,6 +63,12 @@ def export_config(config: Config, fmt: str = "saved_model") -> Config:
             "instead (e.g. ROI_ALIGN_SAMPLING_RATIO=2 in the config JSON): an approximation whose "
             "outputs differ slightly from detect() with adaptive sampling."
         )
+    if config.ROI_POOLER == "crop_and_resize" and fmt in RUNTIME_FORMATS:
+        raise ValueError(
+            f"Config.ROI_POOLER='crop_and_resize' (matterport's pooling, MatterportConfig) is CropAndResize, which "
+            f"the {fmt} export cannot carry (LiteRT has no such op; tf2onnx and OpenVINO convert it badly); "
+            "export it as a SavedModel (--format saved_model)"
+        )
     config = copy.copy(config)
     config.ROI_ALIGN_IMPLEMENTATION = "gather" if fmt in RUNTIME_FORMATS else "portable"
     if fmt == "openvino":

@@ -23,7 +23,9 @@ class AnchorGenerator(keras.layers.Layer):
     anchors (y1, x1, y2, x2) input pixels, A = len(ratios), location-major then
     ratio order (the RPN head's flattening order). ``strides`` None derives each
     level's stride as input_size // grid_size (torchvision); a tuple gives nominal
-    strides (Detectron2). No weights.
+    strides (Detectron2). ``coordinates`` (``Config.BOX_COORDINATES``): "pixels", or
+    "matterport" for matterport's frame, where the far edges end one pixel in
+    (y1, x1, y2 - 1, x2 - 1). No weights.
     """
 
     def __init__(
@@ -33,9 +35,13 @@ class AnchorGenerator(keras.layers.Layer):
         strides: Sequence[int] | None = None,
         round_to_int: bool = True,
         offset: float = 0.0,
+        coordinates: str = "pixels",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if coordinates not in ("pixels", "matterport"):
+            raise ValueError(f"coordinates must be 'pixels' or 'matterport', got {coordinates!r}")
+        self.coordinates = coordinates
         self.sizes = tuple(sizes)
         self.ratios = tuple(float(r) for r in ratios)
         self.strides = None if strides is None else tuple(int(s) for s in strides)
@@ -51,6 +57,7 @@ class AnchorGenerator(keras.layers.Layer):
             strides=None if config.ANCHOR_STRIDE_FROM_GRID else config.BACKBONE_STRIDES,
             round_to_int=config.ROUND_ANCHORS,
             offset=config.ANCHOR_OFFSET,
+            coordinates=config.BOX_COORDINATES,
             **kwargs,
         )
 
@@ -59,7 +66,7 @@ class AnchorGenerator(keras.layers.Layer):
         return len(self.ratios)
 
     def call(self, images, features):
-        return multilevel_anchors(
+        anchors = multilevel_anchors(
             tf.shape(images)[1:3],
             [tf.shape(f)[1:3] for f in features],
             self.sizes,
@@ -68,6 +75,9 @@ class AnchorGenerator(keras.layers.Layer):
             round_to_int=self.round_to_int,
             offset=self.offset,
         )
+        if self.coordinates == "matterport":
+            anchors = [a - tf.constant([0.0, 0.0, 1.0, 1.0]) for a in anchors]
+        return anchors
 
     def get_config(self):
         return {
@@ -77,4 +87,5 @@ class AnchorGenerator(keras.layers.Layer):
             "strides": None if self.strides is None else list(self.strides),
             "round_to_int": self.round_to_int,
             "offset": self.offset,
+            "coordinates": self.coordinates,
         }

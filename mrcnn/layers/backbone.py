@@ -98,14 +98,19 @@ class ResNet(keras.layers.Layer):
     """ResNet/ResNeXt feature extractor.
 
     Input: [B, H, W, 3] normalised float32. Output: [C2, C3, C4, C5] at strides
-    4, 8, 16, 32 with ``stage_channels`` channels.
+    4, 8, 16, 32 with ``stage_channels`` channels. ``stem_pool_padding``
+    (``Config.STEM_POOL_PADDING``): "symmetric" (torchvision) or "same" (TensorFlow's,
+    matterport's).
     """
 
     def __init__(self, architecture="resnet50", norm="frozen_bn", stride_in_1x1=False,
-                 base_width=64, gn_groups=32, freeze_stages=0, **kwargs):
+                 base_width=64, gn_groups=32, freeze_stages=0, stem_pool_padding="symmetric", **kwargs):
         super().__init__(**kwargs)
         if architecture not in ARCHITECTURES:
             raise ValueError(f"unknown backbone {architecture!r}; choose one of {sorted(ARCHITECTURES)}")
+        if stem_pool_padding not in ("symmetric", "same"):
+            raise ValueError(f"stem_pool_padding must be 'symmetric' or 'same', got {stem_pool_padding!r}")
+        self.stem_pool_padding = stem_pool_padding
         self.architecture = architecture
         self.norm = norm
         self.stride_in_1x1 = stride_in_1x1
@@ -152,8 +157,11 @@ class ResNet(keras.layers.Layer):
 
     def call(self, x, training=None):
         x = self.stem(x, training=training)
-        x = keras.ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])  # after ReLU, so 0 == -inf for max
-        x = keras.ops.max_pool(x, 3, strides=2, padding="valid")
+        if self.stem_pool_padding == "same":  # TensorFlow's: on even sizes only after (matterport)
+            x = keras.ops.max_pool(x, 3, strides=2, padding="same")
+        else:
+            x = keras.ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])  # after ReLU, so 0 == -inf for max
+            x = keras.ops.max_pool(x, 3, strides=2, padding="valid")
         outputs = []
         for blocks in self.stages:
             for block in blocks:
@@ -170,4 +178,5 @@ class ResNet(keras.layers.Layer):
             "base_width": self.base_width,
             "gn_groups": self.gn_groups,
             "freeze_stages": self.freeze_stages,
+            "stem_pool_padding": self.stem_pool_padding,
         }

@@ -30,6 +30,7 @@ def detect_boxes(
     nms_threshold: float = 0.5,
     max_detections: int = 100,
     min_size: float = 1e-2,
+    class_rule: str = "per_class",
 ) -> Detections:
     """torchvision's ``RoIHeads.postprocess_detections``, batched and fixed-shape.
 
@@ -37,11 +38,19 @@ def detect_boxes(
     deltas, clipped, kept if score > threshold and both sides >= min_size; then NMS
     per class and the best ``max_detections`` overall.
 
+    ``class_rule="argmax"`` (matterport's ``refine_detections``): one candidate per RoI,
+    its most probable class (background included), kept if that is a foreground class
+    with score >= threshold; the rest as above.
+
     Args:
       rois: [B, R, 4]; roi_valid: [B, R]; class_logits: [B, R, K+1];
       box_deltas: [B, R, K+1, 4]; image_sizes: [B, 2] valid (h, w);
       box_coder: decodes the deltas (box-head weights).
     """
+    if class_rule == "argmax":
+        return _detect_argmax(rois, roi_valid, class_logits, box_deltas, image_sizes, box_coder=box_coder,
+                              score_threshold=score_threshold, nms_threshold=nms_threshold,
+                              max_detections=max_detections, min_size=min_size)
     batch = tf.shape(rois)[0]
     num_rois = tf.shape(rois)[1]
     num_fg = tf.shape(class_logits)[2] - 1
@@ -57,6 +66,23 @@ def detect_boxes(
         & (scores > score_threshold)
         & (box_ops.boxes_min_side(boxes) >= min_size)
     )
+    return _class_nms(boxes, scores, class_ids, valid, max_detections, nms_threshold)
+
+
+def _detect_argmax(rois, roi_valid, class_logits, box_deltas, image_sizes, *, box_coder, score_threshold,
+                   nms_threshold, max_detections, min_size) -> Detections:
+    probs = tf.nn.softmax(class_logits, axis=-1)
+    class_ids = tf.argmax(probs, axis=-1, output_type=tf.int32)
+    scores = tf.reduce_max(probs, axis=-1)
+    deltas = tf.gather(box_deltas, class_ids, batch_dims=2)
+    boxes = box_ops.clip_boxes(box_coder.decode(deltas, rois), image_sizes)
+    valid = (roi_valid & (class_ids > 0) & (scores >= score_threshold)
+             & (box_ops.boxes_min_side(boxes) >= min_size))
+    return _class_nms(boxes, scores, class_ids, valid, max_detections, nms_threshold)
+
+
+def _class_nms(boxes, scores, class_ids, valid, max_detections, nms_threshold) -> Detections:
+    """NMS within each class of the valid candidates [B, N], the best ``max_detections`` kept."""
     keep, keep_valid = batched_nms(boxes, scores, valid, max_detections, nms_threshold, groups=class_ids)
     return Detections(
         boxes=tf.where(keep_valid[..., None], tf.gather(boxes, keep, batch_dims=1), 0.0),

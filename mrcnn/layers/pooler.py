@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import keras
 
+from mrcnn.ops.pyramid_crop import multilevel_crop_and_resize
 from mrcnn.ops.roi_align_gather import multilevel_roi_align_gather
 from mrcnn.ops.roi_pooling import IMPLEMENTATIONS as _OP_IMPLEMENTATIONS
 from mrcnn.ops.roi_pooling import multilevel_roi_align
@@ -30,6 +31,11 @@ class RoIPooler(keras.layers.Layer):
     boxes [B, R, 4] (y1, x1, y2, x2) input pixels -> [B, R, ph, pw, C] float32.
     The level of a box is floor(canonical_level + log2(sqrt(area) /
     canonical_size)), clamped (torchvision's LevelMapper). No weights.
+
+    ``method`` (``Config.ROI_POOLER``): "roi_align" (the above) or "crop_and_resize"
+    (matterport's PyramidROIAlign on boxes in matterport's frame,
+    :mod:`mrcnn.ops.pyramid_crop`; ``sampling_ratio``, ``aligned`` and ``implementation``
+    unused).
     """
 
     def __init__(
@@ -42,9 +48,13 @@ class RoIPooler(keras.layers.Layer):
         canonical_level: int = 4,
         canonical_size: float = 224.0,
         implementation: str = "auto",
+        method: str = "roi_align",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if method not in ("roi_align", "crop_and_resize"):
+            raise ValueError(f"method must be 'roi_align' or 'crop_and_resize', got {method!r}")
+        self.method = method
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
         if implementation == "gather" and int(sampling_ratio) <= 0:
@@ -67,6 +77,11 @@ class RoIPooler(keras.layers.Layer):
         return cls(output_size, **pooler_settings(config), **kwargs)
 
     def call(self, features, boxes):
+        if self.method == "crop_and_resize":
+            return multilevel_crop_and_resize(
+                list(features)[: len(self.strides)], boxes, self.output_size, strides=self.strides,
+                canonical_level=self.canonical_level, canonical_size=self.canonical_size,
+            )
         if self.implementation == "gather":
             return multilevel_roi_align_gather(
                 list(features)[: len(self.strides)], boxes, self.output_size, strides=self.strides,
@@ -90,6 +105,7 @@ class RoIPooler(keras.layers.Layer):
             "canonical_level": self.canonical_level,
             "canonical_size": self.canonical_size,
             "implementation": self.implementation,
+            "method": self.method,
         }
 
 
@@ -102,4 +118,5 @@ def pooler_settings(config: Config) -> dict:
         "canonical_level": config.ROI_CANONICAL_LEVEL,
         "canonical_size": config.ROI_CANONICAL_SIZE,
         "implementation": config.roi_align_implementation(),
+        "method": config.ROI_POOLER,
     }

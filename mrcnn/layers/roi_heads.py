@@ -388,9 +388,16 @@ class RoIHeads(keras.layers.Layer):
         box_conv_channels: int = 256,
         gn_groups: int = 32,
         xla_compatible: bool = False,
+        roi_pooler: str = "roi_align",
+        detection_class_rule: str = "per_class",
+        box_coordinates: str = "pixels",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if detection_class_rule not in ("per_class", "argmax"):
+            raise ValueError(f"detection_class_rule must be 'per_class' or 'argmax', got {detection_class_rule!r}")
+        if box_coordinates not in ("pixels", "matterport"):
+            raise ValueError(f"box_coordinates must be 'pixels' or 'matterport', got {box_coordinates!r}")
         if box_head not in BOX_HEADS:
             raise ValueError(f"box_head must be one of {BOX_HEADS}, got {box_head!r}")
         if head_norm not in STAGE_NORMS:
@@ -416,14 +423,15 @@ class RoIHeads(keras.layers.Layer):
             "keypoint_pool_size": int(keypoint_pool_size), "keypoint_conv_channels": int(keypoint_conv_channels),
             "keypoint_num_convs": int(keypoint_num_convs), "keypoint_heatmap_size": int(keypoint_heatmap_size),
             "head_dtype": str(head_dtype), "mask_class_pick": str(mask_class_pick),
-            "xla_compatible": bool(xla_compatible),
+            "xla_compatible": bool(xla_compatible), "roi_pooler": roi_pooler,
+            "detection_class_rule": detection_class_rule, "box_coordinates": box_coordinates,
         }
         if mask_class_pick not in CLASS_PICKS:
             raise ValueError(f"mask_class_pick must be one of {tuple(CLASS_PICKS)}, got {mask_class_pick!r}")
         pooling = {
             "strides": strides, "sampling_ratio": sampling_ratio, "aligned": aligned,
             "canonical_level": canonical_level, "canonical_size": canonical_size,
-            "implementation": roi_align_implementation,
+            "implementation": roi_align_implementation, "method": roi_pooler,
         }
         # Positives come first in the sample and number at most this many, so the
         # mask and keypoint branches only need these slots in training.
@@ -494,6 +502,9 @@ class RoIHeads(keras.layers.Layer):
             box_conv_channels=config.FPN_CHANNELS,  # the references' 256 = FPN width (docs/design.md)
             gn_groups=config.GROUP_NORM_GROUPS,
             xla_compatible=config.JIT_COMPILE,
+            roi_pooler=pooling["method"],
+            detection_class_rule=config.DETECTION_CLASS_RULE,
+            box_coordinates=config.BOX_COORDINATES,
             **kwargs,
         )
 
@@ -592,6 +603,7 @@ class RoIHeads(keras.layers.Layer):
             rois, roi_valid, class_logits, box_deltas, image_sizes, box_coder=self.box_coder,
             score_threshold=s["score_threshold"], nms_threshold=s["nms_threshold"],
             max_detections=s["detections_per_image"], min_size=s["min_size"],
+            class_rule=s["detection_class_rule"],
         )
 
     def detect(self, features, proposals, proposal_valid, image_sizes) -> dict[str, tf.Tensor]:
@@ -620,6 +632,10 @@ class RoIHeads(keras.layers.Layer):
         if self.keypoint_head is not None:
             heatmaps = self.keypoint_heatmaps(features, det.boxes)
             out["keypoints"] = heatmaps_to_keypoints(heatmaps, det.boxes) * validf[:, :, None, None]
+        if self.settings["box_coordinates"] == "matterport":
+            # matterport's frame ends boxes one pixel in; the output is the pixel-edge frame
+            # (matterport's denorm_boxes adds the same pixel).
+            out["boxes"] = det.boxes + tf.constant([0.0, 0.0, 1.0, 1.0]) * validf[..., None]
         return out
 
     def call(self, features, proposals, proposal_valid, image_sizes, targets=None, training=None, generator=None):

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 class RPNHead(keras.layers.Layer):
     """3x3 conv + ReLU shared by all levels, then 1x1 convs to A logits and 4A deltas.
 
+    ``channels``: the 3x3 conv's width (``Config.RPN_HEAD_CHANNELS``, default the FPN's;
+    matterport's is 512); the input may have another.
+
     ``num_convs`` (``Config.RPN_HEAD_CONVS``): 1, or 2 stacked 3x3 conv + ReLU (no norm),
     torchvision's ``RPNHead(conv_depth=2)`` (maskrcnn_resnet50_fpn_v2) and Detectron2's
     ``StandardRPNHead(conv_dims=[-1, -1])`` (new baselines); named ``rpn_conv``, ``rpn_conv2``.
@@ -144,12 +147,16 @@ def generate_proposals(
     nms_threshold: float,
     min_size: float,
     box_coder: BoxCoder,
+    selection: str = "per_level",
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """torchvision's RPN ``filter_proposals``, batched and fixed-shape.
 
     Per level: top ``pre_nms_top_n`` anchors by objectness; decode; clip to the
     image; drop boxes with a side < ``min_size``; NMS per level; keep the best
     ``post_nms_top_n`` of all levels by objectness probability.
+
+    ``selection="global"`` (matterport's ``ProposalLayer``): the top ``pre_nms_top_n``
+    anchors of all levels together, then the same steps with one NMS over them.
 
     Args:
       logits: per level [B, N_l]; deltas: per level [B, N_l, 4];
@@ -158,6 +165,9 @@ def generate_proposals(
       proposals [B, post_nms_top_n, 4] (no gradient), scores [B, post_nms_top_n]
       (probabilities), valid [B, post_nms_top_n] bool.
     """
+    if selection == "global":
+        logits, deltas = [tf.concat(logits, axis=1)], [tf.concat(deltas, axis=1)]
+        anchors = [tf.concat(anchors, axis=0)]
     all_boxes, all_scores, all_levels = [], [], []
     for level, (lg, dl, an) in enumerate(zip(logits, deltas, anchors)):
         k = tf.minimum(pre_nms_top_n, tf.shape(lg)[1])
@@ -211,11 +221,17 @@ class RPN(keras.layers.Layer):
         box_loss_beta: float = 1.0 / 9.0,
         head_dtype: str = "float32",
         head_convs: int = 1,
+        head_channels: int | None = None,
+        proposal_selection: str = "per_level",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if proposal_selection not in ("per_level", "global"):
+            raise ValueError(f"proposal_selection must be 'per_level' or 'global', got {proposal_selection!r}")
+        head_channels = int(channels if head_channels is None else head_channels)
         self.settings = {
-            "head_convs": int(head_convs),
+            "head_convs": int(head_convs), "head_channels": head_channels,
+            "proposal_selection": proposal_selection,
             "num_anchors": int(num_anchors), "channels": int(channels), "head_dtype": str(head_dtype),
             "pre_nms_top_n_train": int(pre_nms_top_n_train), "pre_nms_top_n_test": int(pre_nms_top_n_test),
             "post_nms_top_n_train": int(post_nms_top_n_train), "post_nms_top_n_test": int(post_nms_top_n_test),
@@ -226,7 +242,7 @@ class RPN(keras.layers.Layer):
             "box_loss_beta": float(box_loss_beta),
         }
         with dtype_policy_scope(head_dtype):  # e.g. "mixed_bfloat16" (Config.MIXED_PRECISION)
-            self.head = RPNHead(num_anchors, channels, num_convs=head_convs, name="head")
+            self.head = RPNHead(num_anchors, head_channels, num_convs=head_convs, name="head")
         self.box_coder = BoxCoder(box_weights, name="box_coder")
 
     @classmethod
@@ -248,6 +264,8 @@ class RPN(keras.layers.Layer):
             box_loss_beta=config.RPN_BOX_LOSS_BETA,
             head_dtype=policy_name(config.MIXED_PRECISION),
             head_convs=config.RPN_HEAD_CONVS,
+            head_channels=config.RPN_HEAD_CHANNELS,
+            proposal_selection=config.PROPOSAL_SELECTION,
             **kwargs,
         )
 
@@ -262,6 +280,7 @@ class RPN(keras.layers.Layer):
             logits, deltas, anchors, image_sizes,
             pre_nms_top_n=s[f"pre_nms_top_n_{phase}"], post_nms_top_n=s[f"post_nms_top_n_{phase}"],
             nms_threshold=s["nms_threshold"], min_size=s["min_size"], box_coder=self.box_coder,
+            selection=s["proposal_selection"],
         )
 
     def losses_for(self, features, anchors, gt_boxes, gt_class_ids, generator=None) -> dict[str, tf.Tensor]:

@@ -93,21 +93,26 @@ def decode_boxes(deltas: tf.Tensor, reference: tf.Tensor, weights: tuple[float, 
 
 
 def clip_boxes(boxes: tf.Tensor, image_sizes: tf.Tensor) -> tf.Tensor:
-    """Clip boxes to [0, h] x [0, w].
+    """Clip boxes to [0, h] x [0, w], or to a window.
 
     Args:
-      boxes: [B, N, 4]; image_sizes: [B, 2] (h, w) of the valid image region.
+      boxes: [B, N, 4]; image_sizes: [B, 2] (h, w) of the valid image region, or [B, 4]
+        windows (y1, x1, y2, x2): the boxes are clipped to [y1, y2] x [x1, x2].
     """
     sizes = tf.cast(image_sizes, boxes.dtype)
-    h = sizes[:, None, 0:1]
-    w = sizes[:, None, 1:2]
+    if sizes.shape[-1] == 4:
+        low_y, low_x, h, w = (sizes[:, None, i:i + 1] for i in range(4))
+    else:
+        low_y = low_x = tf.zeros([], boxes.dtype)
+        h = sizes[:, None, 0:1]
+        w = sizes[:, None, 1:2]
     y1, x1, y2, x2 = tf.split(boxes, 4, axis=-1)
     return tf.concat(
         [
-            tf.clip_by_value(y1, 0.0, h),
-            tf.clip_by_value(x1, 0.0, w),
-            tf.clip_by_value(y2, 0.0, h),
-            tf.clip_by_value(x2, 0.0, w),
+            tf.clip_by_value(y1, low_y, h),
+            tf.clip_by_value(x1, low_x, w),
+            tf.clip_by_value(y2, low_y, h),
+            tf.clip_by_value(x2, low_x, w),
         ],
         axis=-1,
     )

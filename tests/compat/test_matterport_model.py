@@ -88,7 +88,7 @@ def test_keras2_and_missing_weights_are_errors(inference, tmp_path):
     with h5py.File(keras2, "w") as f:
         f.attrs["layer_names"] = [b"conv1", b"bn_conv1"]
         f.attrs["keras_version"] = b"2.2.4"
-    with pytest.raises(CheckpointError, match="Keras 2 HDF5 file"):
+    with pytest.raises(CheckpointError, match=r"mask_rcnn_coco\.h5: layer 'conv1' is listed .* not there"):
         inference.load_weights(str(keras2), by_name=True)
     with pytest.raises(FileNotFoundError, match="nothing.h5"):
         inference.load_weights(str(tmp_path / "nothing.h5"))
