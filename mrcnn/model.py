@@ -240,11 +240,12 @@ class MaskRCNN(keras.Model):
             x = x[..., ::-1]
         x = (x - mean) / std
         if image_sizes is not None and self.config.INPUT_PADDING == "normalized_zero":
-            rows = tf.range(tf.shape(x)[1])[None, :, None] < image_sizes[:, None, 0:1]
-            cols = tf.range(tf.shape(x)[2])[None, None, :] < image_sizes[:, None, 1:2]
-            if image_offsets is not None:
-                rows = tf.range(tf.shape(x)[1])[None, :, None] - image_offsets[:, None, 0:1]
-                cols = tf.range(tf.shape(x)[2])[None, None, :] - image_offsets[:, None, 1:2]
+            rows = tf.range(tf.shape(x)[1])[None, :, None]
+            cols = tf.range(tf.shape(x)[2])[None, None, :]
+            if image_offsets is None:
+                rows, cols = rows < image_sizes[:, None, 0:1], cols < image_sizes[:, None, 1:2]
+            else:
+                rows, cols = rows - image_offsets[:, None, 0:1], cols - image_offsets[:, None, 1:2]
                 rows = (rows >= 0) & (rows < image_sizes[:, None, 0:1])
                 cols = (cols >= 0) & (cols < image_sizes[:, None, 1:2])
             x = tf.where(tf.expand_dims(rows & cols, -1), x, 0.0)  # expand_dims: LiteRT-convertible
@@ -259,6 +260,8 @@ class MaskRCNN(keras.Model):
         images = tf.cast(images, tf.float32)
         if image_sizes is None:
             image_sizes = tf.tile(tf.shape(images)[None, 1:3], [tf.shape(images)[0], 1])
+        if image_offsets is not None:
+            image_offsets = tf.cast(image_offsets, image_sizes.dtype)
         features = self.features(images, image_sizes, training=training, image_offsets=image_offsets)
         anchors = self.anchor_generator(images, features)
         generator = self.sampling_generator
