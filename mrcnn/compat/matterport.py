@@ -141,21 +141,43 @@ class MatterportMaskRCNN:
     def mold_inputs(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(molded_images [N, H, W, 3] float32, image_metas [N, 12 + NUM_CLASSES], windows [N, 4]).
 
-        The images are resized and padded as ``detect`` does (bottom/right padding), raw
-        RGB 0-255 (this model normalises inside). image_metas in matterport's layout:
+        The images are resized and padded as ``detect`` does (bottom/right padding; with
+        matterport's architecture matterport's molding, centred), raw RGB 0-255 (this model
+        normalises inside). image_metas in matterport's layout:
         image id 0, original shape, padded shape, window (y1, x1, y2, x2), scale (of the
         height), active class ids (all ones).
         """
+        from mrcnn.configs import has_matterport_architecture
         from mrcnn.inference.preprocess import prepare_image_batch
 
-        batch, sizes, scales = prepare_image_batch(list(images), self.config)
-        windows = np.array([[0, 0, h, w] for h, w in sizes], np.int32)
+        if has_matterport_architecture(self.config) and self.config.IMAGE_RESIZE_MODE == "square":
+            # What this object's detect() feeds such a model: matterport's own molding.
+            from mrcnn.data.loader import sanitize_image
+
+            molded = [matterport_mold(sanitize_image(image, f"mold_inputs() image {i}"), self.config)
+                      for i, image in enumerate(images)]
+            batch = np.stack([m for m, _, _ in molded]).astype(np.float32)
+            windows = np.array([w for _, w, _ in molded], np.int32)
+            scales = np.array([[s, s] for _, _, s in molded], np.float32)
+        else:
+            batch, sizes, scales = prepare_image_batch(list(images), self.config)
+            windows = np.array([[0, 0, h, w] for h, w in sizes], np.int32)
         metas = np.array([
             [0, *np.shape(image)[:2], 3, *batch.shape[1:3], 3, *window, float(scale[0]),
              *np.ones(self.config.NUM_CLASSES)]
             for image, window, scale in zip(images, windows, scales)
         ], np.float32)
         return batch, metas, windows
+
+
+def matterport_mold(image: np.ndarray, config: Config) -> tuple[np.ndarray, tuple[int, int, int, int], float]:
+    """matterport's molding of one uint8 RGB image, before its mean subtraction (this model
+    subtracts it): (uint8 [S, S, 3] square, window (y1, x1, y2, x2), scale)."""
+    from mrcnn.data.resize import resize_image
+
+    molded, window, scale, _, _ = resize_image(image, min_dim=config.IMAGE_MIN_DIM, max_dim=config.IMAGE_MAX_DIM,
+                                               mode="square")
+    return molded, tuple(int(v) for v in window), float(scale)
 
 
 def matterport_detect(model: Any, image: np.ndarray) -> dict:
@@ -171,12 +193,9 @@ def matterport_detect(model: Any, image: np.ndarray) -> dict:
     import tensorflow as tf
 
     from mrcnn.data.loader import sanitize_image
-    from mrcnn.data.resize import resize_image
 
-    config = model.config
     image = sanitize_image(image, "detect() image")
-    molded, window, _, _, _ = resize_image(image, min_dim=config.IMAGE_MIN_DIM, max_dim=config.IMAGE_MAX_DIM,
-                                           mode="square")
+    molded, window, _ = matterport_mold(image, model.config)
     y1, x1, y2, x2 = window
     out = model({"images": tf.constant(molded[None], tf.float32),
                  "image_sizes": tf.constant([[y2 - y1, x2 - x1]], tf.int32),

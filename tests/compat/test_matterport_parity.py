@@ -143,6 +143,9 @@ def test_a_matterport_script_gets_matterports_detections(weights_h5, capsys):
         f = _photo(name)
         result = script.detect([f["image"]])[0]
         expected_masks = _reference_masks(f)
+        molded, metas, windows = script.mold_inputs([f["image"]])  # matterport's molding, 0-255
+        np.testing.assert_allclose(molded[0] - np.array(ParityConfig.MEAN_PIXEL), f["molded_image"], atol=1e-4)
+        np.testing.assert_array_equal(windows[0], f["window"])
         print(f"{name}: {len(result['rois'])} detections (matterport {len(f['rois'])}); "
               f"largest box difference {np.abs(result['rois'] - f['rois']).max()} px; mask pixels that differ "
               f"{int((result['masks'] != expected_masks).sum())} of {int(expected_masks.sum())}")
