@@ -81,22 +81,27 @@ class MatterportMaskRCNN:
         matterport-named run folder makes training go on in that folder from its epoch.
 
         A matterport Keras 2 ``.h5`` (``mask_rcnn_coco.h5``, a model trained with matterport) on a
-        model whose Config is not matterport's architecture first rebuilds ``keras_model`` from
-        :func:`mrcnn.configs.with_matterport_architecture` of the Config (``self.config`` becomes
-        that Config), so the script gets matterport's detections unchanged."""
+        model whose Config is not matterport's architecture is loaded into a model built from
+        :func:`mrcnn.configs.with_matterport_architecture` of the Config, which then becomes
+        ``keras_model`` (and its Config ``self.config``), so the script gets matterport's
+        detections unchanged. A load that fails leaves the object as it was."""
         from mrcnn.checkpoint.matterport import load_weights, weights_kind
         from mrcnn.configs import has_matterport_architecture, with_matterport_architecture
         from mrcnn.model import MaskRCNN
 
-        if weights_kind(filepath) == "keras2" and not has_matterport_architecture(self.config):
-            # A matterport .h5 needs matterport's network: this object's model is rebuilt from the
-            # script's Config on MatterportConfig's base (matterport's defaults where the script
-            # sets nothing), as matterport itself would build it. Nothing loaded before is kept.
-            self.config = with_matterport_architecture(self.config)
-            self.keras_model = MaskRCNN(self.config)
+        config, model = self.config, self.keras_model
+        if weights_kind(filepath) == "keras2" and not has_matterport_architecture(config):
+            # A matterport .h5 needs matterport's network: a model built from the script's Config
+            # on MatterportConfig's base (matterport's defaults where the script sets nothing), as
+            # matterport itself would build it. It replaces this object's model once the load has
+            # succeeded (a failed load changes nothing); nothing loaded before is kept.
+            config = with_matterport_architecture(config)
+            model = MaskRCNN(config)
+        report = load_weights(model, filepath, by_name=by_name, exclude=list(exclude or []))
+        if model is not self.keras_model:
+            self.config, self.keras_model = config, model
             print(f"mrcnn: {os.fspath(filepath)} is a matterport Keras 2 model: using matterport's architecture "
                   "(mrcnn.configs.MatterportConfig) with this script's Config fields")
-        report = load_weights(self.keras_model, filepath, by_name=by_name, exclude=list(exclude or []))
         self.set_log_dir(filepath)
         return report
 
