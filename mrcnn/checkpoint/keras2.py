@@ -44,7 +44,7 @@ import numpy as np
 from mrcnn.checkpoint.foreign import CheckpointError
 
 __all__ = ["KERAS_BN_EPSILON", "Keras2Weights", "matterport_assignments", "matterport_config_for",
-           "read_keras2"]
+           "name_list", "read_keras2"]
 
 KERAS_BN_EPSILON = 1e-3  # matterport's BatchNorm: Keras' default
 
@@ -68,8 +68,8 @@ def read_keras2(path: str | os.PathLike) -> Keras2Weights:
     layers: dict[str, dict[str, np.ndarray]] = {}
     try:
         with h5py.File(path, "r") as f:
-            root = f["model_weights"] if _attr_list(f, "layer_names") is None and "model_weights" in f else f
-            layer_names = _attr_list(root, "layer_names")
+            root = f["model_weights"] if name_list(f, "layer_names") is None and "model_weights" in f else f
+            layer_names = name_list(root, "layer_names")
             if layer_names is None:
                 raise CheckpointError(f"{path}: not a Keras 2 weights file (no layer_names attribute)")
             for group_name in layer_names:
@@ -77,7 +77,7 @@ def read_keras2(path: str | os.PathLike) -> Keras2Weights:
                     raise CheckpointError(f"{path}: layer {group_name!r} is listed in the file's layer_names but "
                                           "its weights are not there (a truncated or torn file?)")
                 group = root[group_name]
-                names = _attr_list(group, "weight_names") or []
+                names = name_list(group, "weight_names") or []
                 # A sub-model's group (matterport's rpn_model) holds several layers: each weight
                 # name then says its layer; a plain layer's names may carry an inner name
                 # (TimeDistributed), so the group's own name is used.
@@ -91,7 +91,7 @@ def read_keras2(path: str | os.PathLike) -> Keras2Weights:
     return Keras2Weights(path, layers)
 
 
-def _attr_list(obj, name: str) -> list[str] | None:
+def name_list(obj, name: str) -> list[str] | None:
     """A list-of-names attribute as Keras 2 writes it: whole, or split into ``name0``,
     ``name1``, ... when larger than an HDF5 object header. None when absent."""
     if name in obj.attrs:

@@ -78,10 +78,12 @@ def weights_kind(path: str | os.PathLike) -> str:
         return "torch"
     import h5py
 
+    from mrcnn.checkpoint.keras2 import name_list
+
     try:
         with h5py.File(path, "r") as f:
             roots = [f] + ([f["model_weights"]] if "model_weights" in f else [])
-            if any(k in r.attrs for r in roots for k in ("layer_names", "layer_names0")):
+            if any(name_list(r, "layer_names") is not None for r in roots):
                 return "keras2"
             return "keras"
     except OSError as exc:
